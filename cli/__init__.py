@@ -1,0 +1,1 @@
+"""captionq cli."""

