@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     quantization: Literal["none", "8bit", "4bit"] = "none"
     # Context the API checks prompts against before the worker loads anything.
-    max_context_tokens: int = 8192
+    max_context_tokens: int = 32768
     torch_threads: int | None = None
     # Cross-job batching.
     batch_max_requests: int = 16
