@@ -1,0 +1,29 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from core.settings import Settings, load_settings
+
+console = Console(stderr=True)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """Build the settings from the environment; a bad value is a one-line error, not a trace."""
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            console.print(f"[red]error:[/red] CAPTIONQ_{loc.upper()}: {err['msg']}")
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)

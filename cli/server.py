@@ -1,0 +1,74 @@
+"""Long-running processes: ``serve``, ``worker``, ``migrate`` and the local mode ``up``."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import console, settings_or_exit
+
+
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Bind address (default CAPTIONQ_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default CAPTIONQ_PORT, 8000)."),
+    workers: int = typer.Option(1, "--workers", help="uvicorn worker processes."),
+) -> None:
+    """Run the HTTP API (uvicorn). Jobs are stored in CAPTIONQ_DATABASE_URL and published to
+    CAPTIONQ_BROKER_URL; run `captionq migrate` first."""
+    import uvicorn
+    from api.app import create_app
+    from core.logging import setup_logging
+
+    settings = settings_or_exit(host=host, port=port)
+    setup_logging(settings)
+    if workers > 1:
+        # uvicorn needs an import string to fork workers; the factory reads settings itself there.
+        uvicorn.run("api.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+                    workers=workers, log_config=None)
+        return
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+def worker(
+    queues: str = typer.Option("gpu,io", "--queues", "-Q", help="Comma-separated queues: gpu (model work), io (webhooks, batch finalisation)."),
+    concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Task threads (gpu: jobs in flight that the batcher can combine; default batch size x 2)."),
+    beat: bool = typer.Option(False, "--beat", "-B", help="Also run the periodic scheduler (sweeper); run exactly one per deployment."),
+    loglevel: str | None = typer.Option(None, "--loglevel", "-l", help="Log level (default CAPTIONQ_LOG_LEVEL)."),
+) -> None:
+    """Run a Celery worker. With the gpu queue the model is loaded once, in this process (one
+    worker process per GPU: set CAPTIONQ_DEVICE=cuda:N)."""
+    from worker.app import run_worker
+
+    settings = settings_or_exit()
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    bad = [q for q in names if q not in ("gpu", "io")]
+    if bad or not names:
+        console.print(f"[red]error:[/red] unknown queue(s) {bad or names}: use gpu, io")
+        raise typer.Exit(2)
+    run_worker(settings, queues=names, concurrency=concurrency, beat=beat, loglevel=loglevel)
+
+
+def migrate() -> None:
+    """Apply the database migrations (Alembic `upgrade head`) to CAPTIONQ_DATABASE_URL."""
+    from core.migrate import upgrade
+
+    settings = settings_or_exit()
+    upgrade(settings)
+    console.print(f"database at head: {settings.database_url}")
+
+
+def up(
+    port: int = typer.Option(8000, "--port", help="API port on 127.0.0.1."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address. Anything but loopback requires CAPTIONQ_AUTH=required."),
+    model: str | None = typer.Option(None, "--model", help="Checkpoint directory or hub id (default CAPTIONQ_MODEL)."),
+) -> None:
+    """Embedded local mode: API + a real Celery worker process + the scheduler, on SQLite, a
+    broker that needs no server (kombu's filesystem transport) and the local media folder
+    (CAPTIONQ_MEDIA_ROOT, default ./media). Same code paths as production. Ctrl-C stops it all."""
+    from cli.local import LocalStack, local_settings
+
+    settings = local_settings(host=host, port=port, model=model)
+    stack = LocalStack(settings)
+    console.print(f"captionq local mode: http://{settings.host}:{settings.port}  "
+                  f"(database {settings.database_url}, media {settings.media_root.resolve()}, "
+                  f"auth {settings.auth})")
+    stack.run_forever()
