@@ -1,0 +1,325 @@
+"""InternVL2 image preprocessing: the model card's dynamic tiling, reproduced bit for bit.
+
+Official behaviour reproduced (QUIRKS 8-10, checked against ``preprocess/preprocess.json``):
+
+- Candidate grids ``(cols, rows)`` with ``min_num <= cols*rows <= max_num``, iterated in the
+  official order: a Python ``set`` sorted by area (ties keep the set's iteration order, which
+  CPython derives from the tuple hashes, so we build the same set the same way).
+- :func:`find_closest_aspect_ratio`: smallest ``|W/H - cols/rows|``; on an exact tie the later
+  candidate wins only when ``W*H > 0.5 * image_size² * cols * rows``.
+- The image is *stretched* to ``(image_size·cols, image_size·rows)`` with Pillow's default
+  resample (bicubic for RGB), cut row-major into tiles; a thumbnail (the original image resized
+  to ``image_size²``) is appended last, only when ``cols*rows > 1``.
+- ``pixel_values = ((u8 / 255) - mean) / std`` in float32, CHW — equal bit for bit to torchvision's
+  ToTensor + Normalize. We compute it through a 256-entry lookup table per channel (the same
+  float32 operations applied once per possible byte value), so it is exact by construction and
+  avoids three passes of float arithmetic.
+
+Speed: the image is resized once, tiles are views into that array (no PIL crops), and the whole
+stack is normalised in one vectorised pass straight into the ``[tiles, 3, H, W]`` output.
+
+Decoding (:func:`decode_image`) is the official ``Image.open(f).convert('RGB')`` with typed
+errors; EXIF orientation is *not* applied (the official code does not, QUIRKS 10) — the service
+calls :func:`apply_exif_orientation` itself, outside the engine, when it wants upright images.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.errors import InvalidInput, MediaTooLarge, MediaUnreadable, UnsupportedMedia
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PreprocessedImage",
+    "TileGrid",
+    "apply_exif_orientation",
+    "decode_image",
+    "dynamic_preprocess",
+    "find_closest_aspect_ratio",
+    "load_image",
+    "target_ratios",
+    "tile_grid",
+    "tiles_to_pixel_values",
+    "tiles_u8",
+    "to_rgb",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE = 448
+_HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+# --- decoding ------------------------------------------------------------------------------------
+def _scale_to_u8(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit / float greyscale -> 8-bit L. Deliberate deviation: Pillow's
+    ``convert('RGB')`` clips these at 255 (a 16-bit photo comes out almost white); we rescale:
+    integers <= 255 are kept, <= 65535 are mapped by v*255/65535, floats in [0, 1] by v*255,
+    anything else by min-max over the image."""
+    a = np.asarray(img).astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        a = a * (255.0 / 65535.0)
+    else:
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img.convert('RGB')`` exactly as the official ``load_image`` (alpha dropped without
+    compositing, palette transparency ignored, L replicated, CMYK/YCbCr converted by Pillow),
+    except for high-bit-depth greyscale (see :func:`_scale_to_u8`). Modes Pillow cannot convert
+    directly go through RGBA; failing that :class:`UnsupportedMedia`."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _HIGH_BIT_DEPTH:
+        return _scale_to_u8(img).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError):
+        pass
+    for via in ("RGBA", "LA", "L"):
+        try:
+            return img.convert(via).convert("RGB")
+        except (ValueError, OSError):
+            continue
+    raise UnsupportedMedia(f"cannot convert image mode {img.mode!r} to RGB")
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise MediaTooLarge(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+
+
+def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int | None = None) -> Image.Image:
+    """Bytes -> RGB PIL image, as ``Image.open(f).convert('RGB')`` (first frame of animations,
+    no EXIF rotation).
+
+    Errors: empty, non-image, truncated or corrupt bytes -> :class:`MediaUnreadable`; more than
+    ``max_pixels`` (default: Pillow's ``Image.MAX_IMAGE_PIXELS``, None = no limit) ->
+    :class:`MediaTooLarge`. The limit is checked here explicitly, so the outcome does not depend
+    on the process's warning filters; Pillow's own ``DecompressionBombError`` and a
+    ``DecompressionBombWarning`` turned into an exception by a filter are also mapped to
+    :class:`MediaTooLarge`. (No warning filters are changed: that is not thread-safe.)
+    """
+    if not data:
+        raise MediaUnreadable("empty image data")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        img = Image.open(io.BytesIO(bytes(data)))
+        _check_pixels(img.width, img.height, limit)
+        img.load()
+        return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaTooLarge(f"image too large: {e}") from None
+    except UnidentifiedImageError:
+        raise MediaUnreadable("data is not a recognised image format") from None
+    except MemoryError:
+        raise MediaTooLarge("not enough memory to decode the image") from None
+    except (MediaTooLarge, UnsupportedMedia):
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise MediaUnreadable(f"cannot decode image: {type(e).__name__}: {e}") from None
+
+
+def apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """Rotate/flip ``img`` upright according to its EXIF Orientation tag (a new image; the input
+    unchanged when there is no tag or the EXIF block is unreadable). Not part of the official
+    preprocessing: the service applies it before handing the image to the engine."""
+    try:
+        out = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must never fail a job
+        return img
+    return img if out is None else out
+
+
+
+@lru_cache(maxsize=64)
+def _target_ratios(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
+    # Built exactly like the model card (a set of tuples, then a stable sort by area) so that
+    # equal-area candidates come out in the same order as the official code.
+    candidates = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    return tuple(sorted(candidates, key=lambda r: r[0] * r[1]))
+
+
+def target_ratios(min_num: int = 1, max_num: int = 12) -> list[tuple[int, int]]:
+    """Candidate grids ``(cols, rows)`` in the official iteration order."""
+    return list(_target_ratios(min_num, max_num))
+
+
+def find_closest_aspect_ratio(aspect_ratio: float, ratios: Sequence[tuple[int, int]], width: int,
+                              height: int, image_size: int = IMAGE_SIZE) -> tuple[int, int]:
+    """The model card's choice of grid, tie-break included (see module docstring)."""
+    best_diff = float("inf")
+    best = (1, 1)
+    area = width * height
+    for cols, rows in ratios:
+        diff = abs(aspect_ratio - cols / rows)
+        if diff < best_diff:
+            best_diff, best = diff, (cols, rows)
+        elif diff == best_diff and area > 0.5 * image_size * image_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    cols: int
+    rows: int
+    image_size: int = IMAGE_SIZE
+    use_thumbnail: bool = True
+
+    @property
+    def blocks(self) -> int:
+        return self.cols * self.rows
+
+    @property
+    def has_thumbnail(self) -> bool:
+        return self.use_thumbnail and self.blocks != 1
+
+    @property
+    def num_tiles(self) -> int:
+        return self.blocks + int(self.has_thumbnail)
+
+    @property
+    def resized_wh(self) -> tuple[int, int]:
+        return self.image_size * self.cols, self.image_size * self.rows
+
+
+def tile_grid(width: int, height: int, *, min_num: int = 1, max_num: int = 12,
+              image_size: int = IMAGE_SIZE, use_thumbnail: bool = True) -> TileGrid:
+    """The grid ``dynamic_preprocess`` picks for a ``width x height`` image."""
+    if width < 1 or height < 1:
+        raise InvalidInput(f"image has no pixels ({width}x{height})")
+    if not 1 <= min_num <= max_num:
+        raise InvalidInput(f"need 1 <= min_num <= max_num, got {min_num}, {max_num}")
+    cols, rows = find_closest_aspect_ratio(width / height, _target_ratios(min_num, max_num),
+                                           width, height, image_size)
+    return TileGrid(cols, rows, image_size, use_thumbnail)
+
+
+def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    # Image.resize's default resample (bicubic for RGB), as the model card calls it.
+    return img.resize(size)
+
+
+def dynamic_preprocess(img: Image.Image, *, min_num: int = 1, max_num: int = 12,
+                       image_size: int = IMAGE_SIZE, use_thumbnail: bool = True) -> list[Image.Image]:
+    """The model card's ``dynamic_preprocess``: PIL tiles, row-major, thumbnail last."""
+    grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
+                     image_size=image_size, use_thumbnail=use_thumbnail)
+    resized = _resize(img, grid.resized_wh)
+    tiles = [
+        resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
+        for r in range(grid.rows)
+        for c in range(grid.cols)
+    ]
+    if grid.has_thumbnail:
+        tiles.append(_resize(img, (image_size, image_size)))
+    return tiles
+
+
+# --- tiling -------------------------------------------------------------------------------------
+def _rgb_array(img: Image.Image) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise InvalidInput(f"expected an 8-bit RGB image, got mode {img.mode}")
+    return arr
+
+
+def tiles_u8(img: Image.Image, *, min_num: int = 1, max_num: int = 12, image_size: int = IMAGE_SIZE,
+             use_thumbnail: bool = True) -> tuple[np.ndarray, TileGrid]:
+    """uint8 tiles ``[num_tiles, S, S, 3]`` (HWC, RGB) in official order, and the grid.
+    Same pixels as :func:`dynamic_preprocess`, without PIL crops."""
+    img = to_rgb(img)
+    grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
+                     image_size=image_size, use_thumbnail=use_thumbnail)
+    s = image_size
+    big = _rgb_array(_resize(img, grid.resized_wh))
+    out = np.empty((grid.num_tiles, s, s, 3), np.uint8)
+    out[: grid.blocks] = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2).reshape(-1, s, s, 3)
+    if grid.has_thumbnail:
+        out[grid.blocks] = _rgb_array(_resize(img, (s, s)))
+    return out, grid
+
+
+@lru_cache(maxsize=8)
+def _lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    # [3, 256] float32: the ToTensor + Normalize result for every byte value, computed with the
+    # same float32 operations in the same order ((v / 255) - mean) / std.
+    v = np.arange(256, dtype=np.float32) / np.float32(255)
+    m = np.asarray(mean, np.float32)[:, None]
+    sd = np.asarray(std, np.float32)[:, None]
+    lut = ((v[None, :] - m) / sd).astype(np.float32)
+    lut.flags.writeable = False
+    return lut
+
+
+def _normalise_into(dst: np.ndarray, hwc: np.ndarray, lut: np.ndarray) -> None:
+    """dst[..., c, y, x] = lut[c, hwc[..., y, x, c]] for an HWC uint8 view ``hwc``."""
+    for c in range(3):
+        np.take(lut[c], hwc[..., c], out=dst[..., c, :, :])
+
+
+def tiles_to_pixel_values(tiles: Sequence[Image.Image] | np.ndarray, *,
+                          mean: Sequence[float] = IMAGENET_MEAN,
+                          std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """float32 ``[N, 3, H, W]`` from PIL tiles or a uint8 ``[N, H, W, 3]`` array (build_transform)."""
+    arr = np.stack([_rgb_array(to_rgb(t)) for t in tiles]) if not isinstance(tiles, np.ndarray) else tiles
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+        raise InvalidInput(f"expected uint8 [N, H, W, 3] tiles, got {arr.dtype} {arr.shape}")
+    out = np.empty((arr.shape[0], 3, arr.shape[1], arr.shape[2]), np.float32)
+    _normalise_into(out, arr, _lut(tuple(mean), tuple(std)))
+    return out
+
+
+@dataclass(frozen=True)
+class PreprocessedImage:
+    """``pixel_values`` float32 ``[num_tiles, 3, S, S]``; ``grid`` = (cols, rows); ``size`` =
+    (width, height) of the image that was tiled (what grounding boxes are relative to)."""
+
+    pixel_values: np.ndarray
+    grid: tuple[int, int]
+    num_tiles: int
+    size: tuple[int, int]
+    has_thumbnail: bool
+
+
+def load_image(data_or_img: bytes | Image.Image, max_num: int = 12, *, min_num: int = 1,
+               image_size: int = IMAGE_SIZE, use_thumbnail: bool = True) -> PreprocessedImage:
+    """The model card's ``load_image``: decode (``.convert('RGB')``, no EXIF rotation), tile,
+    normalise. Bytes go through :func:`decode_image` (typed errors)."""
+    if isinstance(data_or_img, bytes | bytearray | memoryview):
+        img = decode_image(data_or_img)
+    else:
+        img = to_rgb(data_or_img)
+    grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
+                     image_size=image_size, use_thumbnail=use_thumbnail)
+    s = image_size
+    lut = _lut(IMAGENET_MEAN, IMAGENET_STD)
+    out = np.empty((grid.num_tiles, 3, s, s), np.float32)
+    big = _rgb_array(_resize(img, grid.resized_wh))
+    # [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile views in row-major order, no copy.
+    grid_view = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2)
+    _normalise_into(out[: grid.blocks].reshape(grid.rows, grid.cols, 3, s, s), grid_view, lut)
+    if grid.has_thumbnail:
+        _normalise_into(out[grid.blocks], _rgb_array(_resize(img, (s, s))), lut)
+    return PreprocessedImage(out, (grid.cols, grid.rows), grid.num_tiles, img.size, grid.has_thumbnail)
