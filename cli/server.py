@@ -49,9 +49,9 @@ def worker(
 
 def migrate() -> None:
     """Apply the database migrations (Alembic `upgrade head`) to CAPTIONQ_DATABASE_URL."""
+    settings = settings_or_exit()
     from core.migrate import upgrade
 
-    settings = settings_or_exit()
     upgrade(settings)
     console.print(f"database at head: {settings.database_url}")
 
