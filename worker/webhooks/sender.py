@@ -4,8 +4,10 @@ Why the checks happen here and not only at submission: DNS can change between th
 submission and a retry hours later (DNS rebinding), so every attempt resolves the host again,
 refuses private/loopback/link-local/metadata addresses (``storage.addresses`` policy;
 ``CAPTIONQ_ALLOW_PRIVATE_URLS`` lets private ones through) and then connects to one of the
-addresses it checked — never to whatever a second lookup inside the HTTP client would return.
-The URL keeps its host name, so the ``Host`` header, TLS SNI and certificate checks are normal.
+addresses it checked — never to whatever a second lookup would return. That is the storage
+guard's network backend (``storage.netguard.GuardedBackend``); this module adds the attempt's
+deadline around it. The URL keeps its host name, so ``Host``, TLS SNI and certificate checks are
+normal.
 
 Redirects are never followed (httpcore has no redirect logic at all): a 3xx is a failed attempt.
 The attempt has one wall-clock budget (``timeout``) covering connect, TLS, sending and the answer's
@@ -26,8 +28,9 @@ from typing import Any
 
 import httpcore
 
-from storage.addresses import IPAddress, Resolver
-from storage.errors import StorageError
+from storage.addresses import Resolver
+from storage.errors import StorageError, UrlNotAllowed
+from storage.netguard import GuardedBackend
 from storage.urls import parse_http_url
 
 USER_AGENT = "captionq-webhooks/1"
@@ -73,40 +76,33 @@ class _DeadlineStream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(ssl_context, server_hostname, self._left(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(inner, self._deadline)
+        left = self._left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left), self._deadline)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
 
 
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Connects to the already-checked addresses, whatever host name httpcore asks for."""
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """Wraps the storage guard's backend (resolve, check, connect to a checked address) so that
+    connecting and every later read/write share the attempt's one deadline."""
 
-    def __init__(self, addresses: Iterable[IPAddress], deadline: float) -> None:
-        self._addresses = list(addresses)
+    def __init__(self, inner: httpcore.NetworkBackend, deadline: float) -> None:
+        self._inner = inner
         self._deadline = deadline
-        self._sync = httpcore.SyncBackend()
 
     def connect_tcp(
         self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        last: Exception = httpcore.ConnectError(f"no address to connect to for {host}")
-        for ip in self._addresses:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise httpcore.ConnectTimeout("webhook attempt deadline reached")
-            try:
-                stream = self._sync.connect_tcp(
-                    str(ip), port, timeout=left if timeout is None else min(timeout, left),
-                    local_address=local_address, socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
-                last = e
-                continue
-            return _DeadlineStream(stream, self._deadline)
-        raise last
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("webhook attempt deadline reached")
+        stream = self._inner.connect_tcp(
+            host, port, timeout=left if timeout is None else min(timeout, left),
+            local_address=local_address, socket_options=socket_options,
+        )
+        return _DeadlineStream(stream, self._deadline)
 
 
 def _clip(text: str) -> str:
@@ -124,6 +120,14 @@ def _describe(exc: Exception, timeout: float) -> str:
     if isinstance(exc, ssl.SSLError):
         return _clip(f"TLS error: {exc}")
     return _clip(f"{type(exc).__name__}: {exc}")
+
+
+def _storage_failure(e: StorageError) -> str:
+    # A refused address or a name that does not resolve (now): nothing was sent. It is retried
+    # like any failure, since DNS may be mid-change; the schedule bounds it.
+    if isinstance(e, UrlNotAllowed):
+        return _clip(f"url_not_allowed: {e.message}")
+    return _clip(f"connection failed: {e.message}")
 
 
 def _failure_text(status: int, headers: Mapping[str, str], body: bytes) -> str:
@@ -153,18 +157,18 @@ def send(
         return AttemptResult(started_at, round(time.monotonic() - t0, 6), status, error, retry_after)
 
     try:
-        target = parse_http_url(url, allow_private=allow_private, resolve=True, resolver=resolver)
+        # Syntax and literal-address policy first; the name's addresses are resolved and checked
+        # by the guard when it connects (once, and it connects to what it checked).
+        target = parse_http_url(url, allow_private=allow_private)
     except StorageError as e:
-        # A refused address, a name that no longer resolves, a DNS failure: the attempt fails
-        # (and is retried — the receiver's DNS may be mid-change), nothing is sent.
-        return done(None, _clip(f"{e.code}: {e.message}"))
-    addresses = [target.ip] if target.ip is not None else list(target.addresses)
+        return done(None, _storage_failure(e))
 
     request_headers = [(b"user-agent", USER_AGENT.encode())]
     request_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
+    guard = GuardedBackend(allow_private=allow_private, resolver=resolver)
     pool = httpcore.ConnectionPool(
-        ssl_context=ssl_context, network_backend=_PinnedBackend(addresses, deadline),
+        ssl_context=ssl_context, network_backend=_DeadlineBackend(guard, deadline),
         max_connections=1, retries=0,
     )
     try:
@@ -184,5 +188,7 @@ def send(
             except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError):
                 pass  # the status is what matters; a broken or slow error body is noise
             return done(status, _failure_text(status, resp_headers, snippet), resp_headers.get("retry-after"))
+    except StorageError as e:  # refused by the guard when connecting, or DNS failed
+        return done(None, _storage_failure(e))
     except Exception as e:  # every way a request can fail is one failed attempt, recorded
         return done(None, _describe(e, timeout))
