@@ -1,0 +1,384 @@
+"""The InternVL2 engine: one loaded model + tokenizer + template, and batched chat generation.
+
+Public API (what the worker uses, together with :class:`models.batcher.Batcher`)::
+
+    engine = Engine.load(source: str | Path, *, device="auto", dtype="auto",
+                         attn_implementation="auto", quantization="none",
+                         cache_dir: Path | None = None, hub_cache_dir: Path | None = None,
+                         allow_download=False, vision_chunk_tiles=64, name=None) -> Engine
+    engine.info -> EngineInfo          # name, template, max_context, image_size, num_image_token, ...
+    engine.prepare(request) -> Prepared          # query, ids, validation, token budget
+    engine.check_budget(request) -> int          # prompt tokens; raises ContextTooLong
+    engine.generate_batch(requests) -> list[ChatResult]
+    engine.chat(question, pixel_values=None, num_patches_list=None, history=None, params=...) -> ChatResult
+    engine.batch_key(prepared) -> Hashable       # requests with different keys never share a batch
+
+``source`` is a checkpoint folder or a hub id (resolved in huggingface_hub's cache; see
+:mod:`models.checkpoint.source`). ``cache_dir`` keeps converted weights for a fast second start.
+
+Shapes crossing module boundaries:
+- ``ChatRequest.pixel_values``: float32 ``[tiles, 3, image_size, image_size]`` (448 for InternVL2),
+  normalised as ``((u8/255) - mean) / std`` by :mod:`models.preprocess`, tiles of all images
+  concatenated in order; ``num_patches_list`` = tiles per image (None = one image with all tiles,
+  like ``chat()``).
+- image features (``Engine.image_features``): ``[tiles, num_image_token, llm_hidden]`` in the model
+  dtype; generation inputs: ``inputs_embeds [B, L, H]`` + ``attention_mask [B, L]`` (left padded).
+
+Semantics follow the official ``chat()``: the query comes from :mod:`models.prompts` (automatic
+``<image>`` prefix, ``<img><IMG_CONTEXT>...</img>`` expansion, history), the only stop token is
+``template.sep.strip()`` (QUIRKS 6), the text is ``decode(skip_special_tokens)`` split at that
+string and stripped (QUIRKS 7). ``output_ids`` include the stop token when the request stopped.
+
+Token budget rule (checked before any model work): ``prompt_tokens + max_new_tokens <=
+max_position_embeddings`` of the LLM, else :class:`ContextTooLong`. This also keeps every row in
+the regime where InternLM2's dynamic-NTK rope is inactive, so a request's output does not depend
+on its batch neighbours; for Phi-3's longrope, requests that could pass the original 4k context
+run alone (``batch_key``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from models import prompts
+from models.checkpoint import open_checkpoint, parse_spec
+from models.checkpoint.loader import LoadStats, empty_model, load_weights
+from models.checkpoint.placement import (
+    device_lookup,
+    needs_split,
+    resolve_attention,
+    resolve_device,
+    resolve_dtype,
+    split_device_map,
+)
+from models.checkpoint.quantize import check_quantization, quantize_llm_linears
+from models.checkpoint.spec import ModelSpec
+from models.errors import ContextTooLong, EngineError, InvalidInput, OutOfMemory
+from models.generation import GenerationParams, Row
+from models.generation import generate as run_generation
+from models.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length", "canceled"]
+_RESERVED = (prompts.IMG_CONTEXT_TOKEN, prompts.IMG_START_TOKEN, prompts.IMG_END_TOKEN)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    template: str
+    max_context: int  # max_position_embeddings of the LLM (the budget limit)
+    image_size: int
+    num_image_token: int  # LLM tokens per tile
+    max_dynamic_patch: int
+    use_thumbnail: bool
+    dtype: str
+    device: str
+    attn_implementation: str
+    quantization: str
+    llm_family: str
+    vocab_size: int
+
+
+@dataclass
+class ChatRequest:
+    """One chat() call. ``question``/``history`` exactly as ``chat()`` takes them; the prompts
+    module adds labels/prefixes. ``mode='batch_chat'`` applies batch_chat()'s prefix rule."""
+
+    question: str
+    history: Sequence[tuple[str, str]] | None = None
+    pixel_values: torch.Tensor | None = None
+    num_patches_list: Sequence[int] | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    on_token: Callable[[str], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    system_message: str | None = None
+    mode: Literal["chat", "batch_chat"] = "chat"
+
+
+@dataclass
+class ChatResult:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: FinishReason
+    output_ids: list[int]
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """A validated request: its token ids and tiles (``tiles_used`` get an embedding)."""
+
+    request: ChatRequest
+    question: str  # after the automatic prefix: what goes into the history
+    input_ids: list[int]
+    num_context_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+class _TextStream:
+    """Turns token ids into text deltas for ``on_token``: decodes everything so far, cuts at the
+    stop string, left-strips, and holds back a trailing U+FFFD (an incomplete UTF-8 sequence)."""
+
+    def __init__(self, tok: Tokenizer, stop_str: str, callback: Callable[[str], None]) -> None:
+        self.tok, self.stop_str, self.callback = tok, stop_str, callback
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def __call__(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids).split(self.stop_str)[0].lstrip()
+        if text.endswith("\ufffd") or not text.startswith(self.sent) or len(text) == len(self.sent):
+            return
+        delta, self.sent = text[len(self.sent):], text
+        try:
+            self.callback(delta)
+        except Exception:  # a broken listener must not break the batch
+            log.exception("on_token callback failed; streaming stopped for this request")
+            self.callback = lambda _d: None
+
+
+def _safe_cancel(check: Callable[[], bool] | None) -> Callable[[], bool] | None:
+    if check is None:
+        return None
+
+    def wrapped() -> bool:
+        try:
+            return bool(check())
+        except Exception:
+            log.exception("should_cancel check failed; treating the request as not canceled")
+            return False
+
+    return wrapped
+
+
+class Engine:
+    """See the module docstring. Not thread-safe: one thread (the batcher's) runs the model."""
+
+    def __init__(self, model: Any, tokenizer: Tokenizer, spec: ModelSpec, info: EngineInfo, *,
+                 vision_chunk_tiles: int = 64, load_stats: LoadStats | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.info = info
+        self.template = prompts.get_template(spec.template)
+        self.stop_id = tokenizer.stop_id(self.template.stop_str)
+        self.vision_chunk_tiles = max(1, int(vision_chunk_tiles))
+        self.load_stats = load_stats
+        self._lock = threading.Lock()
+
+    # --- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str | Path, *, device: str = "auto", dtype: str = "auto",
+             attn_implementation: str = "auto", quantization: str = "none",
+             cache_dir: Path | None = None, hub_cache_dir: Path | None = None,
+             allow_download: bool = False, vision_chunk_tiles: int = 64,
+             name: str | None = None) -> Engine:
+        ckpt = open_checkpoint(source, hub_cache_dir=hub_cache_dir, allow_download=allow_download)
+        spec = parse_spec(ckpt.config)
+        template = prompts.get_template(spec.template)  # UnknownTemplate before any tensor is read
+        tokenizer = Tokenizer.load(ckpt.path)
+        tokenizer.stop_id(template.stop_str)
+        dev = resolve_device(device)
+        if dev != "split" and device == "auto":
+            size = sum(p.stat().st_size for p in ckpt.shards)
+            dev = "split" if needs_split(size, dev) else dev
+        torch_dtype = resolve_dtype(dtype, "cpu" if dev == "cpu" else "cuda")
+        check_quantization(quantization, dev)
+        attn = resolve_attention(attn_implementation, dev, torch_dtype)
+        device_map = split_device_map(spec.text_kwargs["num_hidden_layers"], torch.cuda.device_count()) \
+            if dev == "split" else None
+        load_dev = "cpu" if quantization != "none" else (dev if dev != "split" else "cuda:0")
+        model = empty_model(spec.internvl_config(tokenizer.img_context_id))
+        model.set_attn_implementation(attn)
+        stats = load_weights(model, ckpt, spec, dtype=torch_dtype,
+                             device_for=device_lookup(device_map, load_dev), cache_root=cache_dir)
+        if quantization != "none":
+            quantize_llm_linears(model, quantization, torch.device(dev), torch_dtype)
+            model.to(dev)
+        if device_map is not None:
+            from accelerate import dispatch_model  # optional, multi-GPU only
+
+            model = dispatch_model(model, device_map=device_map)
+        model.eval()
+        info = EngineInfo(
+            name=name or ckpt.name, template=spec.template, max_context=spec.max_position_embeddings,
+            image_size=spec.image_size, num_image_token=spec.num_image_token,
+            max_dynamic_patch=spec.max_dynamic_patch, use_thumbnail=spec.use_thumbnail,
+            dtype=str(torch_dtype).removeprefix("torch."), device=dev, attn_implementation=attn,
+            quantization=quantization, llm_family=spec.llm_family, vocab_size=spec.vocab_size,
+        )
+        log.info("loaded %s (%s) on %s as %s, %s attention%s", info.name, spec.llm_family, dev,
+                 info.dtype, attn, " from converted cache" if stats.from_cache else "")
+        return cls(model, tokenizer, spec, info, vision_chunk_tiles=vision_chunk_tiles, load_stats=stats)
+
+    # --- preparing --------------------------------------------------------------------------
+    def prepare(self, request: ChatRequest) -> Prepared:
+        """Validate a request and build its ids (no model work). Raises InvalidInput or
+        ContextTooLong."""
+        request.params.validate()
+        for text in [request.question, *(s for pair in (request.history or []) for s in pair)]:
+            if any(tok in text for tok in _RESERVED):
+                raise InvalidInput("question or history contains a reserved image token (<img>, </img>, "
+                                   "<IMG_CONTEXT>)")
+        tiles = 0
+        patches: list[int] = []
+        pv = request.pixel_values
+        if pv is not None:
+            s = self.spec.image_size
+            if pv.ndim != 4 or tuple(pv.shape[1:]) != (3, s, s) or not pv.is_floating_point():
+                raise InvalidInput(f"pixel_values must be float [tiles, 3, {s}, {s}], got "
+                                   f"{pv.dtype} {tuple(pv.shape)}")
+            tiles = int(pv.shape[0])
+            if tiles == 0:
+                raise InvalidInput("pixel_values has no tiles")
+            patches = [int(n) for n in request.num_patches_list] if request.num_patches_list else [tiles]
+        elif request.num_patches_list:
+            raise InvalidInput("num_patches_list given without pixel_values")
+        query = prompts.build_query(
+            self.template, request.question, request.history, patches,
+            num_image_token=self.spec.num_image_token, system_message=request.system_message,
+            auto_prefix=request.mode, num_tiles=tiles if pv is not None else None,
+        )
+        question = prompts.prepare_question(request.question, has_images=bool(patches),
+                                            history=request.history, auto_prefix=request.mode)
+        ids = self.tokenizer.encode(query)
+        n_ctx = sum(1 for t in ids if t == self.tokenizer.img_context_id)
+        if n_ctx > tiles * self.spec.num_image_token:
+            raise InvalidInput(f"query has {n_ctx} image tokens but only {tiles} tile(s) were given")
+        if pv is not None and n_ctx == 0:
+            raise InvalidInput("pixel_values given but the query has no <image> placeholder left")
+        prepared = Prepared(request=request, question=question, input_ids=ids, num_context_tokens=n_ctx)
+        self._check_budget(prepared)
+        return prepared
+
+    def _check_budget(self, p: Prepared) -> None:
+        need = p.prompt_tokens + p.request.params.max_new_tokens
+        if need > self.info.max_context:
+            raise ContextTooLong(
+                f"prompt ({p.prompt_tokens} tokens) + max_new_tokens ({p.request.params.max_new_tokens}) "
+                f"= {need} exceeds the model's context of {self.info.max_context} tokens"
+            )
+
+    def check_budget(self, request: ChatRequest) -> int:
+        """Prompt token count; raises ContextTooLong (or InvalidInput) before any model work."""
+        return self.prepare(request).prompt_tokens
+
+    def batch_key(self, p: Prepared) -> Hashable:
+        """Requests whose rope behaviour could depend on a neighbour get a key of their own."""
+        rope = self.spec.text_kwargs["rope_parameters"]
+        if rope.get("rope_type") == "longrope":
+            total = p.prompt_tokens + p.request.params.max_new_tokens
+            if total > int(rope["original_max_position_embeddings"]):
+                return ("alone", id(p))
+        return "shared"
+
+    # --- running ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[tiles, 3, S, S]`` float32 -> ``[tiles, num_image_token, H]``, in chunks of
+        ``vision_chunk_tiles`` tiles (bounds the ViT's activation memory)."""
+        dev = self.model.model.vision_tower.embeddings.patch_embeddings.projection.weight.device
+        chunks = []
+        for start in range(0, pixel_values.shape[0], self.vision_chunk_tiles):
+            part = pixel_values[start:start + self.vision_chunk_tiles].to(dev)
+            chunks.append(self.model.model.get_image_features(pixel_values=part).pooler_output)
+        return torch.cat(chunks)
+
+    def generate_batch(self, requests: Sequence[ChatRequest | Prepared]) -> list[ChatResult]:
+        """Run many independent requests: all their tiles through the ViT in chunks, then one
+        left-padded generation per batch key. Results are in input order."""
+        prepared = [r if isinstance(r, Prepared) else self.prepare(r) for r in requests]
+        results: list[ChatResult | None] = [None] * len(prepared)
+        groups: dict[Hashable, list[int]] = {}
+        for i, p in enumerate(prepared):
+            groups.setdefault(self.batch_key(p), []).append(i)
+        with self._lock:
+            for idxs in groups.values():
+                for i, res in zip(idxs, self._run_group([prepared[i] for i in idxs]), strict=True):
+                    results[i] = res
+        return [r for r in results if r is not None]
+
+    def chat(self, question: str, pixel_values: torch.Tensor | None = None,
+             num_patches_list: Sequence[int] | None = None,
+             history: Sequence[tuple[str, str]] | None = None,
+             params: GenerationParams | None = None) -> ChatResult:
+        req = ChatRequest(question=question, history=history, pixel_values=pixel_values,
+                          num_patches_list=num_patches_list, params=params or GenerationParams())
+        return self.generate_batch([req])[0]
+
+    def _run_group(self, group: list[Prepared]) -> list[ChatResult]:
+        try:
+            return self._run_group_unsafe(group)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(f"out of memory on a batch of {len(group)}: {exc}") from exc
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+                raise OutOfMemory(f"out of memory on a batch of {len(group)}: {exc}") from exc
+            raise
+
+    def build_inputs(self, group: Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``inputs_embeds [B, L, H]`` with image features scattered in, and the
+        attention mask ``[B, L]``."""
+        embed = self.model.get_input_embeddings()
+        dev = embed.weight.device
+        width = max(p.prompt_tokens for p in group)
+        ids = torch.full((len(group), width), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for b, p in enumerate(group):
+            ids[b, width - p.prompt_tokens:] = torch.tensor(p.input_ids)
+            mask[b, width - p.prompt_tokens:] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        with torch.inference_mode():
+            embeds = embed(ids)
+            pixel = [p.request.pixel_values for p in group if p.request.pixel_values is not None]
+            if pixel:
+                feats = self.image_features(torch.cat(pixel)).to(dev, embeds.dtype)
+                start = 0
+                for b, p in enumerate(group):
+                    pv = p.request.pixel_values
+                    if pv is None:
+                        continue
+                    mine = feats[start:start + pv.shape[0]].reshape(-1, embeds.shape[-1])
+                    start += pv.shape[0]
+                    where = (ids[b] == self.tokenizer.img_context_id) & (mask[b] == 1)
+                    # fewer placeholders than tiles (QUIRKS 4): leftover tiles are unused
+                    embeds[b, where] = mine[: int(where.sum())]
+        return embeds, mask
+
+    def _run_group_unsafe(self, group: list[Prepared]) -> list[ChatResult]:
+        embeds, mask = self.build_inputs(group)
+        rows = []
+        for p in group:
+            req = p.request
+            on_step = None
+            if req.on_token is not None:
+                on_step = _TextStream(self.tokenizer, self.template.stop_str, req.on_token)
+            rows.append(Row(params=req.params, stop_ids=frozenset({self.stop_id}), on_step=on_step,
+                            should_cancel=_safe_cancel(req.should_cancel)))
+        run_generation(self.model, embeds, mask, rows)
+        out = []
+        for p, row in zip(group, rows, strict=True):
+            text = prompts.clean_response(self.template, self.tokenizer.decode(row.ids))
+            assert row.finish_reason is not None
+            out.append(ChatResult(
+                text=text, prompt_tokens=p.prompt_tokens, output_tokens=len(row.ids),
+                finish_reason=row.finish_reason, output_ids=list(row.ids),
+                history=prompts.next_history(p.request.history, p.question, text),
+            ))
+        return out
+
+
+__all__ = ["ChatRequest", "ChatResult", "Engine", "EngineError", "EngineInfo", "GenerationParams", "Prepared"]

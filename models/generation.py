@@ -1,0 +1,155 @@
+"""Token generation over a left-padded batch with per-row settings, stops and cancellation.
+
+This is a small decoding loop of our own around the model's forward pass (KV cache, left padding
+through the attention mask, positions = cumsum(mask) - 1, like transformers' ``generate`` and
+the original InternLM2 remote code). It exists instead of ``model.generate`` because each row
+needs its own sampling settings and seed (a request's output must not depend on its batch
+neighbours), its own stop, a per-token hook and a cancellation check between steps; finished and
+canceled rows are dropped from the batch (and its KV cache) as soon as they end.
+
+Like the original ``InternVLChatModel.generate``, generation is driven by ``inputs_embeds``: the
+repetition penalty therefore only sees generated tokens, not the prompt.
+
+Logits processing order follows transformers: repetition penalty, then (sampling only)
+temperature, top-k, top-p, then argmax (greedy) or a draw from the row's own
+``torch.Generator`` (seeded from ``GenerationParams.seed``, or at random).
+
+Shapes: ``inputs_embeds`` float [B, L, H] (model dtype), ``attention_mask`` int64 [B, L]
+(0 = left padding).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from models.errors import InvalidInput
+
+FinishReason = Literal["stop", "length", "canceled"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Per-request generation settings (``do_sample=False`` = greedy; then temperature/top_p/
+    top_k/seed are ignored, as in transformers). ``top_k=0`` and ``top_p=1.0`` disable them."""
+
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> GenerationParams:
+        if not 1 <= self.max_new_tokens <= 1_000_000:
+            raise InvalidInput(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and not self.temperature > 0:
+            raise InvalidInput(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInput(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidInput(f"top_k must be >= 0, got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise InvalidInput(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        return self
+
+
+@dataclass
+class Row:
+    """One sequence of the batch. ``on_step(token_id)`` runs after each token;
+    ``should_cancel()`` runs before each decoding step."""
+
+    params: GenerationParams
+    stop_ids: frozenset[int]
+    on_step: Callable[[int], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    generator: torch.Generator | None = None
+
+
+def _process(scores: torch.Tensor, row: Row) -> int:
+    """Pick the next token for one row from its raw logits [V] (float32)."""
+    p = row.params
+    if p.repetition_penalty != 1.0 and row.ids:
+        seen = torch.tensor(sorted(set(row.ids)), device=scores.device)
+        picked = scores[seen]
+        scores = scores.clone()
+        scores[seen] = torch.where(picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty)
+    if not p.do_sample:
+        return int(torch.argmax(scores))
+    scores = scores / p.temperature
+    if 0 < p.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, p.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        remove = cum <= (1 - p.top_p)
+        remove[-1] = False  # keep at least one token
+        scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+    probs = scores.softmax(-1)
+    if row.generator is None:
+        row.generator = torch.Generator(device=scores.device)
+        row.generator.manual_seed(p.seed if p.seed is not None else secrets.randbits(62))
+    return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+@torch.inference_mode()
+def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows: list[Row], *,
+             step_logits: list[torch.Tensor] | None = None) -> list[Row]:
+    """Run ``rows`` to completion; returns them with ``ids`` and ``finish_reason`` set.
+
+    ``step_logits`` (conformance only) collects each step's raw logits, float32 [B_active, V]
+    (rows in their original order while none has finished)."""
+    from transformers import DynamicCache
+
+    if inputs_embeds.shape[0] != len(rows):
+        raise InvalidInput("one Row per batch row is required")
+    mask = attention_mask.to(inputs_embeds.device, torch.long)
+    cache = DynamicCache(config=model.config.get_text_config())
+    active = list(range(len(rows)))
+    for i in active:
+        rows[i].params.validate()
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
+                cache=cache, use_cache=True, logits_to_keep=1)
+    next_pos = positions[:, -1:] + 1
+    while True:
+        logits = out.logits[:, -1, :].float()
+        if step_logits is not None:
+            step_logits.append(logits.detach().cpu().clone())
+        tokens: list[int] = []
+        for b, i in enumerate(active):
+            row = rows[i]
+            tok = _process(logits[b], row)
+            row.ids.append(tok)
+            tokens.append(tok)
+            if row.on_step is not None:
+                row.on_step(tok)
+            if tok in row.stop_ids:
+                row.finish_reason = "stop"
+            elif len(row.ids) >= row.params.max_new_tokens:
+                row.finish_reason = "length"
+        for i in active:
+            cancel = rows[i].should_cancel
+            if rows[i].finish_reason is None and cancel is not None and cancel():
+                rows[i].finish_reason = "canceled"
+        keep = [b for b, i in enumerate(active) if rows[i].finish_reason is None]
+        if not keep:
+            return rows
+        next_tokens = torch.tensor(tokens, device=mask.device).unsqueeze(-1)
+        if len(keep) < len(active):
+            idx = torch.tensor(keep, device=mask.device)
+            cache.batch_select_indices(idx)
+            mask, next_pos, next_tokens = mask[idx], next_pos[idx], next_tokens[idx]
+            active = [active[b] for b in keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        out = model(input_ids=next_tokens, attention_mask=mask, position_ids=next_pos, cache=cache,
+                    use_cache=True, logits_to_keep=1)
+        next_pos = next_pos + 1

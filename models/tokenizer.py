@@ -1,0 +1,219 @@
+"""The checkpoint's own tokenizer, loaded from its data files only (no checkpoint code runs).
+
+Backends, in order of preference:
+
+- ``tokenizer.json`` through the ``tokenizers`` library (Qwen2, Phi-3, Llama-3 and the
+  conformance kit's toy tokenizers): encoding applies the file's own post-processor (so the BOS
+  rule is the checkpoint's), decoding is ``tokenizers``' ``decode`` (byte-level: invalid UTF-8
+  becomes U+FFFD).
+- ``tokenizer.model`` (sentencepiece; InternLM2 ships only this plus remote code): added tokens
+  from ``tokenizer_config.json`` (``added_tokens_decoder``) are split out first, longest match
+  first; every other span goes through sentencepiece; ``<s>`` is prepended when
+  ``add_bos_token`` (default true, as InternLM2Tokenizer). Decoding drops special ids when asked
+  and lets sentencepiece decode the rest.
+
+Special ids (``<IMG_CONTEXT>``, ``<img>``, ``</img>``, the stop token) are looked up by string,
+never assumed: :meth:`Tokenizer.token_id`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from models.errors import CheckpointCorrupt, CheckpointNotFound
+
+
+class _Backend(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str: ...
+    def token_id(self, token: str) -> int | None: ...
+    def vocab_size(self) -> int: ...
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointCorrupt(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _token_str(value: Any) -> str | None:
+    """Special tokens are plain strings or AddedToken-like dicts ({"content": ...})."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class _FastBackend:
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer as RawTokenizer
+
+        try:
+            self.tok = RawTokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise CheckpointCorrupt(f"cannot load {path}: {exc}") from exc
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=True).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
+        return str(self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def token_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+    def vocab_size(self) -> int:
+        return int(self.tok.get_vocab_size(with_added_tokens=True))
+
+
+class _SentencePieceBackend:
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        import sentencepiece as spm
+
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        except Exception as exc:
+            raise CheckpointCorrupt(f"cannot load {path}: {exc}") from exc
+        self.added: dict[str, int] = {}
+        self.special_ids: set[int] = set()
+        for key, entry in (config.get("added_tokens_decoder") or {}).items():
+            content = _token_str(entry)
+            if content is None:
+                continue
+            self.added[content] = int(key)
+            if not isinstance(entry, dict) or entry.get("special", True):
+                self.special_ids.add(int(key))
+        for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            tok = _token_str(config.get(name))
+            tid = self.token_id(tok) if tok else None
+            if tid is not None:
+                self.special_ids.add(tid)
+        self.id_to_added = {v: k for k, v in self.added.items()}
+        # longest first so that e.g. "<|im_end|>" wins over a shorter prefix token
+        self._added_sorted = sorted(self.added, key=len, reverse=True)
+        self.add_bos = bool(config.get("add_bos_token", True))
+        self.add_eos = bool(config.get("add_eos_token", False))
+
+    def _split(self, text: str) -> list[tuple[str, int | None]]:
+        out: list[tuple[str, int | None]] = []
+        start = i = 0
+        while i < len(text):
+            match = next((t for t in self._added_sorted if text.startswith(t, i)), None)
+            if match is None:
+                i += 1
+                continue
+            if start < i:
+                out.append((text[start:i], None))
+            out.append((match, self.added[match]))
+            i += len(match)
+            start = i
+        if start < len(text):
+            out.append((text[start:], None))
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = [self.sp.bos_id()] if self.add_bos and self.sp.bos_id() >= 0 else []
+        for piece, tid in self._split(text):
+            ids.extend([tid] if tid is not None else self.sp.encode(piece))
+        if self.add_eos and self.sp.eos_id() >= 0:
+            ids.append(self.sp.eos_id())
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
+        parts: list[str] = []
+        run: list[int] = []
+        for tid in ids:
+            tid = int(tid)
+            if skip_special_tokens and tid in self.special_ids:
+                continue
+            if tid in self.id_to_added or tid in self.special_ids:
+                if run:
+                    parts.append(self.sp.decode(run))
+                    run = []
+                parts.append(self.id_to_added.get(tid) or self.sp.id_to_piece(tid))
+            else:
+                run.append(tid)
+        if run:
+            parts.append(self.sp.decode(run))
+        return "".join(parts)
+
+    def token_id(self, token: str) -> int | None:
+        if token in self.added:
+            return self.added[token]
+        tid = int(self.sp.piece_to_id(token))
+        return tid if self.sp.id_to_piece(tid) == token else None
+
+    def vocab_size(self) -> int:
+        return max([int(self.sp.get_piece_size()) - 1, *self.added.values()]) + 1
+
+
+class Tokenizer:
+    """The engine's tokenizer. ``encode`` adds what the checkpoint's tokenizer adds (BOS for
+    InternLM2/Phi-3, nothing for Qwen2)."""
+
+    def __init__(self, backend: _Backend, config: dict[str, Any], folder: Path) -> None:
+        self._b = backend
+        self.folder = folder
+        self.config = config
+        self.img_context_id = self._required("<IMG_CONTEXT>")
+        self.img_start_id = self._required("<img>")
+        self.img_end_id = self._required("</img>")
+        self.bos_id = self._named_id("bos_token")
+        self.eos_id = self._named_id("eos_token")
+        # batch_chat pads with the tokenizer's pad token; only attention-masked positions get it
+        self.pad_id = self._named_id("pad_token")
+        if self.pad_id is None:
+            self.pad_id = self.eos_id if self.eos_id is not None else 0
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Tokenizer:
+        folder = Path(folder)
+        config = _read(folder / "tokenizer_config.json")
+        special_map = _read(folder / "special_tokens_map.json")
+        for key, value in special_map.items():
+            config.setdefault(key, value)
+        backend: _Backend
+        if (folder / "tokenizer.json").is_file():
+            backend = _FastBackend(folder / "tokenizer.json")
+        elif (folder / "tokenizer.model").is_file():
+            backend = _SentencePieceBackend(folder / "tokenizer.model", config)
+        else:
+            raise CheckpointNotFound(f"{folder} has neither tokenizer.json nor tokenizer.model")
+        return cls(backend, config, folder)
+
+    def _required(self, token: str) -> int:
+        tid = self._b.token_id(token)
+        if tid is None:
+            raise CheckpointCorrupt(f"tokenizer in {self.folder} has no {token!r} token")
+        return tid
+
+    def _named_id(self, name: str) -> int | None:
+        tok = _token_str(self.config.get(name))
+        return self._b.token_id(tok) if tok else None
+
+    def token_id(self, token: str) -> int | None:
+        """``convert_tokens_to_ids`` for one token string (None when unknown)."""
+        return self._b.token_id(token)
+
+    def stop_id(self, stop_str: str) -> int:
+        """The id chat() stops at: the template's ``sep.strip()`` as one token (QUIRKS 6)."""
+        tid = self._b.token_id(stop_str)
+        if tid is None:
+            raise CheckpointCorrupt(f"tokenizer in {self.folder} has no stop token {stop_str!r}")
+        return tid
+
+    def encode(self, text: str) -> list[int]:
+        return self._b.encode(text)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self._b.decode(ids, skip_special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._b.vocab_size()
