@@ -15,8 +15,10 @@ Official behaviour reproduced (QUIRKS 8-10, checked against ``preprocess/preproc
   float32 operations applied once per possible byte value), so it is exact by construction and
   avoids three passes of float arithmetic.
 
-Speed: the image is resized once, tiles are views into that array (no PIL crops), and the whole
-stack is normalised in one vectorised pass straight into the ``[tiles, 3, H, W]`` output.
+Speed: the image is resized once (Pillow's own resampler, run in parallel strips that reproduce
+its two passes exactly — :mod:`models.pil_resize`), tiles are views into that array (no PIL
+crops), and the whole stack is normalised in one vectorised pass straight into the
+``[tiles, 3, H, W]`` output.
 
 Decoding (:func:`decode_image`) is the official ``Image.open(f).convert('RGB')`` with typed
 errors; EXIF orientation is *not* applied (the official code does not, QUIRKS 10) — the service
@@ -33,6 +35,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from models import pil_resize
 from models.errors import InvalidInput, MediaTooLarge, MediaUnreadable, UnsupportedMedia
 
 __all__ = [
@@ -216,9 +219,10 @@ def tile_grid(width: int, height: int, *, min_num: int = 1, max_num: int = 12,
     return TileGrid(cols, rows, image_size, use_thumbnail)
 
 
-def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    # Image.resize's default resample (bicubic for RGB), as the model card calls it.
-    return img.resize(size)
+def _resize(img: Image.Image, size: tuple[int, int], workers: int | None = None) -> Image.Image:
+    # Image.resize's default resample (bicubic for RGB), as the model card calls it; computed in
+    # parallel strips by models.pil_resize, which returns exactly Pillow's pixels.
+    return pil_resize.resize(img, size, workers)
 
 
 def dynamic_preprocess(img: Image.Image, *, min_num: int = 1, max_num: int = 12,
@@ -246,14 +250,14 @@ def _rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def tiles_u8(img: Image.Image, *, min_num: int = 1, max_num: int = 12, image_size: int = IMAGE_SIZE,
-             use_thumbnail: bool = True) -> tuple[np.ndarray, TileGrid]:
+             use_thumbnail: bool = True, workers: int | None = None) -> tuple[np.ndarray, TileGrid]:
     """uint8 tiles ``[num_tiles, S, S, 3]`` (HWC, RGB) in official order, and the grid.
     Same pixels as :func:`dynamic_preprocess`, without PIL crops."""
     img = to_rgb(img)
     grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
                      image_size=image_size, use_thumbnail=use_thumbnail)
     s = image_size
-    big = _rgb_array(_resize(img, grid.resized_wh))
+    big = _rgb_array(_resize(img, grid.resized_wh, workers))
     out = np.empty((grid.num_tiles, s, s, 3), np.uint8)
     out[: grid.blocks] = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2).reshape(-1, s, s, 3)
     if grid.has_thumbnail:
@@ -275,8 +279,9 @@ def _lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
 
 def _normalise_into(dst: np.ndarray, hwc: np.ndarray, lut: np.ndarray) -> None:
     """dst[..., c, y, x] = lut[c, hwc[..., y, x, c]] for an HWC uint8 view ``hwc``."""
+    planar = np.ascontiguousarray(np.moveaxis(hwc, -1, -3))  # one u8 copy; the gathers then stream
     for c in range(3):
-        np.take(lut[c], hwc[..., c], out=dst[..., c, :, :])
+        np.take(lut[c], planar[..., c, :, :], out=dst[..., c, :, :])
 
 
 def tiles_to_pixel_values(tiles: Sequence[Image.Image] | np.ndarray, *,
@@ -303,10 +308,12 @@ class PreprocessedImage:
     has_thumbnail: bool
 
 
-def load_image(data_or_img: bytes | Image.Image, max_num: int = 12, *, min_num: int = 1,
-               image_size: int = IMAGE_SIZE, use_thumbnail: bool = True) -> PreprocessedImage:
+def load_image(data_or_img: bytes | bytearray | memoryview | Image.Image, max_num: int = 12, *,
+               min_num: int = 1, image_size: int = IMAGE_SIZE, use_thumbnail: bool = True,
+               workers: int | None = None) -> PreprocessedImage:
     """The model card's ``load_image``: decode (``.convert('RGB')``, no EXIF rotation), tile,
-    normalise. Bytes go through :func:`decode_image` (typed errors)."""
+    normalise. Bytes go through :func:`decode_image` (typed errors); a PIL image is converted
+    with :func:`to_rgb`. ``workers``: threads for the resize (None = up to 4, 1 = none)."""
     if isinstance(data_or_img, bytes | bytearray | memoryview):
         img = decode_image(data_or_img)
     else:
@@ -316,7 +323,7 @@ def load_image(data_or_img: bytes | Image.Image, max_num: int = 12, *, min_num: 
     s = image_size
     lut = _lut(IMAGENET_MEAN, IMAGENET_STD)
     out = np.empty((grid.num_tiles, 3, s, s), np.float32)
-    big = _rgb_array(_resize(img, grid.resized_wh))
+    big = _rgb_array(_resize(img, grid.resized_wh, workers))
     # [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile views in row-major order, no copy.
     grid_view = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2)
     _normalise_into(out[: grid.blocks].reshape(grid.rows, grid.cols, 3, s, s), grid_view, lut)
