@@ -331,32 +331,39 @@ class Engine:
 
     def build_inputs(self, group: Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``inputs_embeds [B, L, H]`` with image features scattered in, and the
-        attention mask ``[B, L]``."""
-        embed = self.model.get_input_embeddings()
-        dev = embed.weight.device
+        attention mask ``[B, L]`` (int64, 0 = padding)."""
         width = max(p.prompt_tokens for p in group)
         ids = torch.full((len(group), width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
         for b, p in enumerate(group):
             ids[b, width - p.prompt_tokens:] = torch.tensor(p.input_ids)
             mask[b, width - p.prompt_tokens:] = 1
+        return self.embed_with_images(ids, mask, [p.request.pixel_values for p in group]), mask
+
+    @torch.inference_mode()
+    def embed_with_images(self, ids: torch.Tensor, mask: torch.Tensor,
+                          pixel_values: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Token embeddings of ``ids [B, L]`` with row b's ``<IMG_CONTEXT>`` positions replaced,
+        in order, by the features of ``pixel_values[b]`` (``[tiles_b, 3, S, S]`` or None). The
+        tiles of every row go through the ViT together, in chunks."""
+        embed = self.model.get_input_embeddings()
+        dev = embed.weight.device
         ids, mask = ids.to(dev), mask.to(dev)
-        with torch.inference_mode():
-            embeds = embed(ids)
-            pixel = [p.request.pixel_values for p in group if p.request.pixel_values is not None]
-            if pixel:
-                feats = self.image_features(torch.cat(pixel)).to(dev, embeds.dtype)
-                start = 0
-                for b, p in enumerate(group):
-                    pv = p.request.pixel_values
-                    if pv is None:
-                        continue
-                    mine = feats[start:start + pv.shape[0]].reshape(-1, embeds.shape[-1])
-                    start += pv.shape[0]
-                    where = (ids[b] == self.tokenizer.img_context_id) & (mask[b] == 1)
-                    # fewer placeholders than tiles (QUIRKS 4): leftover tiles are unused
-                    embeds[b, where] = mine[: int(where.sum())]
-        return embeds, mask
+        embeds = embed(ids)
+        present = [pv for pv in pixel_values if pv is not None]
+        if not present:
+            return embeds
+        feats = self.image_features(torch.cat(present)).to(dev, embeds.dtype)
+        start = 0
+        for b, pv in enumerate(pixel_values):
+            if pv is None:
+                continue
+            mine = feats[start:start + pv.shape[0]].reshape(-1, embeds.shape[-1])
+            start += pv.shape[0]
+            where = (ids[b] == self.tokenizer.img_context_id) & (mask[b] == 1)
+            # fewer placeholders than tiles (QUIRKS 4): the leftover tiles are unused
+            embeds[b, where] = mine[: int(where.sum())]
+        return embeds
 
     def _run_group_unsafe(self, group: list[Prepared]) -> list[ChatResult]:
         embeds, mask = self.build_inputs(group)
