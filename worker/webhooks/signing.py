@@ -67,22 +67,11 @@ def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: 
     return " ".join(sigs)
 
 
-def signing_secrets(
-    current: str, previous: str | None, previous_expires_at: datetime | None, now: datetime
-) -> list[str]:
-    """The secrets that sign a message sent at ``now``: the current one, plus the previous one
-    while its rotation grace period lasts (``now`` before ``previous_expires_at``)."""
-    out = [current]
-    if previous and previous != current and previous_expires_at is not None and now < previous_expires_at:
-        out.append(previous)
-    return out
-
-
 def rfc3339(t: datetime) -> str:
-    """UTC, RFC 3339, millisecond precision with a ``Z``, as everywhere else in the API."""
+    """UTC, RFC 3339 with microseconds and a ``Z``, as everywhere else in the API."""
     if t.tzinfo is None:
         raise ValueError("naive datetime")
-    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def encode_body(event_type: str, occurred_at: datetime, data: Mapping[str, Any]) -> bytes:

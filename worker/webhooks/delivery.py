@@ -1,0 +1,210 @@
+"""Deliver one webhook message: claim an attempt, sign, send, record, decide what comes next.
+
+The message row (``webhook_messages``, written by ``jobs`` in the same transaction as the state
+change) is the whole state; Celery messages are only wake-up calls, so any of them may be lost or
+arrive twice:
+
+1. **Claim** (one short transaction): ``UPDATE … SET attempts = attempts + 1, next_attempt_at =
+   now + lease WHERE id = ? AND status = 'pending' AND next_attempt_at <= now``. Only one worker
+   can win that row for a given attempt; a duplicate wake-up finds ``next_attempt_at`` in the
+   future (the lease) and does nothing. If the worker dies mid-attempt, the lease runs out and
+   the sweeper wakes the message up again.
+2. **Send** with no database session open (``sender.send``: address checks at send time, no
+   redirects, one deadline). Signed afresh: the ``webhook-timestamp`` is this attempt's.
+3. **Record** (one short transaction): insert the attempt row, then ``UPDATE … WHERE id = ? AND
+   attempts = <ours> AND status = 'pending'`` to ``delivered``, ``failed`` (out of attempts) or
+   ``pending`` with the next ``next_attempt_at``. A stale worker (its lease expired and someone
+   else took over, or an operator asked for a redelivery meanwhile) records its attempt but does not
+   overwrite the newer state.
+4. **Wake up later**: the retry wait does not hold a thread. Short waits (up to
+   ``MAX_COUNTDOWN_SECONDS``) are re-published with a Celery countdown; longer ones, and any wake-up
+   that got lost, are found by :func:`republish_due`, which the periodic sweeper calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from core.db import Database, utcnow
+from core.settings import Settings
+from jobs.tables import WebhookAttempt, WebhookMessage
+from jobs.tenants import signing_secrets
+from worker.webhooks import signing
+from worker.webhooks.schedule import RetryPolicy, next_delay, parse_retry_after
+from worker.webhooks.sender import AttemptResult, send
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+# A wake-up may come a little before next_attempt_at (clock skew between hosts, broker ETA
+# rounding); within this much it still counts as due. Kept well under the shortest sensible
+# retry wait; a wake-up earlier than that is dropped and the sweeper catches the message.
+EARLY_TOLERANCE = timedelta(seconds=0.1)
+# How long past its deadline an in-flight attempt keeps the message to itself.
+LEASE_MARGIN_SECONDS = 60.0
+# Waits longer than this are left to the sweeper instead of a broker countdown: an ETA message
+# sits unacknowledged in a worker's memory, and on Redis one held past the visibility timeout is
+# delivered again (harmless here, but pointless).
+MAX_COUNTDOWN_SECONDS = 900.0
+
+# (message id, seconds from now) → publish a wake-up for that message.
+Schedule = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Claim:
+    message_id: str
+    attempt: int  # 1-based number of the attempt this worker now owns
+    tenant_id: str
+    type: str
+    url: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    message_id: str
+    claimed: bool  # False: not due, already delivered/failed, unknown, or another worker has it
+    attempt: int | None = None
+    result: AttemptResult | None = None
+    status: str | None = None  # the message's status after this attempt (as we left it)
+    retry_in: float | None = None  # seconds until the next attempt, when one is scheduled
+    stale: bool = False  # our attempt was recorded but the message had moved on meanwhile
+
+
+def claim(db: Database, message_id: str, *, now: datetime, lease_seconds: float) -> Claim | None:
+    """Take the next attempt of ``message_id`` if it is pending and due (see the module docs)."""
+    m = WebhookMessage
+    stmt = (
+        sa.update(m)
+        .where(
+            m.id == message_id,
+            m.status == PENDING,
+            sa.or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now + EARLY_TOLERANCE),
+        )
+        .values(attempts=m.attempts + 1, next_attempt_at=now + timedelta(seconds=lease_seconds))
+        .returning(m.attempts, m.tenant_id, m.type, m.url, m.payload, m.created_at)
+    )
+    with db.session() as session:
+        row = session.execute(stmt).first()
+    if row is None:
+        return None
+    return Claim(message_id, row.attempts, row.tenant_id, row.type, row.url, row.payload, row.created_at)
+
+
+def _prepare(db: Database, c: Claim, now: datetime) -> tuple[bytes, dict[str, str]]:
+    with db.session() as session:
+        secrets = signing_secrets(session, c.tenant_id, now)
+    body = signing.encode_body(c.type, c.created_at, c.payload)
+    return body, signing.build_headers(c.message_id, int(now.timestamp()), body, secrets)
+
+
+def record(
+    db: Database, c: Claim, result: AttemptResult, *, policy: RetryPolicy, rand: float
+) -> tuple[str, float | None, bool]:
+    """Store the attempt and move the message on. Returns (status, retry in seconds, stale)."""
+    finished = result.started_at + timedelta(seconds=result.duration_seconds)
+    retry_in: float | None = None
+    values: dict[str, Any]
+    if result.ok:
+        status = DELIVERED
+        values = {"status": DELIVERED, "delivered_at": finished, "next_attempt_at": None, "last_error": None}
+    else:
+        retry_after = parse_retry_after(result.retry_after, finished)
+        retry_in = next_delay(policy, c.attempt, rand=rand, retry_after=retry_after)
+        if retry_in is None:
+            status = FAILED
+            values = {"status": FAILED, "next_attempt_at": None, "last_error": result.error}
+        else:
+            status = PENDING
+            values = {"next_attempt_at": finished + timedelta(seconds=retry_in), "last_error": result.error}
+    m = WebhookMessage
+    with db.session() as session:
+        session.add(WebhookAttempt(
+            message_id=c.message_id, attempted_at=result.started_at, status_code=result.status_code,
+            error=result.error, duration_ms=round(result.duration_seconds * 1000, 3),
+        ))
+        moved = session.execute(
+            sa.update(m).where(m.id == c.message_id, m.attempts == c.attempt, m.status == PENDING).values(**values)
+        ).rowcount  # type: ignore[attr-defined]
+    if not moved:
+        return status, None, True
+    return status, retry_in, False
+
+
+def deliver(
+    db: Database,
+    settings: Settings,
+    message_id: str,
+    *,
+    schedule: Schedule | None = None,
+    now: Callable[[], datetime] = utcnow,
+    rand: Callable[[], float] = random.random,
+    resolver: Any = None,
+) -> Outcome:
+    """Make the next attempt of ``message_id`` if it is due; the one call the Celery task makes.
+
+    ``schedule(message_id, seconds)`` publishes the wake-up for a retry (None: leave every retry to
+    the sweeper). Never raises for receiver or network trouble; database errors propagate so the
+    task fails loudly and the message is picked up again by the sweeper.
+    """
+    policy = RetryPolicy.from_settings(settings)
+    timeout = settings.webhook_timeout_seconds
+    c = claim(db, message_id, now=now(), lease_seconds=timeout + LEASE_MARGIN_SECONDS)
+    if c is None:
+        return Outcome(message_id, claimed=False)
+    started = now()
+    try:
+        body, headers = _prepare(db, c, started)
+    except signing.InvalidSecret as e:
+        result = AttemptResult(started, 0.0, None, f"signing failed: {e}")
+    else:
+        result = send(c.url, body, headers, timeout=timeout, allow_private=settings.allow_private_urls,
+                      resolver=resolver)
+    status, retry_in, stale = record(db, c, result, policy=policy, rand=rand())
+    log.info(
+        "webhook %s attempt %d to %s: %s%s", message_id, c.attempt, c.url,
+        "ok" if result.ok else result.error,
+        f", retry in {retry_in:.1f} s" if retry_in is not None else f", {status}",
+        extra={"message_id": message_id, "attempt": c.attempt, "status_code": result.status_code},
+    )
+    if retry_in is not None and schedule is not None and retry_in <= MAX_COUNTDOWN_SECONDS:
+        schedule(message_id, retry_in)
+    return Outcome(message_id, True, c.attempt, result, status, retry_in, stale)
+
+
+def due_message_ids(db: Database, *, now: datetime, grace_seconds: float, limit: int = 1000) -> list[str]:
+    """Pending messages that should have been attempted at least ``grace_seconds`` ago: a lost
+    wake-up, a worker that died mid-attempt (its lease ran out), or a long retry wait."""
+    m = WebhookMessage
+    cutoff = now - timedelta(seconds=grace_seconds)
+    stmt = (
+        sa.select(m.id)
+        .where(m.status == PENDING,
+               sa.or_(m.next_attempt_at <= cutoff, sa.and_(m.next_attempt_at.is_(None), m.created_at <= cutoff)))
+        .order_by(m.next_attempt_at)
+        .limit(limit)
+    )
+    with db.session() as session:
+        return list(session.scalars(stmt))
+
+
+def republish_due(
+    db: Database, publish: Callable[[Iterable[str]], None], *, now: datetime, grace_seconds: float,
+    limit: int = 1000,
+) -> int:
+    """For the periodic sweeper: wake up every overdue pending message (see
+    :func:`due_message_ids`). Duplicated wake-ups are harmless (the claim is conditional)."""
+    ids = due_message_ids(db, now=now, grace_seconds=grace_seconds, limit=limit)
+    if ids:
+        publish(ids)
+    return len(ids)
+
