@@ -72,7 +72,8 @@ def add_message(
     from jobs.webhooks import new_message
 
     job_id = job_id or ("job_" + uuid.uuid4().hex[:26] if batch_id is None else None)
-    payload = payload or {"id": job_id or batch_id, "object": "job" if job_id else "batch", "status": "succeeded"}
+    payload = payload or {"id": job_id or batch_id, "object": "job" if job_id else "batch",
+                          "status": "succeeded"}
     with db.session() as session:
         m = new_message(session, tenant_id=tenant_id, type=type, url=url, payload=payload,
                         job_id=job_id, batch_id=batch_id)

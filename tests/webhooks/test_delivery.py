@@ -48,7 +48,9 @@ def attempts(db: Database, msg_id: str) -> list[WebhookAttempt]:
                               .order_by(WebhookAttempt.id)))
 
 
-def test_delivered_and_verified(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_delivered_and_verified(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret]) as rx:
         msg_id = add_message(db, tenant.id, rx.url)
         (o,) = drive(db, settings, msg_id)
@@ -65,7 +67,9 @@ def test_delivered_and_verified(db: Database, settings: Settings, tenant: Tenant
     assert len(rx.received) == 1
 
 
-def test_500_twice_then_200_is_three_attempts_one_id(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_500_twice_then_200_is_three_attempts_one_id(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret], script=[Answer(500), Answer(500)]) as rx:
         msg_id = add_message(db, tenant.id, rx.url)
         outcomes = drive(db, settings, msg_id)
@@ -79,7 +83,9 @@ def test_500_twice_then_200_is_three_attempts_one_id(db: Database, settings: Set
     assert 0.15 < gaps[0] < 0.6 and 0.4 < gaps[1] < 0.9
 
 
-def test_given_up_after_the_schedule(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_given_up_after_the_schedule(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret], default=Answer(503, body=b"down for maintenance")) as rx:
         msg_id = add_message(db, tenant.id, rx.url)
         outcomes = drive(db, settings, msg_id)
@@ -91,7 +97,9 @@ def test_given_up_after_the_schedule(db: Database, settings: Settings, tenant: T
     assert not deliver(db, settings, msg_id).claimed
 
 
-def test_not_due_yet_is_not_attempted(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_not_due_yet_is_not_attempted(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret], script=[Answer(500)]) as rx:
         msg_id = add_message(db, tenant.id, rx.url)
         first = deliver(db, settings, msg_id)
@@ -101,7 +109,9 @@ def test_not_due_yet_is_not_attempted(db: Database, settings: Settings, tenant: 
     assert len(rx.received) == 1
 
 
-def test_concurrent_wakeups_send_one_attempt(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_concurrent_wakeups_send_one_attempt(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret], default=Answer(200, delay=0.3)) as rx:
         msg_id = add_message(db, tenant.id, rx.url)
         results: list[Outcome] = []
@@ -121,7 +131,9 @@ def test_concurrent_wakeups_send_one_attempt(db: Database, settings: Settings, t
     assert message(db, msg_id).attempts == 1
 
 
-def test_slow_receiver_times_out_and_is_retried(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_slow_receiver_times_out_and_is_retried(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret], script=[Answer(200, delay=2.0)]) as rx:
         msg_id = add_message(db, tenant.id, rx.url)
         t0 = time.monotonic()
@@ -136,7 +148,9 @@ def test_slow_receiver_times_out_and_is_retried(db: Database, settings: Settings
     assert a[0].status_code is None and a[1].status_code == 200
 
 
-def test_redirect_is_a_failed_attempt(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_redirect_is_a_failed_attempt(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret]) as target, Receiver([tenant.secret]) as redirector:
         redirector.default = Answer(302, headers=(("Location", target.url),))
         msg_id = add_message(db, tenant.id, redirector.url)
@@ -162,7 +176,9 @@ def test_private_address_refused_without_setting(migrated_url: str, tenant: Tena
     assert all(e.startswith("url_not_allowed") and "loopback" in e for e in errs)
 
 
-def test_retry_after_is_honoured(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_retry_after_is_honoured(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     with Receiver([tenant.secret], script=[Answer(429, headers=(("Retry-After", "1"),))]) as rx:
         msg_id = add_message(db, tenant.id, rx.url)
         first = deliver(db, settings, msg_id)
@@ -174,7 +190,9 @@ def test_retry_after_is_honoured(db: Database, settings: Settings, tenant: Tenan
     assert [r.answered for r in rx.received] == [429, 200]
 
 
-def test_rotation_sends_both_signatures(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_rotation_sends_both_signatures(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     from jobs.tenants import rotate_webhook_secret
 
     with db.session() as s:
@@ -201,7 +219,9 @@ def test_rotation_sends_both_signatures(db: Database, settings: Settings, tenant
     assert len(got.signature.split(" ")) == 1 and got.verified_with == [0]
 
 
-def test_stale_worker_does_not_overwrite_newer_state(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_stale_worker_does_not_overwrite_newer_state(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     """A worker whose lease ran out records its attempt but leaves the message to the newer one."""
     msg_id = add_message(db, tenant.id, "http://127.0.0.1:9/unused")
     policy = RetryPolicy.from_settings(settings)
@@ -211,14 +231,16 @@ def test_stale_worker_does_not_overwrite_newer_state(db: Database, settings: Set
     ok = AttemptResult(utcnow(), 0.01, 200, None)
     assert record(db, second, ok, policy=policy, rand=0.5) == ("delivered", None, False)
     late = AttemptResult(utcnow(), 0.01, 500, "HTTP 500")
-    status, retry_in, stale = record(db, first, late, policy=policy, rand=0.5)
+    _status, retry_in, stale = record(db, first, late, policy=policy, rand=0.5)
     assert stale and retry_in is None
     m = message(db, msg_id)
     assert m.status == "delivered" and m.attempts == 2
     assert [a.status_code for a in attempts(db, msg_id)] == [200, 500]
 
 
-def test_sweeper_finds_lost_and_overdue_messages(db: Database, settings: Settings, tenant: TenantInfo) -> None:
+def test_sweeper_finds_lost_and_overdue_messages(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
     lost = add_message(db, tenant.id, "http://127.0.0.1:9/lost")
     in_flight = add_message(db, tenant.id, "http://127.0.0.1:9/busy")
     assert claim(db, in_flight, now=utcnow(), lease_seconds=60) is not None

@@ -133,7 +133,9 @@ def record(
             error=result.error, duration_ms=round(result.duration_seconds * 1000, 3),
         ))
         moved = session.execute(
-            sa.update(m).where(m.id == c.message_id, m.attempts == c.attempt, m.status == PENDING).values(**values)
+            sa.update(m)
+            .where(m.id == c.message_id, m.attempts == c.attempt, m.status == PENDING)
+            .values(**values)
         ).rowcount  # type: ignore[attr-defined]
     if not moved:
         return status, None, True
@@ -188,8 +190,10 @@ def due_message_ids(db: Database, *, now: datetime, grace_seconds: float, limit:
     cutoff = now - timedelta(seconds=grace_seconds)
     stmt = (
         sa.select(m.id)
-        .where(m.status == PENDING,
-               sa.or_(m.next_attempt_at <= cutoff, sa.and_(m.next_attempt_at.is_(None), m.created_at <= cutoff)))
+        .where(
+            m.status == PENDING,
+            sa.or_(m.next_attempt_at <= cutoff, sa.and_(m.next_attempt_at.is_(None), m.created_at <= cutoff)),
+        )
         .order_by(m.next_attempt_at)
         .limit(limit)
     )
