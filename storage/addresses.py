@@ -83,10 +83,10 @@ def classify(ip: IPAddress) -> tuple[str, bool] | None:
         return "link-local", False
     if isinstance(ip, IPv4Address) and ip in _CGNAT:
         return "carrier-grade NAT (100.64.0.0/10)", False
-    if ip.is_private or (isinstance(ip, IPv6Address) and ip.is_site_local):
-        return "private", False
     if ip.is_reserved:
         return "reserved", False
+    if ip.is_private or (isinstance(ip, IPv6Address) and ip.is_site_local):
+        return "private", False
     if not ip.is_global:
         return "non-global", False
     return None

@@ -149,7 +149,7 @@ def _get_http(
             if status != 200:
                 raise MediaUnreadable(f"{what}: unexpected answer {status} {response.reason_phrase}")
             read_body(response, spool, max_bytes=config.max_bytes,
-                      deadline=time.monotonic() + config.total_timeout, what=what, chunk_size=CHUNK)
+                      deadline=time.monotonic() + config.total_timeout, what=what)
             return spool, response.headers.get("content-type")
     except BaseException:
         spool.close()

@@ -167,16 +167,16 @@ class SafeResponse:
 
 
 def read_body(
-    response: httpx.Response, sink: Spool, *, max_bytes: int, deadline: float | None, what: str,
-    chunk_size: int = 64 * 1024,
+    response: httpx.Response, sink: Spool, *, max_bytes: int, deadline: float | None, what: str
 ) -> int:
     """Stream a response body into ``sink`` under a byte cap and a wall-clock deadline."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise MediaTooLarge(f"{what} is {declared} bytes, more than the limit of {max_bytes}")
     with mapped_errors(what):
-        return copy_capped(response.iter_bytes(chunk_size), sink, max_bytes=max_bytes, deadline=deadline,
-                           what=what)
+        # iter_bytes() without a chunk size yields each network read as it arrives, so the deadline
+        # is checked even while a server drips bytes (a chunk size would buffer up to that size).
+        return copy_capped(response.iter_bytes(), sink, max_bytes=max_bytes, deadline=deadline, what=what)
 
 
 def safe_request(
@@ -204,7 +204,7 @@ def safe_request(
         try:
             if truncate:
                 with mapped_errors(f"{method} {url}"):
-                    for chunk in response.iter_bytes(64 * 1024):
+                    for chunk in response.iter_bytes():
                         room = max_bytes - sink.size
                         sink.write(chunk[:room])
                         if len(chunk) > room:
