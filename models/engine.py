@@ -142,6 +142,14 @@ class _TextStream:
         text = self.tok.decode(self.ids).split(self.stop_str)[0].lstrip()
         if text.endswith("\ufffd") or not text.startswith(self.sent) or len(text) == len(self.sent):
             return
+        self._emit(text)
+
+    def finish(self, final_text: str) -> None:
+        """Flush what was held back (a trailing U+FFFD) once the final text is known."""
+        if final_text.startswith(self.sent) and len(final_text) > len(self.sent):
+            self._emit(final_text)
+
+    def _emit(self, text: str) -> None:
         delta, self.sent = text[len(self.sent):], text
         try:
             self.callback(delta)
@@ -379,6 +387,8 @@ class Engine:
         out = []
         for p, row in zip(group, rows, strict=True):
             text = prompts.clean_response(self.template, self.tokenizer.decode(row.ids))
+            if isinstance(row.on_step, _TextStream):
+                row.on_step.finish(text)
             assert row.finish_reason is not None
             out.append(ChatResult(
                 text=text, prompt_tokens=p.prompt_tokens, output_tokens=len(row.ids),

@@ -1,0 +1,203 @@
+"""A thread that owns the engine and batches requests from many callers.
+
+    batcher = Batcher(engine, max_requests=16, max_tokens=32768, wait_ms=20)
+    future = batcher.submit(ChatRequest(...))    # concurrent.futures.Future[ChatResult]
+    result = future.result()
+    batcher.close()
+
+``submit`` validates the request on the caller's thread (``engine.prepare``: tokenisation, tile
+counts, the token budget): an invalid request gets a failed future at once and never costs model
+time. The engine thread then repeatedly takes what is pending, in arrival order, into one batch:
+
+- at most ``max_requests`` requests, and ``batch size x (longest prompt + largest
+  max_new_tokens) <= max_tokens`` (the padded KV-cache footprint; a single request always fits);
+- only requests with the same ``engine.batch_key`` (see Engine: requests whose rope could depend
+  on a neighbour run alone). Per-row sampling settings, stops and seeds *can* share a batch:
+  the generation loop applies them row by row, so nothing else needs to match;
+- when the queue holds fewer than ``max_requests``, it waits up to ``wait_ms`` for more.
+
+Requests arriving while a batch runs join the next one. An :class:`OutOfMemory` on a batch
+splits it in halves and retries each half (down to single requests) instead of failing all.
+A request whose ``should_cancel()`` is already true when its batch forms, or whose future was
+cancelled, is completed without model work (finish_reason ``canceled``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from models.engine import ChatRequest, ChatResult, Engine, Prepared
+from models.errors import EngineError, OutOfMemory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    requests: int = 0
+    largest_batch: int = 0
+    oom_splits: int = 0
+
+
+@dataclass
+class _Item:
+    prepared: Prepared
+    future: Future[ChatResult]
+    key: Hashable
+
+
+class Batcher:
+    def __init__(self, engine: Engine, *, max_requests: int = 16, max_tokens: int = 32768,
+                 wait_ms: float = 20.0, start: bool = True) -> None:
+        self.engine = engine
+        self.max_requests = max(1, int(max_requests))
+        self.max_tokens = max(1, int(max_tokens))
+        self.wait_s = max(0.0, float(wait_ms) / 1000.0)
+        self.stats = BatcherStats()
+        self._pending: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="captionq-engine", daemon=True)
+        if start:
+            self._thread.start()
+
+    # --- callers ----------------------------------------------------------------------------
+    def submit(self, request: ChatRequest) -> Future[ChatResult]:
+        future: Future[ChatResult] = Future()
+        try:
+            prepared = self.engine.prepare(request)
+        except EngineError as exc:
+            future.set_exception(exc)
+            return future
+        with self._cond:
+            if self._closed:
+                future.set_exception(EngineError("the engine is shutting down"))
+                return future
+            self._pending.append(_Item(prepared, future, self.engine.batch_key(prepared)))
+            self._cond.notify()
+        return future
+
+    def close(self, *, cancel_pending: bool = True, timeout: float | None = None) -> None:
+        """Stop the engine thread after the running batch; pending requests are failed
+        (``cancel_pending``) or still run first."""
+        with self._cond:
+            self._closed = True
+            if cancel_pending:
+                while self._pending:
+                    item = self._pending.popleft()
+                    if not item.future.done():
+                        item.future.set_exception(EngineError("the engine shut down before this request ran"))
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Batcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- engine thread ----------------------------------------------------------------------
+    def _cost(self, batch: list[_Item]) -> int:
+        longest = max(i.prepared.prompt_tokens for i in batch)
+        most_new = max(i.prepared.request.params.max_new_tokens for i in batch)
+        return len(batch) * (longest + most_new)
+
+    def _take_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if not self._pending:
+                return None  # closed and drained
+            deadline = time.monotonic() + self.wait_s
+            while len(self._pending) < self.max_requests and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch: list[_Item] = []
+            skipped: list[_Item] = []
+            key = self._pending[0].key
+            while self._pending and len(batch) < self.max_requests:
+                item = self._pending.popleft()
+                if item.key != key or (batch and self._cost([*batch, item]) > self.max_tokens):
+                    skipped.append(item)
+                    if item.key == key:
+                        break  # over budget: keep arrival order for the rest
+                    continue
+                batch.append(item)
+            self._pending.extendleft(reversed(skipped))
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            live = [item for item in batch if self._start(item)]
+            if live:
+                self._run(live)
+
+    def _start(self, item: _Item) -> bool:
+        """Mark the future running; complete cancelled/canceled requests without model work."""
+        if not item.future.set_running_or_notify_cancel():
+            return False
+        check = item.prepared.request.should_cancel
+        try:
+            canceled = bool(check()) if check is not None else False
+        except Exception:
+            log.exception("should_cancel failed; running the request")
+            canceled = False
+        if canceled:
+            p = item.prepared
+            item.future.set_result(ChatResult(text="", prompt_tokens=p.prompt_tokens, output_tokens=0,
+                                              finish_reason="canceled", output_ids=[]))
+            return False
+        return True
+
+    def _run(self, batch: list[_Item]) -> None:
+        try:
+            results = self.engine.generate_batch([item.prepared for item in batch])
+        except OutOfMemory as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            self.stats.oom_splits += 1
+            log.warning("out of memory on a batch of %d; retrying in halves", len(batch))
+            _release_cached_memory()
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
+            return
+        except BaseException as exc:  # every future must complete, whatever happened
+            log.exception("batch of %d failed", len(batch))
+            for item in batch:
+                item.future.set_exception(exc if isinstance(exc, Exception) else EngineError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for item, result in zip(batch, results, strict=True):
+            item.future.set_result(result)
+
+
+def _release_cached_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # best effort only
+        pass
+
+
+__all__ = ["Batcher", "BatcherStats"]
