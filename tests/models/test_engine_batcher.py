@@ -1,0 +1,146 @@
+"""Batcher: futures from many threads, batch formation under limits, OOM halving, cancel, close."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from models.batcher import Batcher
+from models.engine import ChatRequest, ChatResult, Engine, Prepared
+from models.errors import ContextTooLong, EngineError, InvalidInput, OutOfMemory
+from models.generation import GenerationParams
+
+
+@pytest.fixture(scope="module")
+def engine(kit_dir: Path) -> Engine:
+    return Engine.load(kit_dir / "models" / "internvl2-qwen2", device="cpu", dtype="float32")
+
+
+def _reqs(n: int) -> list[ChatRequest]:
+    words = ["cat", "dog", "bird", "fish", "tree", "house", "car", "moon"]
+    return [ChatRequest(f"Tell me about the {words[i % 8]} number {i}.",
+                        params=GenerationParams(max_new_tokens=4 + i % 5)) for i in range(n)]
+
+
+class _Recording(Engine):
+    """The real engine, recording each batch size (and failing large ones where asked)."""
+
+    sizes: list[int]
+    oom_above: int | None
+
+    def generate_batch(self, requests: Sequence[ChatRequest | Prepared]) -> list[ChatResult]:
+        self.sizes.append(len(requests))
+        if self.oom_above is not None and len(requests) > self.oom_above:
+            raise OutOfMemory(f"simulated: batch of {len(requests)}")
+        return super().generate_batch(requests)
+
+
+def _recording(engine: Engine, oom_above: int | None = None) -> _Recording:
+    rec = copy.copy(engine)
+    rec.__class__ = _Recording
+    assert isinstance(rec, _Recording)
+    rec.sizes, rec.oom_above = [], oom_above
+    return rec
+
+
+def test_concurrent_submissions_are_batched_and_exact(engine: Engine) -> None:
+    reqs = _reqs(12)
+    expected = [engine.generate_batch([r])[0].output_ids for r in reqs]
+    rec = _recording(engine)
+    with Batcher(rec, max_requests=8, wait_ms=200) as batcher, ThreadPoolExecutor(6) as pool:
+        futures = list(pool.map(batcher.submit, reqs))
+        results = [f.result(timeout=60) for f in futures]
+    assert [r.output_ids for r in results] == expected
+    assert batcher.stats.requests == 12 and max(rec.sizes) > 1 and max(rec.sizes) <= 8
+
+
+def test_token_budget_limits_batch_size(engine: Engine) -> None:
+    reqs = _reqs(4)
+    cost = max(engine.prepare(r).prompt_tokens for r in reqs) + 8
+    rec = _recording(engine)
+    with Batcher(rec, max_requests=16, max_tokens=cost, wait_ms=200) as batcher:
+        futures = [batcher.submit(r) for r in reqs]
+        assert all(f.result(timeout=60).output_tokens > 0 for f in futures)
+    assert rec.sizes and max(rec.sizes) == 1
+
+
+def test_out_of_memory_splits_in_halves(engine: Engine) -> None:
+    reqs = _reqs(8)
+    expected = [engine.generate_batch([r])[0].output_ids for r in reqs]
+    rec = _recording(engine, oom_above=2)
+    batcher = Batcher(rec, max_requests=8, wait_ms=0, start=False)
+    futures = [batcher.submit(r) for r in reqs]
+    batcher._thread.start()  # everything queued first: one batch of 8, then halves
+    try:
+        assert [f.result(timeout=60).output_ids for f in futures] == expected
+    finally:
+        batcher.close()
+    assert rec.sizes[0] == 8 and batcher.stats.oom_splits >= 3 and max(rec.sizes[1:]) <= 4
+
+
+def test_single_request_oom_fails_only_that_future(engine: Engine) -> None:
+    rec = _recording(engine, oom_above=0)
+    with Batcher(rec, wait_ms=0) as batcher:
+        fut = batcher.submit(_reqs(1)[0])
+        with pytest.raises(OutOfMemory):
+            fut.result(timeout=60)
+
+
+def test_invalid_requests_fail_at_submit(engine: Engine) -> None:
+    with Batcher(engine, wait_ms=0) as batcher:
+        bad = batcher.submit(ChatRequest("x", params=GenerationParams(max_new_tokens=10**6 - 1)))
+        assert bad.done() and isinstance(bad.exception(), ContextTooLong)
+        bad2 = batcher.submit(ChatRequest("<IMG_CONTEXT>"))
+        assert bad2.done() and isinstance(bad2.exception(), InvalidInput)
+        good = batcher.submit(_reqs(1)[0])
+        assert good.result(timeout=60).finish_reason == "length"
+
+
+def test_canceled_before_start_costs_nothing(engine: Engine) -> None:
+    rec = _recording(engine)
+    with Batcher(rec, wait_ms=0) as batcher:
+        req = _reqs(1)[0]
+        req.should_cancel = lambda: True
+        res = batcher.submit(req).result(timeout=60)
+    assert res.finish_reason == "canceled" and res.output_ids == [] and rec.sizes == []
+
+
+def test_different_batch_keys_never_share_a_batch(engine: Engine) -> None:
+    class _Keyed(_Recording):
+        def batch_key(self, p: Prepared) -> Hashable:
+            return len(p.request.question) % 2
+
+    rec = _recording(engine)
+    rec.__class__ = _Keyed
+    seen: list[set[int]] = []
+    lock = threading.Lock()
+    orig = Engine.generate_batch
+
+    def spy(self: Engine, requests: Sequence[ChatRequest | Prepared]) -> list[ChatResult]:
+        with lock:
+            seen.append({len(p.request.question) % 2 for p in requests if isinstance(p, Prepared)})
+        return orig(self, requests)
+
+    reqs = _reqs(6)
+    batcher = Batcher(rec, max_requests=8, wait_ms=0, start=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Engine, "generate_batch", spy)
+        futures = [batcher.submit(r) for r in reqs]
+        batcher._thread.start()
+        for f in futures:
+            f.result(timeout=60)
+        batcher.close()
+    assert seen and all(len(s) == 1 for s in seen)
+
+
+def test_close_fails_pending_and_later_submits(engine: Engine) -> None:
+    batcher = Batcher(engine, start=False)
+    pending = batcher.submit(_reqs(1)[0])
+    batcher.close()
+    assert isinstance(pending.exception(timeout=5), EngineError)
+    assert isinstance(batcher.submit(_reqs(1)[0]).exception(timeout=5), EngineError)
