@@ -9,14 +9,15 @@ imports and raise their own exceptions with the same ``code``/``retryable`` attr
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 
 class CaptionqError(Exception):
-    code: ClassVar[str] = "internal"
-    http_status: ClassVar[int] = 500
-    retryable: ClassVar[bool] = False
-    title: ClassVar[str] = "Internal error"
+    # Plain class attributes (not ClassVar): an instance may carry a more specific ``code``.
+    code: str = "internal"
+    http_status: int = 500
+    retryable: bool = False
+    title: str = "Internal error"
 
     def __init__(self, message: str | None = None, *, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message or self.title)
@@ -39,6 +40,14 @@ class InvalidRequest(CaptionqError):
     ) -> None:
         super().__init__(message, extra=extra)
         self.errors = errors or []
+        # The problem's code: the first specific code among the field errors (e.g. a bad URL is
+        # ``url_not_allowed``, an oversize metadata object ``metadata_too_large``).
+        if type(self).code == "invalid_request":
+            for e in self.errors:
+                c = e.get("code")
+                if isinstance(c, str) and c and c != "invalid_request":
+                    self.code = c
+                    break
 
 
 class Unauthorized(CaptionqError):
@@ -83,6 +92,49 @@ class PayloadTooLarge(CaptionqError):
 class UrlNotAllowed(InvalidRequest):
     code = "url_not_allowed"
     title = "URL not allowed"
+
+
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"
+    title = "Invalid pagination cursor"
+
+
+class InvalidJson(CaptionqError):
+    code = "invalid_json"
+    http_status = 400
+    title = "The request body is not valid JSON"
+
+
+class JsonTooDeep(InvalidRequest):
+    code = "json_too_deep"
+    title = "JSON nested too deeply"
+
+
+class MetadataTooLarge(InvalidRequest):
+    code = "metadata_too_large"
+    title = "Metadata too large"
+
+
+class DuplicateCustomId(InvalidRequest):
+    code = "duplicate_custom_id"
+    title = "custom_id used twice in one batch"
+
+
+class UnsupportedContentType(CaptionqError):
+    code = "unsupported_content_type"
+    http_status = 415
+    title = "Request bodies must be application/json"
+
+
+class MethodNotAllowed(CaptionqError):
+    code = "method_not_allowed"
+    http_status = 405
+    title = "Method not allowed"
+
+
+class BatchFinished(Conflict):
+    code = "batch_finished"
+    title = "The batch has already finished"
 
 
 class ServiceUnavailable(CaptionqError):

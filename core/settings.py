@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     s3_allowed_buckets: list[str] = Field(default_factory=list)  # empty = any bucket
     media_root: Path = Path("./media")
     allow_private_urls: bool = False
+    # Resolve http(s) host names when a job is submitted (refusing names with private addresses
+    # early). Off by default: the fetch itself always checks the address it connects to.
+    resolve_urls_at_submission: bool = False
     max_media_bytes: int = 200 * 1024 * 1024
     max_data_uri_bytes: int = 20 * 1024 * 1024
     fetch_timeout_seconds: float = 30.0
@@ -66,6 +69,11 @@ class Settings(BaseSettings):
     max_batch_jobs_inline: int = 10_000
     sweep_interval_seconds: float = 10.0
     outbox_grace_seconds: float = 30.0
+    # A job still ``running`` this long after job_hard_time_limit has lost its worker: the sweeper
+    # requeues it (or fails it with ``worker_lost`` once max_attempts deliveries are used).
+    stuck_grace_seconds: float = 120.0
+    # How long Idempotency-Key records are kept (API.md: 24 h).
+    idempotency_ttl_seconds: int = 86400
 
     # --- webhooks ------------------------------------------------------------------------
     webhook_retry_schedule: str = DEFAULT_WEBHOOK_SCHEDULE

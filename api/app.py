@@ -1,0 +1,94 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Built from a :class:`Settings` made at the entry point (``captionq serve`` / ``up``); nothing
+here reads the environment except :func:`app_from_env`, uvicorn's factory for multi-process
+serving. The API never imports torch or the worker package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI
+
+from api import openapi, problems
+from api.auth import Authenticator
+from api.body import BodyLimitMiddleware
+from api.context import AppContext
+from api.metrics import Metrics, MetricsMiddleware
+from api.urlcheck import StorageUrlChecker
+from core.db import Database
+from core.settings import Settings
+from jobs.queue import Publisher
+from jobs.requests import RequestLimits
+from jobs.service import JobService
+from jobs.tenants import ensure_local_tenant
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Asynchronous captioning and visual question answering jobs with InternVL2. "
+    "Errors are RFC 9457 problem details with a stable `code`."
+)
+
+
+def create_app(
+    settings: Settings, *, db: Database | None = None, publisher: Publisher | None = None
+) -> FastAPI:
+    db = db or Database(settings)
+    publisher = publisher or Publisher.from_settings(settings)
+    service = JobService(db, settings, publisher)
+    ctx = AppContext(
+        settings=settings, db=db, publisher=publisher, service=service,
+        checker=StorageUrlChecker(settings),
+        limits=RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
+                             max_context_tokens=settings.max_context_tokens),
+        auth=Authenticator(db, disabled=settings.auth == "disabled"),
+        metrics=Metrics(db),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.auth == "disabled":
+            await to_thread.run_sync(_ensure_local_tenant, db)
+        yield
+        publisher.close()
+        db.dispose()
+
+    app = FastAPI(title="captionq", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+    app.state.ctx = ctx
+    problems.install(app)
+    openapi.install(app)
+
+    from api import routes_batches, routes_jobs, routes_ops
+
+    app.include_router(routes_ops.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_batches.router)
+    # Server-Sent Events (GET /v1/jobs/{id}/events) live in their own module when present.
+    if importlib.util.find_spec("api.events") is not None:
+        app.include_router(importlib.import_module("api.events").router)
+    # Outermost first: metrics see every request, the body cap applies before any route reads.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    return app
+
+
+def _ensure_local_tenant(db: Database) -> None:
+    with db.session() as session:
+        ensure_local_tenant(session)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``api.app:app_from_env``) for ``captionq serve --workers N``."""
+    from core.logging import setup_logging
+    from core.settings import load_settings
+
+    settings = load_settings()
+    setup_logging(settings)
+    return create_app(settings)

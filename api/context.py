@@ -1,0 +1,37 @@
+"""What the routes share: built once by :func:`api.app.create_app`, kept on ``app.state.ctx``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from api.auth import Authenticator
+from api.metrics import Metrics
+from api.urlcheck import StorageUrlChecker
+from core.db import Database
+from core.settings import Settings
+from jobs.queue import Publisher
+from jobs.requests import RequestLimits
+from jobs.service import JobService
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    publisher: Publisher
+    service: JobService
+    checker: StorageUrlChecker
+    limits: RequestLimits
+    auth: Authenticator
+    metrics: Metrics
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+async def tenant(request: Request) -> str:
+    """Dependency: the caller's tenant id (401 without a valid key)."""
+    return await get_ctx(request).auth.tenant_for(request)

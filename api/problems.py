@@ -1,0 +1,102 @@
+"""RFC 9457 problem details for every error the API returns.
+
+One place maps exceptions to ``application/problem+json`` bodies
+``{type, title, status, detail, code}`` (+ ``errors: [{loc, msg}]`` for 422): our
+:class:`core.errors.CaptionqError` hierarchy, foreign errors carrying ``code``/``retryable``
+(storage, models) through :func:`core.errors.as_captionq_error`, FastAPI's request validation,
+Starlette's routing errors (404, 405) and anything unexpected (500, logged, no internals shown).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import CaptionqError, InvalidRequest, as_captionq_error
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+_STATUS_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Missing or invalid API key"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_content_type", "Unsupported content type"),
+    422: ("invalid_request", "Invalid request"),
+    429: ("too_many_requests", "Too many requests"),
+    503: ("unavailable", "Service temporarily unavailable"),
+}
+
+
+def problem(status: int, code: str, title: str, detail: str, *, errors: list[dict[str, Any]] | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:captionq:problem:{code}", "title": title, "status": status, "detail": detail,
+        "code": code,
+    }
+    if errors is not None or status == 422:
+        body["errors"] = [{"loc": list(e.get("loc", [])), "msg": str(e.get("msg", "")),
+                           **({"code": e["code"]} if e.get("code") else {})} for e in (errors or [])]
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    err = as_captionq_error(exc)
+    status = err.http_status
+    if status >= 500 and not isinstance(exc, CaptionqError):
+        log.exception("unexpected error", exc_info=exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if err.retryable and status == 503:
+        headers = {"Retry-After": "5"}
+    detail = err.message if status < 500 or isinstance(exc, CaptionqError) else "internal error"
+    errors = err.errors if isinstance(err, InvalidRequest) else None
+    return problem(status, err.code, err.title, detail, errors=errors, headers=headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors():
+        loc = list(e.get("loc", ()))
+        if loc and loc[0] == "body":
+            loc = loc[1:]
+        out.append({"loc": loc, "msg": e.get("msg", "invalid")})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(CaptionqError)
+    async def _ours(_request: Request, exc: CaptionqError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = _validation_errors(exc)
+        where = ".".join(str(p) for p in errs[0]["loc"]) if errs else "request"
+        detail = f"{where}: {errs[0]['msg']}" if errs else "invalid request"
+        return problem(422, "invalid_request", "Invalid request", detail, errors=errs)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, title = _STATUS_CODES.get(exc.status_code, ("error", "Error"))
+        detail = str(exc.detail) if exc.detail else title
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path}"
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem(exc.status_code, code, title, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _other(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)

@@ -1,0 +1,132 @@
+"""``/v1/batches``: submit (inline or manifest), read, list, cancel, results (NDJSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.body import read_json
+from api.context import AppContext, get_ctx, tenant
+from api.openapi import body_schema
+from api.routes_jobs import run_idempotent
+from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
+from jobs import batches, lists
+from jobs.render import batch_to_dict
+
+router = APIRouter(prefix="/v1", tags=["batches"])
+
+Tenant = Annotated[str, Depends(tenant)]
+
+
+def manifest_lines(ctx: AppContext, url: str) -> Iterator[tuple[int, bytes]]:
+    """The manifest as ``(line number, bytes)``, streamed; read failures become 4xx/503."""
+    from storage.objects import iter_lines
+
+    it = iter_lines(url, ctx.checker.config)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _manifest_error(exc) from exc
+        yield item
+
+
+def _manifest_error(exc: Exception) -> CaptionqError:
+    err = as_captionq_error(exc)
+    if err.retryable:
+        return ServiceUnavailable(f"the manifest could not be read right now: {err.message}")
+    line = getattr(exc, "line", None)
+    loc: list[Any] = ["manifest", line] if isinstance(line, int) else ["manifest_url"]
+    errors = [{"loc": loc, "msg": err.message, "code": err.code}]
+    return InvalidRequest(f"manifest: {err.message}", errors=errors)
+
+
+@router.post("/batches", status_code=202, summary="Submit a batch of jobs",
+             openapi_extra=body_schema("BatchRequest"), responses={202: {"description": "The Batch"}})
+async def submit_batch(request: Request, tenant_id: Tenant, background: BackgroundTasks) -> JSONResponse:
+    ctx = get_ctx(request)
+    body = await read_json(request)
+    to_publish: list[int] = []
+
+    def create() -> tuple[str, dict[str, Any]]:
+        plan = batches.plan_batch(body, ctx.checker, ctx.settings.max_batch_jobs_inline)
+        if plan.jobs is not None:
+            lines: Any = enumerate(plan.jobs)
+            loc_name = "jobs"
+        else:
+            assert plan.manifest_url is not None
+            lines = ((n, raw) for n, raw in manifest_lines(ctx, plan.manifest_url))
+            loc_name = "manifest"
+        spool = batches.validate_lines(lines, plan, ctx.checker, ctx.limits, loc_name)
+        batch, outbox_ids = batches.insert_batch(ctx.service, tenant_id, plan, spool)
+        to_publish.extend(outbox_ids)
+        return batch.id, batch_to_dict(batch)
+
+    def load(batch_id: str) -> dict[str, Any]:
+        return batch_to_dict(batches.get_batch(ctx.service, tenant_id, batch_id))
+
+    response = await run_idempotent(request, ctx, tenant_id, "POST /v1/batches", body, create, load)
+    if to_publish:
+        # After the response: a big batch is enqueued in pipelined chunks in the background.
+        background.add_task(ctx.service.publish, to_publish)
+        response.background = background
+    return response
+
+
+@router.get("/batches/{batch_id}", summary="Get a batch and its counts")
+async def get_batch(request: Request, batch_id: str, tenant_id: Tenant) -> dict[str, Any]:
+    ctx = get_ctx(request)
+    batch = await to_thread.run_sync(batches.get_batch, ctx.service, tenant_id, batch_id)
+    return batch_to_dict(batch)
+
+
+@router.get("/batches", summary="List batches, newest first")
+async def list_batches(
+    request: Request, tenant_id: Tenant, status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=lists.MAX_LIMIT)] = lists.DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    ctx = get_ctx(request)
+
+    def run() -> dict[str, Any]:
+        with ctx.db.session() as session:
+            page = lists.list_batches(session, tenant_id, status, limit, cursor)
+            return {"object": "list", "data": [batch_to_dict(b) for b in page.rows],
+                    "next_cursor": page.next_cursor}
+
+    return await to_thread.run_sync(run)  # type: ignore[no-any-return]
+
+
+@router.post("/batches/{batch_id}/cancel", status_code=202, summary="Cancel every unfinished job of a batch")
+async def cancel_batch(request: Request, batch_id: str, tenant_id: Tenant) -> JSONResponse:
+    ctx = get_ctx(request)
+    batch = await to_thread.run_sync(batches.cancel_batch, ctx.service, tenant_id, batch_id)
+    return JSONResponse(batch_to_dict(batch), status_code=202)
+
+
+@router.get("/batches/{batch_id}/results", summary="Results in submission order (NDJSON, streamed)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/x-ndjson": {}}}})
+async def batch_results(request: Request, batch_id: str, tenant_id: Tenant) -> StreamingResponse:
+    ctx = get_ctx(request)
+    await to_thread.run_sync(batches.get_batch, ctx.service, tenant_id, batch_id)  # 404 before streaming
+    return StreamingResponse(_results(ctx, batch_id), media_type="application/x-ndjson")
+
+
+def _results(ctx: AppContext, batch_id: str) -> Iterator[bytes]:
+    """Keyset-paged reads (one short session per 1,000 rows), sent in ~200-line writes."""
+    buf: list[bytes] = []
+    for line in ctx.service.iter_batch_results(batch_id):
+        buf.append(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        if len(buf) >= 200:
+            yield b"".join(buf)
+            buf = []
+    if buf:
+        yield b"".join(buf)

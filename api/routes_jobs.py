@@ -1,0 +1,117 @@
+"""``/v1/jobs``: submit, read (with long-poll), list, cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from api.body import read_json
+from api.context import AppContext, get_ctx, tenant
+from api.openapi import body_schema
+from jobs import idempotency, lists
+from jobs.render import job_to_dict
+from jobs.requests import normalize_job_request
+from jobs.states import TERMINAL
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+Tenant = Annotated[str, Depends(tenant)]
+
+
+async def run_idempotent(
+    request: Request, ctx: AppContext, tenant_id: str, endpoint: str, body: Any,
+    create: Any, load: Any,
+) -> JSONResponse:
+    """Run ``create()`` (→ (id, json)) once per Idempotency-Key; replay with ``load(id)``."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        _id, data = await to_thread.run_sync(create)
+        return JSONResponse(data, status_code=202)
+    body_hash = idempotency.request_hash(endpoint, body)
+    existing = await to_thread.run_sync(
+        lambda: idempotency.claim(ctx.db, tenant_id, key, endpoint, body_hash,
+                                  ctx.settings.idempotency_ttl_seconds))
+    if existing is not None:
+        data = await to_thread.run_sync(load, existing)
+        return JSONResponse(data, status_code=200, headers={"Idempotent-Replayed": "true"})
+    try:
+        resource_id, data = await to_thread.run_sync(create)
+    except BaseException:
+        await to_thread.run_sync(idempotency.release, ctx.db, tenant_id, key)
+        raise
+    await to_thread.run_sync(idempotency.complete, ctx.db, tenant_id, key, resource_id)
+    return JSONResponse(data, status_code=202)
+
+
+@router.post("/jobs", status_code=202, summary="Submit a job",
+             openapi_extra=body_schema("JobRequest"), responses={202: {"description": "The Job"}})
+async def submit_job(request: Request, tenant_id: Tenant) -> JSONResponse:
+    ctx = get_ctx(request)
+    body = await read_json(request)
+
+    def create() -> tuple[str, dict[str, Any]]:
+        req = normalize_job_request(body, ctx.checker, ctx.limits)
+        job = ctx.service.submit(tenant_id, req)
+        return job.id, job_to_dict(job)
+
+    def load(job_id: str) -> dict[str, Any]:
+        return job_to_dict(ctx.service.get(tenant_id, job_id))
+
+    return await run_idempotent(request, ctx, tenant_id, "POST /v1/jobs", body, create, load)
+
+
+@router.get("/jobs/{job_id}", summary="Get a job (optionally long-polling until it ends)")
+async def get_job(
+    request: Request, job_id: str, tenant_id: Tenant,
+    wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a terminal status")] = 0,
+) -> dict[str, Any]:
+    ctx = get_ctx(request)
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        job = await to_thread.run_sync(ctx.service.get, tenant_id, job_id)
+        left = deadline - time.monotonic()
+        if job.status in TERMINAL or left <= 0 or await request.is_disconnected():
+            return job_to_dict(job)
+        await anyio.sleep(min(delay, left))
+        delay = min(delay * 1.5, 0.5)
+
+
+@router.get("/jobs", summary="List jobs, newest first")
+async def list_jobs(
+    request: Request, tenant_id: Tenant,
+    status: str | None = None, batch_id: str | None = None, custom_id: str | None = None,
+    created_after: str | None = None, created_before: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=lists.MAX_LIMIT)] = lists.DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    ctx = get_ctx(request)
+    f = lists.JobFilters(
+        status=status, batch_id=batch_id, custom_id=custom_id,
+        created_after=_time(created_after, "created_after"),
+        created_before=_time(created_before, "created_before"),
+    )
+
+    def run() -> dict[str, Any]:
+        with ctx.db.session() as session:
+            page = lists.list_jobs(session, tenant_id, f, limit, cursor)
+            data = [job_to_dict(j) for j in page.rows]
+            return {"object": "list", "data": data, "next_cursor": page.next_cursor}
+
+    return await to_thread.run_sync(run)  # type: ignore[no-any-return]
+
+
+def _time(value: str | None, name: str) -> Any:
+    return lists.parse_time(value, ["query", name]) if value else None
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, summary="Cancel a job")
+async def cancel_job(request: Request, job_id: str, tenant_id: Tenant) -> JSONResponse:
+    ctx = get_ctx(request)
+    job = await to_thread.run_sync(ctx.service.cancel, tenant_id, job_id)
+    return JSONResponse(job_to_dict(job), status_code=202)

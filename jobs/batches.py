@@ -1,0 +1,348 @@
+"""Batches: submission (inline or a streamed JSONL manifest), cancel, results.
+
+Submission runs in three phases so that no transaction is held while the manifest downloads and
+nothing is held in memory per line:
+
+1. read + validate (no database): each line is parsed, merged over ``defaults``, normalised, and
+   written as one compact JSON line to a spool file (memory up to 8 MB, then disk); errors are
+   collected with their location (``["manifest", line, …]`` or ``["jobs", index, …]``), up to
+   ``MAX_ERRORS``, after which reading stops;
+2. insert (one transaction, so a batch appears whole or not at all): the batch row, then the spool
+   in chunks of ``CHUNK`` with bulk INSERTs of jobs and their outbox rows, counters set at the end;
+3. publish the outbox rows after commit (the API does it in the background; a crash there is
+   covered by the sweeper).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.db import utcnow
+from core.errors import BatchFinished, DuplicateCustomId, InvalidRequest, NotFound
+from jobs import ids, outbox
+from jobs import transitions as tx
+from jobs.requests import (
+    RequestLimits,
+    UrlChecker,
+    Webhook,
+    _check_metadata,
+    check_defaults,
+    error,
+    merge_defaults,
+    normalize_job_request,
+    pydantic_errors,
+)
+from jobs.service import JobService, new_job_row
+from jobs.states import ALL_EVENTS, CANCEL, DEFAULT_BATCH_EVENTS, BatchStatus, JobStatus
+from jobs.tables import Batch, Job
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000
+MAX_ERRORS = 100
+SPOOL_MEMORY = 8 * 1024 * 1024
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    jobs: list[Any] | None = None
+    manifest_url: str | None = None
+    defaults: dict[str, Any] | None = None
+    output_url: str | None = None
+    webhook: Webhook | None = None
+    metadata: dict[str, Any] | None = None
+    skip_invalid: bool = False
+    priority: int | None = Field(None, ge=0, le=9)  # extension: default priority of the batch's jobs
+
+
+@dataclass
+class BatchPlan:
+    """The validated top level of a batch request (before its jobs are read)."""
+
+    jobs: list[Any] | None
+    manifest_url: str | None
+    defaults: dict[str, Any] | None
+    output_url: str | None
+    webhook: dict[str, Any] | None
+    metadata: dict[str, Any]
+    skip_invalid: bool
+
+
+def plan_batch(raw: Any, checker: UrlChecker, max_inline: int) -> BatchPlan:
+    """Validate everything but the jobs themselves."""
+    if not isinstance(raw, dict):
+        raise InvalidRequest("the body must be a JSON object", errors=[error([], "expected an object")])
+    try:
+        req = BatchRequest.model_validate(raw)
+    except ValidationError as exc:
+        schema_errs = pydantic_errors(exc, [])
+        raise InvalidRequest(f"{len(schema_errs)} invalid field(s)", errors=schema_errs) from None
+    errs: list[dict[str, Any]] = []
+    if (req.jobs is None) == (req.manifest_url is None):
+        errs.append(error([], "give exactly one of 'jobs' and 'manifest_url'"))
+    if req.jobs is not None and not req.jobs:
+        errs.append(error(["jobs"], "a batch needs at least one job"))
+    if req.jobs is not None and len(req.jobs) > max_inline:
+        errs.append(error(["jobs"], f"at most {max_inline} jobs inline; use manifest_url for more"))
+    manifest = output = None
+    if req.manifest_url is not None:
+        try:
+            manifest = checker.manifest(req.manifest_url)
+        except Exception as exc:
+            errs.append(_code_error(exc, ["manifest_url"]))
+    if req.output_url is not None:
+        try:
+            output = checker.output(req.output_url)
+        except Exception as exc:
+            errs.append(_code_error(exc, ["output_url"]))
+    hook = None
+    if req.webhook is not None:
+        hook = req.webhook.model_dump()
+        try:
+            hook["url"] = checker.webhook(hook["url"])
+        except Exception as exc:
+            errs.append(_code_error(exc, ["webhook", "url"]))
+        events = hook["events"] or list(DEFAULT_BATCH_EVENTS)
+        hook["events"] = [e for e in dict.fromkeys(events) if e in ALL_EVENTS]
+    defaults = dict(req.defaults) if req.defaults is not None else None
+    if req.priority is not None:
+        defaults = {"priority": req.priority, **(defaults or {})}
+    errs += check_defaults(defaults, ["defaults"])
+    errs += _check_metadata(req.metadata, ["metadata"])
+    if errs:
+        raise InvalidRequest(f"{len(errs)} invalid field(s)", errors=errs)
+    return BatchPlan(req.jobs, manifest, defaults, output, hook, req.metadata or {}, req.skip_invalid)
+
+
+def _code_error(exc: Exception, loc: list[Any]) -> dict[str, Any]:
+    code = getattr(exc, "code", None)
+    if not isinstance(code, str):
+        raise exc
+    return error(loc, str(getattr(exc, "message", exc)), code)
+
+
+@dataclass
+class Spool:
+    file: IO[bytes]
+    count: int = 0
+    queued: int = 0
+    failed: int = 0
+
+
+def validate_lines(
+    lines: Iterable[tuple[int, Any]], plan: BatchPlan, checker: UrlChecker, limits: RequestLimits,
+    loc_name: str,
+) -> Spool:
+    """Phase 1. ``lines`` yields ``(number, raw)`` where raw is a parsed object (inline) or the
+    text of a manifest line. Raises :class:`InvalidRequest` with every error's location."""
+    spool = Spool(tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY))  # noqa: SIM115
+    errors: list[dict[str, Any]] = []
+    seen_custom: set[str] = set()
+    batch_hook = plan.webhook
+    job_events = [e for e in (batch_hook or {}).get("events", []) if e.startswith("job.")]
+    for number, raw in lines:
+        loc = [loc_name, number]
+        obj = raw
+        if isinstance(raw, str | bytes):
+            if not raw.strip():
+                continue  # blank lines in a manifest are skipped (numbers still count)
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                _invalid(spool, errors, plan, loc, [error(loc, f"not valid JSON: {exc}")], None, number)
+                if len(errors) >= MAX_ERRORS:
+                    break
+                continue
+        merged = merge_defaults(plan.defaults, obj)
+        custom = merged.get("custom_id") if isinstance(merged, dict) else None
+        dup = isinstance(custom, str) and custom in seen_custom
+        try:
+            req = normalize_job_request(merged, checker, limits, loc=loc)
+            line_errors = []
+        except InvalidRequest as exc:
+            req, line_errors = None, exc.errors
+        if dup:
+            errors.append(error([*loc, "custom_id"], f"custom_id {custom!r} appears twice in this batch",
+                                "duplicate_custom_id"))
+        elif isinstance(custom, str):
+            seen_custom.add(custom)
+        if line_errors:
+            _invalid(spool, errors, plan, loc, line_errors, merged, number, custom if not dup else None)
+        elif req is not None and not dup:
+            hook = req.get("webhook") or (
+                {"url": batch_hook["url"], "events": job_events} if batch_hook and job_events else None
+            )
+            _write(spool, {"seq": number, "request": req, "webhook": hook})
+            spool.queued += 1
+        if len(errors) >= MAX_ERRORS:
+            break
+    if not errors and spool.count == 0:
+        errors.append(error([loc_name], "a batch needs at least one job"))
+    if errors:
+        spool.file.close()
+        if any(e.get("code") == "duplicate_custom_id" for e in errors):
+            raise DuplicateCustomId(f"{len(errors)} problem(s) in the batch's jobs", errors=errors)
+        raise InvalidRequest(f"{len(errors)} invalid job(s) in the batch", errors=errors)
+    spool.file.seek(0)
+    return spool
+
+
+def _write(spool: Spool, item: dict[str, Any]) -> None:
+    spool.file.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+    spool.count += 1
+
+
+def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan, loc: list[Any],
+             line_errors: list[dict[str, Any]], obj: Any, number: int, custom: Any = None) -> None:
+    if not plan.skip_invalid:
+        errors.extend(line_errors)
+        return
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'][2:]) or 'line'}: {e['msg']}" for e in line_errors
+    )[:2000]
+    request = obj if isinstance(obj, dict) else {"raw": str(obj)[:1000]}
+    invalid = {"code": "invalid_request", "message": message, "retryable": False}
+    _write(spool, {"seq": number, "invalid": invalid, "request": request,
+                   "custom_id": custom if isinstance(custom, str) else None})
+    spool.failed += 1
+
+
+def _read_spool(spool: Spool) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for line in spool.file:
+        chunk.append(json.loads(line))
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Spool,
+                 batch_id: str | None = None) -> tuple[Batch, list[int]]:
+    """Phase 2: one transaction. Returns the batch and the outbox ids to publish."""
+    now = utcnow()
+    effects = tx.Effects()
+    outbox_ids: list[int] = []
+    batch_id = batch_id or ids.batch_id()
+    hook = plan.webhook
+    with service.db.session() as session:
+        session.add(Batch(
+            id=batch_id, tenant_id=tenant_id, status=BatchStatus.QUEUED.value, total=0, queued=0,
+            running=0, succeeded=0, failed=0, canceled=0, output_url=plan.output_url, meta=plan.metadata,
+            webhook_url=hook["url"] if hook else None, webhook_events=hook["events"] if hook else None,
+            created_at=now,
+        ))
+        session.flush()
+        for chunk in _read_spool(spool):
+            rows, messages = [], []
+            for item in chunk:
+                job_id = ids.job_id()
+                if "invalid" in item:
+                    rows.append(_failed_row(job_id, tenant_id, batch_id, item, now))
+                    continue
+                job = new_job_row(job_id, tenant_id, item["request"], now, batch_id=batch_id,
+                                  seq=item["seq"], webhook=item["webhook"])
+                rows.append(_as_dict(job))
+                messages.append(outbox.caption_message(job_id, job.priority))
+            session.execute(sa.insert(Job), rows)
+            outbox_ids += outbox.add(session, messages, now)
+        spool.file.close()
+        batch = session.execute(
+            sa.update(Batch).where(Batch.id == batch_id)
+            .values(total=spool.queued + spool.failed, queued=spool.queued, failed=spool.failed)
+            .returning(Batch).execution_options(populate_existing=True, synchronize_session=False)
+        ).scalar_one()
+        if spool.queued == 0:  # every line was invalid (skip_invalid): nothing will run
+            tx.on_last_job_ended(session, batch, now, effects)
+            session.flush()
+            batch = session.execute(
+                sa.select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
+            ).scalar_one()
+        outbox_ids += outbox.add(session, effects.messages, now)
+    return batch, outbox_ids
+
+
+_JOB_COLUMNS = [a.key for a in sa.inspect(Job).column_attrs]
+
+
+def _as_dict(job: Job) -> dict[str, Any]:
+    return {k: getattr(job, k) for k in _JOB_COLUMNS}
+
+
+def _failed_row(
+    job_id: str, tenant_id: str, batch_id: str, item: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    req = item["request"]
+    meta = req.get("metadata") if isinstance(req.get("metadata"), dict) else {}
+    return {
+        "id": job_id, "tenant_id": tenant_id, "batch_id": batch_id, "seq": item["seq"],
+        "custom_id": item["custom_id"], "status": JobStatus.FAILED.value, "priority": 0, "request": req,
+        "output": None, "partial_text": None, "error": item["invalid"], "attempts": 0,
+        "cancel_requested": False, "metrics": None, "meta": meta, "webhook_url": None, "webhook_events": None,
+        "created_at": now, "started_at": None, "finished_at": now, "expires_at": None,
+    }
+
+
+# --- reads, cancel ----------------------------------------------------------------------------
+def get_batch(service: JobService, tenant_id: str, batch_id: str) -> Batch:
+    with service.db.session() as session:
+        batch = session.scalar(sa.select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id))
+    if batch is None:
+        raise NotFound(f"no batch {batch_id!r}")
+    return batch
+
+
+def cancel_batch(service: JobService, tenant_id: str, batch_id: str) -> Batch:
+    """Cancel every job of the batch that has not finished: queued ones at once (in chunks, each
+    its own transaction so no lock is held long), running ones at their next generation step."""
+    now = utcnow()
+    with service.db.session() as session:
+        batch = session.scalar(sa.select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id))
+        if batch is None:
+            raise NotFound(f"no batch {batch_id!r}")
+        if batch.finalized_at is not None or tx.all_ended(batch):
+            raise BatchFinished(f"batch {batch_id} has already finished")
+        session.execute(
+            sa.update(Batch).where(Batch.id == batch_id, Batch.finalized_at.is_(None))
+            .values(status=BatchStatus.CANCELED.value, cancel_requested_at=sa.func.coalesce(
+                Batch.cancel_requested_at, sa.literal(now, Batch.cancel_requested_at.type)))
+        )
+        session.execute(
+            sa.update(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING.value)
+            .values(cancel_requested=True)
+        )
+    last_seq = -1
+    while True:
+        effects = tx.Effects()
+        with service.db.session() as session:
+            chunk = session.execute(
+                sa.select(Job.id, Job.seq).where(Job.batch_id == batch_id, Job.seq > last_seq,
+                                                 Job.status == JobStatus.QUEUED.value)
+                .order_by(Job.seq).limit(CHUNK)
+            ).all()
+            if not chunk:
+                break
+            last_seq = chunk[-1].seq
+            done = tx.apply_bulk(session, [r.id for r in chunk], CANCEL, JobStatus.QUEUED,
+                                 {"finished_at": now, "partial_text": None})
+            tx.after_bulk(session, done, JobStatus.QUEUED, now, effects)
+            ids_ = outbox.add(session, effects.messages, now)
+        service.publish(ids_)
+    return get_batch(service, tenant_id, batch_id)
+
+
+def iter_results(service: JobService, tenant_id: str, batch_id: str) -> Iterator[bytes]:
+    """NDJSON lines of a batch's results in submission order (after an ownership check)."""
+    get_batch(service, tenant_id, batch_id)
+    for line in service.iter_batch_results(batch_id):
+        yield json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"

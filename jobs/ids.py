@@ -1,0 +1,67 @@
+"""Prefixed, time-ordered ids: ``job_…``, ``bat_…``, ``msg_…``, ``ten_…``.
+
+The body is a ULID-style 26-character Crockford base32 string: 48 bits of milliseconds, then
+80 bits that are random for the first id of a millisecond and incremented after that, so ids made
+by one process sort in creation order and newest-first listings are stable.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+_RAND_MAX = (1 << 80) - 1
+
+
+def _encode(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def _next() -> int:
+    global _last_ms, _last_rand
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_rand += 1
+            if _last_rand > _RAND_MAX:  # 2**80 ids in one ms: borrow the next ms
+                ms += 1
+                _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+        else:
+            # Keep the top bit clear so increments within the millisecond never overflow.
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+        _last_ms = ms
+        return (ms << 80) | _last_rand
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{_encode(_next(), 26).lower()}"
+
+
+def new_ids(prefix: str, n: int) -> list[str]:
+    return [new_id(prefix) for _ in range(n)]
+
+
+def job_id() -> str:
+    return new_id("job")
+
+
+def batch_id() -> str:
+    return new_id("bat")
+
+
+def message_id() -> str:
+    return new_id("msg")
+
+
+def tenant_id() -> str:
+    return new_id("ten")

@@ -1,0 +1,103 @@
+"""The transactional outbox: Celery messages written in the same transaction as the state change
+that causes them, sent after that transaction commits, deleted once sent.
+
+If the process dies or the broker is down between commit and send, the rows stay; the sweeper
+re-publishes rows older than ``settings.outbox_grace_seconds``. A message may therefore be sent
+twice; every consumer is idempotent (conditional transitions, ``task_id`` = the job id).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from core.db import Database, utcnow
+from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, TASK_FINALIZE, TASK_WEBHOOK, Message, Publisher
+from jobs.tables import Outbox
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000
+
+
+def caption_message(job_id: str, priority: int) -> Message:
+    return Message(TASK_CAPTION, [job_id], QUEUE_GPU, job_id, priority)
+
+
+def webhook_message(message_id: str) -> Message:
+    return Message(TASK_WEBHOOK, [message_id], QUEUE_IO, message_id, 0)
+
+
+def finalize_message(batch_id: str) -> Message:
+    return Message(TASK_FINALIZE, [batch_id], QUEUE_IO, f"{batch_id}-finalize", 0)
+
+
+def add(session: Session, messages: Sequence[Message], now: datetime | None = None) -> list[int]:
+    """Insert outbox rows (one bulk INSERT); returns their ids in order."""
+    if not messages:
+        return []
+    now = now or utcnow()
+    rows = [
+        {"task": m.task, "args": m.args, "queue": m.queue, "task_id": m.task_id,
+         "priority": m.priority, "created_at": now}
+        for m in messages
+    ]
+    result = session.execute(
+        sa.insert(Outbox).returning(Outbox.id, sort_by_parameter_order=True), rows
+    )
+    return list(result.scalars())
+
+
+def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]) -> int:
+    """Send the given outbox rows (those still present) and delete them. Returns how many were
+    sent; on a broker error logs and returns what was done so far (the rest waits for the
+    sweeper)."""
+    if publisher is None:
+        return 0
+    sent = 0
+    ids = list(outbox_ids)
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        with db.session() as session:
+            rows = session.scalars(sa.select(Outbox).where(Outbox.id.in_(chunk)).order_by(Outbox.id)).all()
+            messages = [_to_message(r) for r in rows]
+        if not messages:
+            continue
+        try:
+            publisher.send_many(messages, chunk=CHUNK)
+        except Exception as exc:  # broker down: leave the rows for the sweeper
+            log.warning("publishing %d outbox messages failed, sweeper retries: %s", len(messages), exc)
+            return sent
+        with db.session() as session:
+            session.execute(sa.delete(Outbox).where(Outbox.id.in_([m.outbox_id for m in messages])))
+        sent += len(messages)
+    return sent
+
+
+def pending_ids(session: Session, older_than: datetime, limit: int) -> list[int]:
+    return list(session.scalars(
+        sa.select(Outbox.id).where(Outbox.created_at <= older_than).order_by(Outbox.id).limit(limit)
+    ))
+
+
+def republish_stale(db: Database, publisher: Publisher, grace_seconds: float, limit: int = 50_000,
+                    now: datetime | None = None) -> int:
+    """The sweeper's part: send rows committed more than ``grace_seconds`` ago and still here."""
+    cutoff = (now or utcnow()) - timedelta(seconds=grace_seconds)
+    with db.session() as session:
+        ids = pending_ids(session, cutoff, limit)
+    return publish(db, publisher, ids)
+
+
+def _to_message(row: Outbox) -> Message:
+    return Message(row.task, list(row.args), row.queue, row.task_id, row.priority, row.id)
+
+
+__all__ = [
+    "CHUNK", "QUEUE_GPU", "QUEUE_IO", "add", "caption_message", "finalize_message", "pending_ids",
+    "publish", "republish_stale", "webhook_message",
+]

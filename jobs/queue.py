@@ -1,0 +1,185 @@
+"""The Celery client configuration (shared with the worker) and the outbox publisher.
+
+The API and the sweeper only *send* messages; the worker package defines the tasks on an app made
+by the same :func:`make_celery`, so both sides agree on broker, serializer, queues and priorities.
+
+Priorities: the API's ``priority`` is 0..9, higher first. Redis (kombu) serves priority step 0
+first, so the message carries ``9 - priority`` there. The local filesystem broker has no
+priorities (FIFO).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TASK_CAPTION = "captionq.caption_job"  # args [job_id], queue gpu, task_id = job id
+TASK_WEBHOOK = "captionq.deliver_webhook"  # args [message_id], queue io, task_id = message id
+TASK_FINALIZE = "captionq.finalize_batch"  # args [batch_id], queue io
+TASK_SWEEP = "captionq.sweep"  # no args, queue io, from beat
+
+QUEUE_GPU = "gpu"
+QUEUE_IO = "io"
+PRIORITY_STEPS = list(range(10))
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    url = settings.effective_broker_url
+    if url.startswith("filesystem://"):
+        d = settings.broker_dir
+        # Producer writes to data_folder_out, consumers read data_folder_in: one shared folder.
+        for sub in ("in", "out", "processed", "control"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(d / "out"), "data_folder_out": str(d / "out"),
+            "processed_folder": str(d / "processed"), "control_folder": str(d / "control"),
+            "store_processed": False,
+        }
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
+        return {
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            # A message taken by a worker comes back only after this long without an ack; it must
+            # outlast the longest job, or a slow job would be delivered twice.
+            "visibility_timeout": max(3600, 2 * settings.job_hard_time_limit + 600),
+        }
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for captionq; the worker adds its tasks to one made here."""
+    app = Celery("captionq", broker=settings.effective_broker_url, set_as_current=False)
+    default_exchange = Exchange("captionq", type="direct")
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_always_eager=False,
+        task_queues=(
+            Queue(QUEUE_GPU, default_exchange, routing_key=QUEUE_GPU),
+            Queue(QUEUE_IO, default_exchange, routing_key=QUEUE_IO),
+        ),
+        task_default_queue=QUEUE_IO,
+        task_default_exchange="captionq",
+        task_default_routing_key=QUEUE_IO,
+        task_routes={
+            TASK_CAPTION: {"queue": QUEUE_GPU, "routing_key": QUEUE_GPU},
+            TASK_WEBHOOK: {"queue": QUEUE_IO, "routing_key": QUEUE_IO},
+            TASK_FINALIZE: {"queue": QUEUE_IO, "routing_key": QUEUE_IO},
+            TASK_SWEEP: {"queue": QUEUE_IO, "routing_key": QUEUE_IO},
+        },
+        task_soft_time_limit=settings.job_soft_time_limit,
+        task_time_limit=settings.job_hard_time_limit,
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        broker_pool_limit=10,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule={
+            "captionq-sweep": {
+                "task": TASK_SWEEP, "schedule": settings.sweep_interval_seconds,
+                "options": {"queue": QUEUE_IO, "expires": settings.sweep_interval_seconds * 2},
+            },
+        },
+    )
+    return app
+
+
+def is_redis(settings: Settings) -> bool:
+    return settings.effective_broker_url.startswith(("redis://", "rediss://", "sentinel://"))
+
+
+@dataclass(frozen=True)
+class Message:
+    """One Celery message to send (an outbox row, detached from its session)."""
+
+    task: str
+    args: list[Any]
+    queue: str
+    task_id: str
+    priority: int = 0  # API scale: 0..9, higher first
+    outbox_id: int | None = None
+
+
+class Publisher:
+    """Sends messages with ``send_task(name, args, queue, task_id, priority)``.
+
+    Many messages go through one producer in a pipelined batch (one Redis round trip per chunk),
+    which is how a 100,000-job batch is enqueued in seconds. Errors propagate: the caller leaves
+    those outbox rows in place for the sweeper.
+    """
+
+    def __init__(self, app: Celery, *, redis_priorities: bool) -> None:
+        self.app = app
+        self.redis_priorities = redis_priorities
+
+    @classmethod
+    def from_settings(cls, settings: Settings, app: Celery | None = None) -> Publisher:
+        return cls(app or make_celery(settings), redis_priorities=is_redis(settings))
+
+    def broker_priority(self, priority: int) -> int:
+        p = min(9, max(0, int(priority)))
+        return 9 - p if self.redis_priorities else p
+
+    def _send(self, m: Message, producer: Any) -> None:
+        self.app.send_task(
+            m.task, args=m.args, queue=m.queue, routing_key=m.queue, task_id=m.task_id,
+            priority=self.broker_priority(m.priority), producer=producer, retry=False,
+        )
+
+    def send(self, m: Message) -> None:
+        with self.app.producer_or_acquire() as producer:
+            self._send(m, producer)
+
+    def send_many(self, messages: Sequence[Message], chunk: int = 1000) -> None:
+        """Send all of ``messages`` (pipelined where the transport can). Raises on failure."""
+        if not messages:
+            return
+        with self.app.producer_or_acquire() as producer:
+            batch = getattr(producer, "batch", None)
+            for start in range(0, len(messages), chunk):
+                part = messages[start : start + chunk]
+                if batch is None:
+                    for m in part:
+                        self._send(m, producer)
+                    continue
+                with producer.batch(max_size=chunk + 1):
+                    for m in part:
+                        self._send(m, producer)
+
+    def check(self, timeout: float = 2.0) -> None:
+        """Raise unless the broker answers (for ``/readyz``)."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            if conn.transport_cls in ("redis", "rediss"):
+                conn.default_channel.client.ping()
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    buf: list[Any] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

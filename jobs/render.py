@@ -1,0 +1,69 @@
+"""The JSON the API shows for a job or a batch (API.md), also used as webhook payloads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from jobs.tables import Batch, Job
+
+
+def rfc3339(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "job",
+        "status": job.status,
+        "batch_id": job.batch_id,
+        "custom_id": job.custom_id,
+        "request": job.request,
+        "output": job.output,
+        "partial_text": job.partial_text if job.status == "running" else None,
+        "error": job.error,
+        "attempts": job.attempts,
+        "metrics": job.metrics,
+        "metadata": job.meta if job.meta is not None else {},
+        "priority": job.priority,
+        "cancel_requested": bool(job.cancel_requested),
+        "created_at": rfc3339(job.created_at),
+        "started_at": rfc3339(job.started_at),
+        "finished_at": rfc3339(job.finished_at),
+        "expires_at": rfc3339(job.expires_at),
+    }
+
+
+def batch_counts(batch: Batch) -> dict[str, int]:
+    return {
+        "total": batch.total, "queued": batch.queued, "running": batch.running,
+        "succeeded": batch.succeeded, "failed": batch.failed, "canceled": batch.canceled,
+    }
+
+
+def batch_to_dict(batch: Batch) -> dict[str, Any]:
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "status": batch.status,
+        "counts": batch_counts(batch),
+        "output_url": batch.output_url,
+        "metadata": batch.meta if batch.meta is not None else {},
+        "webhook": ({"url": batch.webhook_url, "events": batch.webhook_events}
+                    if batch.webhook_url else None),
+        "created_at": rfc3339(batch.created_at),
+        "finished_at": rfc3339(batch.finished_at),
+        "cancel_requested_at": rfc3339(batch.cancel_requested_at),
+    }
+
+
+def result_line(row: Any) -> dict[str, Any]:
+    """One line of a batch's results (``GET /v1/batches/{id}/results``, ``results.jsonl``)."""
+    return {
+        "job_id": row.id, "custom_id": row.custom_id, "status": row.status,
+        "output": row.output, "error": row.error,
+        "metadata": row.meta if row.meta is not None else {},
+    }

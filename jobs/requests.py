@@ -1,0 +1,312 @@
+"""The job request: schema (API.md's JobRequest), validation and normalisation.
+
+:func:`normalize_job_request` turns a parsed JSON object into the stored, normalised request
+(every default filled in, URLs in their normalised spelling) or raises
+:class:`core.errors.InvalidRequest` listing every bad field as ``{loc, msg, code}``.
+
+Two layers: the pydantic schema (strict types, ranges, unknown fields refused), then checks that
+need configuration: URLs (through an injected :class:`UrlChecker`, which the API builds on
+``storage.urls``), metadata size, and a LOWER bound on the prompt's tokens against the model's
+context (``context_too_long``; the worker does the exact check after tokenising):
+
+    lower bound = 256 x (number of images + total video frames)     (>= 1 tile of 256 tokens each)
+                + ceil(prompt characters / 128)                    (no token is longer than that)
+                + generation.max_new_tokens
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from core.errors import InvalidRequest
+from jobs.states import ALL_EVENTS, DEFAULT_JOB_EVENTS, JOB_EVENTS
+
+MAX_MEDIA_ITEMS = 64
+MAX_PROMPTS = 64
+MAX_PROMPT_CHARS = 100_000
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 32
+TOKENS_PER_TILE = 256
+MAX_CHARS_PER_TOKEN = 128
+MAX_TTL_SECONDS = 30 * 86400
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
+EventType = Literal["job.running", "job.succeeded", "job.failed", "job.canceled", "batch.completed"]
+
+
+class ImageItem(BaseModel):
+    model_config = _STRICT
+    type: Literal["image"]
+    url: str
+    max_tiles: int = Field(12, ge=1, le=40)
+
+
+class VideoItem(BaseModel):
+    model_config = _STRICT
+    type: Literal["video"]
+    url: str
+    num_frames: int = Field(8, ge=1, le=64)
+    start: float | None = Field(None, ge=0)
+    end: float | None = Field(None, gt=0)
+    max_tiles: int = Field(1, ge=1, le=40)
+
+    @model_validator(mode="after")
+    def _window(self) -> VideoItem:
+        if self.end is not None and self.end <= (self.start or 0.0):
+            raise ValueError("end must be greater than start")
+        return self
+
+
+MediaItem = Annotated[ImageItem | VideoItem, Field(discriminator="type")]
+
+
+class Generation(BaseModel):
+    model_config = _STRICT
+    max_new_tokens: int = Field(512, ge=1, le=16384)
+    do_sample: bool = False
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0, le=1000)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _sampling(self) -> Generation:
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("temperature must be > 0 when do_sample is true")
+        return self
+
+
+class Webhook(BaseModel):
+    model_config = _STRICT
+    url: str
+    events: list[EventType] | None = Field(None, min_length=1, max_length=len(ALL_EVENTS))
+
+
+class JobRequest(BaseModel):
+    """API.md's JobRequest. Unknown fields and wrong JSON types are refused (422)."""
+
+    model_config = _STRICT
+    media: list[MediaItem] = Field(default_factory=list, max_length=MAX_MEDIA_ITEMS)
+    image_mode: Literal["separate", "combined"] = "separate"
+    prompts: list[Prompt] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
+    task: Literal["chat", "grounding"] = "chat"
+    generation: Generation = Field(default_factory=lambda: Generation())
+    webhook: Webhook | None = None
+    custom_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    metadata: dict[str, Any] | None = None
+    priority: int = Field(0, ge=0, le=9)
+    ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_SECONDS)
+
+
+JOB_FIELDS = frozenset(JobRequest.model_fields)
+
+
+class UrlChecker(Protocol):
+    """Judges URLs at submission; returns the normalised URL or raises an error that carries a
+    ``code`` (``url_not_allowed``, ``unsupported_media``, ``media_too_large``) and a message."""
+
+    def media(self, url: str, kind: str) -> str: ...
+
+    def webhook(self, url: str) -> str: ...
+
+    def manifest(self, url: str) -> str: ...
+
+    def output(self, url: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    default_ttl_seconds: int = 86400
+    max_context_tokens: int = 32768
+
+
+def default_prompt(media: list[dict[str, Any]]) -> str:
+    images = sum(1 for m in media if m["type"] == "image")
+    videos = len(media) - images
+    if videos == 0:
+        return "Describe the image in detail." if images <= 1 else "Describe the images in detail."
+    if images == 0:
+        return "Describe the video in detail." if videos == 1 else "Describe the videos in detail."
+    return "Describe the images and videos in detail."
+
+
+def error(loc: list[Any], msg: str, code: str = "invalid_request") -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "code": code}
+
+
+def pydantic_errors(exc: ValidationError, prefix: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors(include_url=False):
+        loc = list(e["loc"])
+        # A discriminated union puts its tag in the path (media.0.image.url); clients want
+        # media.0.url.
+        if len(loc) >= 3 and loc[0] == "media" and loc[2] in ("image", "video"):
+            del loc[2]
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field {loc[-1]!r}"
+        out.append(error(prefix + loc, msg))
+    return out
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, stopping early once over ``limit``."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            depth = max(depth, d)
+            if depth > limit:
+                return depth
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return depth
+
+
+def _check_metadata(meta: Any, loc: list[Any]) -> list[dict[str, Any]]:
+    if meta is None:
+        return []
+    size = len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        return [error(loc, f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
+                      "metadata_too_large")]
+    if json_depth(meta, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        return [error(loc, f"metadata nests deeper than {MAX_METADATA_DEPTH} levels", "metadata_too_large")]
+    return []
+
+
+def _url_error(exc: Exception, loc: list[Any]) -> dict[str, Any]:
+    code = getattr(exc, "code", None)
+    if not isinstance(code, str):
+        raise exc
+    return error(loc, str(getattr(exc, "message", exc)), code if code != "internal" else "invalid_request")
+
+
+def prompt_token_lower_bound(req: dict[str, Any]) -> int:
+    visual = sum(1 if m["type"] == "image" else m["num_frames"] for m in req["media"])
+    chars = sum(len(p) for p in req["prompts"])
+    return TOKENS_PER_TILE * visual + math.ceil(chars / MAX_CHARS_PER_TOKEN)
+
+
+def normalize_job_request(
+    raw: Any, checker: UrlChecker, limits: RequestLimits, *, loc: list[Any] | None = None,
+    allow_batch_events: bool = False,
+) -> dict[str, Any]:
+    """Validate ``raw`` (parsed JSON) and return the normalised request dict.
+
+    Raises :class:`InvalidRequest` whose ``errors`` list every problem with its location
+    (prefixed by ``loc``, e.g. ``["manifest", 17]``).
+    """
+    prefix = list(loc or [])
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest("a job request must be a JSON object",
+                             errors=[error(prefix, "expected an object")])
+    try:
+        model = JobRequest.model_validate(raw)
+    except ValidationError as exc:
+        schema_errs = pydantic_errors(exc, prefix)
+        raise InvalidRequest(_summary(schema_errs), errors=schema_errs) from None
+    req = model.model_dump()
+    errs: list[dict[str, Any]] = []
+    for i, item in enumerate(req["media"]):
+        try:
+            item["url"] = checker.media(item["url"], item["type"])
+        except Exception as exc:
+            errs.append(_url_error(exc, [*prefix, "media", i, "url"]))
+        if item["type"] == "video" and item["start"] is None:
+            item["start"] = 0.0
+    if req["prompts"] is None:
+        req["prompts"] = [default_prompt(req["media"])]
+    for i, p in enumerate(req["prompts"]):
+        if not p.strip():
+            errs.append(error([*prefix, "prompts", i], "prompt must not be blank"))
+    if req["task"] == "grounding" and not any(m["type"] == "image" for m in req["media"]):
+        errs.append(error([*prefix, "media"], "task 'grounding' needs at least one image"))
+    hook = req["webhook"]
+    if hook is not None:
+        try:
+            hook["url"] = checker.webhook(hook["url"])
+        except Exception as exc:
+            errs.append(_url_error(exc, [*prefix, "webhook", "url"]))
+        events = hook["events"] or list(DEFAULT_JOB_EVENTS)
+        allowed = ALL_EVENTS if allow_batch_events else JOB_EVENTS
+        bad = [e for e in events if e not in allowed]
+        if bad:
+            errs.append(error([*prefix, "webhook", "events"], f"not a job event: {', '.join(bad)}"))
+        hook["events"] = list(dict.fromkeys(events))
+    errs += _check_metadata(req["metadata"], [*prefix, "metadata"])
+    if req["metadata"] is None:
+        req["metadata"] = {}
+    if req["ttl_seconds"] is None:
+        req["ttl_seconds"] = limits.default_ttl_seconds
+    if not errs:
+        need = prompt_token_lower_bound(req) + req["generation"]["max_new_tokens"]
+        if need > limits.max_context_tokens:
+            errs.append(error(
+                [*prefix, "prompts"],
+                f"the request needs at least {need} tokens (images/frames at 256 tokens each, the "
+                f"prompts, and max_new_tokens) but the model's context is {limits.max_context_tokens}",
+                "context_too_long",
+            ))
+    if errs:
+        raise InvalidRequest(_summary(errs), errors=errs)
+    return req
+
+
+def merge_defaults(defaults: Mapping[str, Any] | None, job: Any) -> Any:
+    """``defaults`` (a partial JobRequest) merged under ``job``: objects merge key by key
+    (``generation``, ``webhook``, ``metadata``), anything else the job sets wins whole."""
+    if not defaults or not isinstance(job, Mapping):
+        return job
+    return _deep_merge(defaults, job)
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def check_defaults(defaults: Any, loc: list[Any]) -> list[dict[str, Any]]:
+    """Structural errors in a batch's ``defaults`` (a partial JobRequest)."""
+    if defaults is None:
+        return []
+    if not isinstance(defaults, Mapping):
+        return [error(loc, "defaults must be an object")]
+    errs = [error([*loc, k], f"unknown field {k!r}") for k in defaults if k not in JOB_FIELDS]
+    if errs:
+        return errs
+    # A complete request built from the defaults alone shows any bad value they hold.
+    probe = dict(defaults)
+    try:
+        JobRequest.model_validate(probe)
+    except ValidationError as exc:
+        errs = pydantic_errors(exc, loc)
+    return errs + _check_metadata(defaults.get("metadata"), [*loc, "metadata"])
+
+
+def _summary(errs: list[dict[str, Any]]) -> str:
+    first = errs[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def first_code(errs: list[dict[str, Any]]) -> str:
+    """The problem's ``code``: the first specific error code, else ``invalid_request``."""
+    for e in errs:
+        if e.get("code") and e["code"] != "invalid_request":
+            return str(e["code"])
+    return "invalid_request"

@@ -1,0 +1,327 @@
+"""The job service: everything that creates or changes jobs.
+
+One instance per process, built at the entry point from ``Database``, ``Settings`` and a
+``Publisher``. Each method runs its own short transaction; outbox rows written in it are
+published after the commit (a failed publish is left to the sweeper).
+
+Worker-facing methods (the Celery worker calls these; all are safe to call twice):
+
+- :meth:`start` — claim a job: the normalised request (a :class:`ClaimedJob`) or None.
+- :meth:`set_partial_text` / :meth:`is_cancel_requested` — during generation.
+- :meth:`succeed` / :meth:`fail` / :meth:`mark_canceled` — record the end.
+- :meth:`iter_batch_results` / :meth:`mark_batch_finalized` — the batch finalize task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from core.db import Database, utcnow
+from core.errors import JobFinished, NotFound
+from core.settings import Settings
+from jobs import ids, outbox
+from jobs import transitions as tx
+from jobs.queue import Publisher
+from jobs.render import result_line
+from jobs.states import CANCEL, EXPIRE, FAIL, REQUEUE, RESTART, START, SUCCEED, JobStatus
+from jobs.tables import Batch, Job
+
+log = logging.getLogger(__name__)
+
+
+class ClaimedJob(dict[str, Any]):
+    """What :meth:`JobService.start` returns: the job's normalised request (this dict itself:
+    ``media``, ``prompts``, ``generation``…) plus ``job_id``, ``attempt`` (pass it back to
+    succeed/fail so a superseded attempt cannot record), ``tenant_id``, ``batch_id``."""
+
+    def __init__(self, request: dict[str, Any], *, job_id: str, attempt: int, tenant_id: str,
+                 batch_id: str | None, created_at: datetime) -> None:
+        super().__init__(request)
+        self.job_id = job_id
+        self.attempt = attempt
+        self.tenant_id = tenant_id
+        self.batch_id = batch_id
+        self.created_at = created_at
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class JobService:
+    def __init__(self, db: Database, settings: Settings, publisher: Publisher | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.publisher = publisher
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _commit_effects(self, session: Any, effects: tx.Effects, now: datetime) -> list[int]:
+        return outbox.add(session, effects.messages, now)
+
+    def publish(self, outbox_ids: list[int]) -> int:
+        """Send outbox rows after their transaction committed (errors: left for the sweeper)."""
+        return outbox.publish(self.db, self.publisher, outbox_ids) if outbox_ids else 0
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(session, effects, now, …)`` in one transaction, then publish its outbox rows."""
+        now = utcnow()
+        effects = tx.Effects()
+        with self.db.session() as session:
+            result = fn(session, effects, now, *args, **kwargs)
+            ids_ = self._commit_effects(session, effects, now)
+        self.publish(ids_)
+        return result
+
+    # --- submission -----------------------------------------------------------------------
+    def submit(self, tenant_id: str, request: dict[str, Any], *, job_id: str | None = None) -> Job:
+        """Insert one queued job (``request`` already normalised) and enqueue it."""
+        return self._run(self._submit, tenant_id, request, job_id)  # type: ignore[no-any-return]
+
+    def _submit(self, session: Any, effects: tx.Effects, now: datetime, tenant_id: str,
+                request: dict[str, Any], job_id: str | None) -> Job:
+        job = new_job_row(job_id or ids.job_id(), tenant_id, request, now)
+        session.add(job)
+        effects.add(outbox.caption_message(job.id, job.priority))
+        session.flush()
+        return job
+
+    # --- reads ----------------------------------------------------------------------------
+    def get(self, tenant_id: str, job_id: str) -> Job:
+        with self.db.session() as session:
+            job = session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    # --- cancel (API) -----------------------------------------------------------------------
+    def cancel(self, tenant_id: str, job_id: str) -> Job:
+        """A queued job is canceled at once; a running one gets ``cancel_requested`` and the
+        worker records ``canceled`` at its next generation step. Finished: :class:`JobFinished`."""
+        return self._run(self._cancel, tenant_id, job_id)  # type: ignore[no-any-return]
+
+    def _cancel(self, session: Any, effects: tx.Effects, now: datetime, tenant_id: str, job_id: str) -> Job:
+        owner = session.scalar(sa.select(Job.tenant_id).where(Job.id == job_id))
+        if owner != tenant_id:
+            raise NotFound(f"no job {job_id!r}")
+        applied = tx.apply(session, job_id, CANCEL, {"finished_at": now, "partial_text": None},
+                           extra_where=[Job.status == JobStatus.QUEUED.value])
+        if applied is not None:
+            tx.after(session, applied, now, effects)
+            return applied.job
+        res = session.execute(
+            sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+            .values(cancel_requested=True)
+        )
+        job = session.execute(
+            sa.select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+        ).scalar_one()
+        if res.rowcount == 0 and JobStatus(job.status).terminal:  # type: ignore[attr-defined]
+            raise JobFinished(f"job {job_id} has already {job.status}")
+        return job  # type: ignore[no-any-return]
+
+    # --- worker-facing ----------------------------------------------------------------------
+    def start(self, job_id: str, *, redelivered: bool = False) -> ClaimedJob | None:
+        """Claim ``job_id`` for this delivery: queued → running, ``attempts`` + 1.
+
+        Returns the normalised request (a :class:`ClaimedJob`), or None when there is nothing to
+        run: unknown job, already running elsewhere, finished, canceled, or expired (a queued job
+        past its TTL is failed with ``expired`` here instead of running late). With
+        ``redelivered=True`` (Celery redelivered the message because its worker died) a job left
+        in ``running`` is taken over too. When the attempt cap (``settings.max_attempts``) is
+        already used up the job fails with ``worker_lost`` and None is returned.
+        """
+        return self._run(self._start, job_id, redelivered)  # type: ignore[no-any-return]
+
+    def _start(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
+               redelivered: bool) -> ClaimedJob | None:
+        row = session.execute(
+            sa.select(Job.status, Job.attempts, Job.expires_at).where(Job.id == job_id)
+        ).first()
+        if row is None:
+            return None
+        if row.status == JobStatus.QUEUED.value and row.expires_at is not None and row.expires_at <= now:
+            self._fail_in(session, effects, now, job_id, "expired",
+                          "the job was not started before its ttl_seconds passed", EXPIRE)
+            return None
+        t = RESTART if redelivered else START
+        if not t.allowed_from(row.status):
+            return None
+        if row.attempts >= self.settings.max_attempts:
+            self._fail_in(session, effects, now, job_id, "worker_lost",
+                          f"the job was delivered {row.attempts} times without finishing "
+                          f"(limit {self.settings.max_attempts})", FAIL)
+            return None
+        applied = tx.apply(session, job_id, t, lambda seen: {
+            "attempts": seen.attempts + 1, "started_at": now, "partial_text": None,
+        })
+        if applied is None:
+            return None
+        tx.after(session, applied, now, effects)
+        job = applied.job
+        return ClaimedJob(job.request, job_id=job.id, attempt=job.attempts, tenant_id=job.tenant_id,
+                          batch_id=job.batch_id, created_at=job.created_at)
+
+    def set_partial_text(self, job_id: str, text: str) -> bool:
+        """Store the text generated so far for the current round (while running). Returns False
+        when the job is no longer running (stop working on it)."""
+        with self.db.session() as session:
+            res = session.execute(
+                sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+                .values(partial_text=text)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        """True when the worker should stop: cancel was requested, or the job is no longer
+        running (canceled, failed by the sweeper, requeued to another worker, or gone)."""
+        with self.db.session() as session:
+            row = session.execute(
+                sa.select(Job.status, Job.cancel_requested).where(Job.id == job_id)
+            ).first()
+        return row is None or row.status != JobStatus.RUNNING.value or bool(row.cancel_requested)
+
+    def succeed(self, job_id: str, output: dict[str, Any], metrics: dict[str, Any] | None = None,
+                *, attempt: int | None = None) -> bool:
+        """running → succeeded with ``output`` (``text``, ``rounds``, ``boxes``…) and ``metrics``
+        (``tiles``, ``frames``, ``input_tokens``, ``output_tokens``, ``model``…; ``queued_seconds``
+        and ``run_seconds`` are added here). False if it did not apply (no-op)."""
+        return self._run(self._succeed, job_id, output, metrics or {}, attempt)  # type: ignore[no-any-return]
+
+    def _succeed(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
+                 output: dict[str, Any], metrics: dict[str, Any], attempt: int | None) -> bool:
+        applied = tx.apply(session, job_id, SUCCEED, lambda seen: {
+            "output": output, "metrics": timing(seen, now) | metrics, "finished_at": now,
+            "partial_text": None, "error": None,
+        }, expected_attempt=attempt)
+        if applied is None:
+            return False
+        tx.after(session, applied, now, effects)
+        return True
+
+    def fail(self, job_id: str, code: str, message: str, retryable: bool = False, *,
+             attempt: int | None = None, metrics: dict[str, Any] | None = None) -> str | None:
+        """End the job with ``error = {code, message, retryable}``. A ``retryable`` error with
+        attempts left puts the job back in the queue instead (→ ``"queued"``). Returns the new
+        status, or None when nothing applied."""
+        return self._run(self._fail, job_id, code, message, retryable, attempt, metrics)  # type: ignore[no-any-return]
+
+    def _fail(self, session: Any, effects: tx.Effects, now: datetime, job_id: str, code: str,
+              message: str, retryable: bool, attempt: int | None,
+              metrics: dict[str, Any] | None) -> str | None:
+        if retryable:
+            seen = session.execute(sa.select(Job.status, Job.attempts).where(Job.id == job_id)).first()
+            if (seen is not None and seen.status == JobStatus.RUNNING.value
+                    and seen.attempts < self.settings.max_attempts):
+                applied = tx.apply(session, job_id, REQUEUE, {"started_at": None, "partial_text": None},
+                                   expected_attempt=attempt)
+                if applied is not None:
+                    log.info("job %s requeued after a retryable error %s: %s", job_id, code, message)
+                    tx.after(session, applied, now, effects)
+                    return JobStatus.QUEUED.value
+                return None
+        ok = self._fail_in(session, effects, now, job_id, code, message, FAIL, retryable=retryable,
+                           attempt=attempt, metrics=metrics)
+        return JobStatus.FAILED.value if ok else None
+
+    def _fail_in(self, session: Any, effects: tx.Effects, now: datetime, job_id: str, code: str,
+                 message: str, t: Any, *, retryable: bool = False, attempt: int | None = None,
+                 metrics: dict[str, Any] | None = None) -> bool:
+        applied = tx.apply(session, job_id, t, lambda seen: {
+            "error": {"code": code, "message": message, "retryable": retryable},
+            "finished_at": now, "partial_text": None,
+            "metrics": timing(seen, now) | (metrics or {}),
+        }, expected_attempt=attempt)
+        if applied is None:
+            return False
+        tx.after(session, applied, now, effects)
+        return True
+
+    def mark_canceled(self, job_id: str, *, attempt: int | None = None) -> bool:
+        """The worker stopped a job whose cancel was requested: → canceled. False if no-op."""
+        return self._run(self._mark_canceled, job_id, attempt)  # type: ignore[no-any-return]
+
+    def _mark_canceled(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
+                       attempt: int | None) -> bool:
+        applied = tx.apply(session, job_id, CANCEL, lambda seen: {
+            "finished_at": now, "partial_text": None, "metrics": timing(seen, now),
+        }, expected_attempt=attempt)
+        if applied is None:
+            return False
+        tx.after(session, applied, now, effects)
+        return True
+
+    def requeue(self, job_id: str, *, attempt: int | None = None) -> bool:
+        """running → queued with a fresh gpu message (the sweeper's recovery of a lost job)."""
+        return self._run(self._requeue, job_id, attempt)  # type: ignore[no-any-return]
+
+    def _requeue(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
+                 attempt: int | None) -> bool:
+        applied = tx.apply(session, job_id, REQUEUE, {"started_at": None, "partial_text": None},
+                           expected_attempt=attempt)
+        if applied is None:
+            return False
+        tx.after(session, applied, now, effects)
+        return True
+
+    def expire(self, job_id: str) -> bool:
+        """queued past its TTL → failed with ``expired``."""
+        return self._run(self._fail_in, job_id, "expired",  # type: ignore[no-any-return]
+                         "the job was not started before its ttl_seconds passed", EXPIRE)
+
+    # --- batch finalisation (worker's finalize task) -----------------------------------------
+    def iter_batch_results(self, batch_id: str, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+        """Result lines of a batch in submission order (``{job_id, custom_id, status, output,
+        error, metadata}``), streamed: read in keyset chunks, each in its own short session."""
+        last = -1  # seq: 0-based index for inline batches, 1-based line number for manifests
+        while True:
+            with self.db.session() as session:
+                rows = session.execute(
+                    sa.select(Job.id, Job.seq, Job.custom_id, Job.status, Job.output, Job.error, Job.meta)
+                    .where(Job.batch_id == batch_id, Job.seq > last).order_by(Job.seq).limit(chunk)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                yield result_line(r)
+            last = rows[-1].seq
+
+    def mark_batch_finalized(self, batch_id: str) -> bool:
+        """Results are written: the batch becomes ``completed`` (or stays ``canceled``), gets
+        ``finished_at`` and emits ``batch.completed``. Idempotent; False when already done."""
+        return self._run(lambda s, e, now: tx.finalize(s, batch_id, now, e) is not None)  # type: ignore[no-any-return]
+
+    def batch_output_url(self, batch_id: str) -> str | None:
+        with self.db.session() as session:
+            return session.scalar(sa.select(Batch.output_url).where(Batch.id == batch_id))
+
+
+def timing(seen: Any, now: datetime) -> dict[str, Any]:
+    """``queued_seconds`` and ``run_seconds`` from the row as seen before the transition."""
+    out: dict[str, Any] = {}
+    if seen.started_at is not None:
+        out["queued_seconds"] = round((seen.started_at - seen.created_at).total_seconds(), 3)
+        out["run_seconds"] = round((now - seen.started_at).total_seconds(), 3)
+    else:
+        out["queued_seconds"] = round((now - seen.created_at).total_seconds(), 3)
+        out["run_seconds"] = 0.0
+    return out
+
+
+def new_job_row(job_id: str, tenant_id: str, request: dict[str, Any], now: datetime, *,
+                batch_id: str | None = None, seq: int | None = None,
+                webhook: dict[str, Any] | None = None) -> Job:
+    hook = request.get("webhook") or webhook
+    return Job(
+        id=job_id, tenant_id=tenant_id, batch_id=batch_id, seq=seq, custom_id=request.get("custom_id"),
+        status=JobStatus.QUEUED.value, priority=request["priority"], request=request, output=None,
+        partial_text=None, error=None, attempts=0, cancel_requested=False, metrics=None,
+        meta=request.get("metadata") or {},
+        webhook_url=hook["url"] if hook else None, webhook_events=list(hook["events"]) if hook else None,
+        created_at=now, started_at=None, finished_at=None,
+        expires_at=now + timedelta(seconds=request["ttl_seconds"]),
+    )

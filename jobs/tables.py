@@ -1,0 +1,174 @@
+"""The SQL tables (SQLAlchemy 2 typed models). Migrations in ``migrations/`` create them.
+
+Every list filter has an index that starts with ``tenant_id`` and ends with
+``(created_at, id)``, the keyset the lists page through newest first.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.db import Base, JSONType, UTCDateTime, utcnow
+
+# Auto-increment keys: BIGINT on PostgreSQL; SQLite only auto-increments INTEGER PRIMARY KEY.
+BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    webhook_secret: Mapped[str] = mapped_column(sa.String(200))
+    # During a rotation webhooks are signed with both secrets until this one expires.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(sa.String(200))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64))  # sha256 hex of the secret part
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        sa.Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
+        sa.Index("ix_batches_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    # Counters kept in the same transaction as each job transition: GET never counts rows.
+    total: Mapped[int] = mapped_column(sa.Integer, default=0)
+    queued: Mapped[int] = mapped_column(sa.Integer, default=0)
+    running: Mapped[int] = mapped_column(sa.Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(sa.Integer, default=0)
+    failed: Mapped[int] = mapped_column(sa.Integer, default=0)
+    canceled: Mapped[int] = mapped_column(sa.Integer, default=0)
+    output_url: Mapped[str | None] = mapped_column(sa.Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    webhook_url: Mapped[str | None] = mapped_column(sa.Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # All jobs ended (finished_at) / results written and batch.completed emitted (finalized_at).
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        sa.Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+        sa.Index("ix_jobs_tenant_batch_created", "tenant_id", "batch_id", "created_at", "id"),
+        sa.Index("ix_jobs_tenant_custom_created", "tenant_id", "custom_id", "created_at", "id"),
+        # Results stream in submission order; custom_id is unique within a batch.
+        sa.Index("uq_jobs_batch_seq", "batch_id", "seq", unique=True),
+        sa.Index("uq_jobs_batch_custom", "batch_id", "custom_id", unique=True),
+        # The sweeper's scans: queued past TTL, running past the time budget.
+        sa.Index("ix_jobs_status_expires", "status", "expires_at"),
+        sa.Index("ix_jobs_status_started", "status", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(sa.ForeignKey("batches.id", ondelete="CASCADE"))
+    seq: Mapped[int | None] = mapped_column(sa.Integer)  # line number within the batch (1-based)
+    custom_id: Mapped[str | None] = mapped_column(sa.String(256))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    priority: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    partial_text: Mapped[str | None] = mapped_column(sa.Text)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    # The effective webhook (the job's own, else the batch's job events).
+    webhook_url: Mapped[str | None] = mapped_column(sa.Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Outbox(Base):
+    """A Celery message to send after the transaction that wrote it commits.
+
+    Deleted once published; the sweeper re-publishes rows older than the grace period.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(sa.String(100))
+    args: Mapped[list[Any]] = mapped_column(JSONType)
+    queue: Mapped[str] = mapped_column(sa.String(50))
+    task_id: Mapped[str] = mapped_column(sa.String(60))
+    priority: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class WebhookMessage(Base):
+    __tablename__ = "webhook_messages"
+    __table_args__ = (
+        sa.Index("ix_webhook_messages_tenant_job", "tenant_id", "job_id", "created_at", "id"),
+        sa.Index("ix_webhook_messages_tenant_batch", "tenant_id", "batch_id", "created_at", "id"),
+        sa.Index("ix_webhook_messages_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(sa.String(40))
+    batch_id: Mapped[str | None] = mapped_column(sa.String(40))
+    type: Mapped[str] = mapped_column(sa.String(40))
+    url: Mapped[str] = mapped_column(sa.Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the Job/Batch JSON ("data")
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("webhook_messages.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    duration_ms: Mapped[float | None] = mapped_column(sa.Float)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(sa.String(100))
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))  # in_flight | done
+    resource_id: Mapped[str | None] = mapped_column(sa.String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

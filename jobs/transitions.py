@@ -1,0 +1,194 @@
+"""Applying a state-machine transition to one job row, and its side effects.
+
+:func:`apply` is the only code that changes ``jobs.status``. It reads the current status, and if
+the transition allows it, issues ``UPDATE jobs SET … WHERE id = ? AND status IN (sources) AND
+status = <seen> AND attempts = <seen>``. Zero rows means someone else changed the row in between:
+it reads again (a few times) and otherwise gives up; a transition that does not apply to the
+current status is a no-op returning None.
+
+In the same transaction, :func:`after` adjusts the batch counters, finishes the batch when its
+last job ended, and writes webhook messages and outbox rows into ``effects``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from jobs import outbox, webhooks
+from jobs.queue import Message
+from jobs.render import batch_to_dict, job_to_dict
+from jobs.states import EVENT_FOR_STATUS, TERMINAL, BatchStatus, JobStatus, Transition
+from jobs.tables import Batch, Job
+
+Values = dict[str, Any] | Callable[[Any], dict[str, Any]]
+
+
+@dataclass
+class Effects:
+    """Messages to write to the outbox in the current transaction (published after commit)."""
+
+    messages: list[Message] = field(default_factory=list)
+
+    def add(self, m: Message) -> None:
+        self.messages.append(m)
+
+
+@dataclass(frozen=True)
+class Applied:
+    job: Job
+    previous: JobStatus
+
+
+def apply(
+    session: Session, job_id: str, t: Transition, values: Values, *,
+    expected_attempt: int | None = None, extra_where: Iterable[Any] = (), retries: int = 5,
+) -> Applied | None:
+    """Apply ``t`` to job ``job_id`` with extra column ``values`` (a dict, or a function of the
+    row seen: ``status``, ``attempts``, ``created_at``, ``started_at``). None when it does not
+    apply."""
+    sources = [s.value for s in t.sources]
+    for _ in range(retries):
+        seen = session.execute(
+            sa.select(Job.status, Job.attempts, Job.created_at, Job.started_at).where(Job.id == job_id)
+        ).first()
+        if seen is None or seen.status not in sources:
+            return None
+        if expected_attempt is not None and seen.attempts != expected_attempt:
+            return None
+        vals = values(seen) if callable(values) else values
+        stmt = (
+            sa.update(Job)
+            .where(Job.id == job_id, Job.status.in_(sources), Job.status == seen.status,
+                   Job.attempts == seen.attempts, *extra_where)
+            .values(status=t.target.value, **vals)
+            .returning(Job)
+            .execution_options(populate_existing=True, synchronize_session=False)
+        )
+        job = session.execute(stmt).scalar_one_or_none()
+        if job is not None:
+            return Applied(job, JobStatus(seen.status))
+    return None
+
+
+def apply_bulk(
+    session: Session, job_ids: list[str], t: Transition, source: JobStatus, values: dict[str, Any],
+) -> list[Job]:
+    """Apply ``t`` to the jobs among ``job_ids`` that are in ``source`` (one of its sources), in
+    one ``UPDATE … WHERE id IN (…) AND status = <source>``; returns the jobs it applied to."""
+    if source not in t.sources:
+        raise ValueError(f"{t.name} does not start from {source}")
+    if not job_ids:
+        return []
+    stmt = (
+        sa.update(Job).where(Job.id.in_(job_ids), Job.status == source.value)
+        .values(status=t.target.value, **values).returning(Job)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def after(session: Session, applied: Applied, now: datetime, effects: Effects) -> None:
+    """Side effects of one applied transition, in the same transaction."""
+    job, prev = applied.job, applied.previous
+    new = JobStatus(job.status)
+    if job.batch_id is not None and prev != new:
+        bump_batch(session, job.batch_id, {prev: -1, new: +1}, now, effects)
+    if new == JobStatus.QUEUED:  # requeued: a fresh message for the gpu queue
+        effects.add(outbox.caption_message(job.id, job.priority))
+    if prev != new:
+        emit_job_event(session, job, now, effects)
+
+
+def after_bulk(session: Session, jobs: list[Job], prev: JobStatus, now: datetime, effects: Effects) -> None:
+    """:func:`after` for many jobs that made the same move (batch counters summed per batch)."""
+    per_batch: dict[str, int] = {}
+    for job in jobs:
+        if job.batch_id is not None:
+            per_batch[job.batch_id] = per_batch.get(job.batch_id, 0) + 1
+        if job.status == JobStatus.QUEUED.value:
+            effects.add(outbox.caption_message(job.id, job.priority))
+        emit_job_event(session, job, now, effects)
+    for batch_id, n in per_batch.items():
+        new = JobStatus(jobs[0].status)
+        bump_batch(session, batch_id, {prev: -n, new: +n}, now, effects)
+
+
+def emit_job_event(session: Session, job: Job, now: datetime, effects: Effects) -> None:
+    """The webhook for the job's new status, if its webhook subscribed to that event."""
+    event = EVENT_FOR_STATUS.get(JobStatus(job.status))
+    if event and job.webhook_url and event in (job.webhook_events or ()):
+        effects.add(webhooks.new_message(
+            session, tenant_id=job.tenant_id, type=event, url=job.webhook_url,
+            payload=job_to_dict(job), job_id=job.id, batch_id=job.batch_id, now=now,
+        ))
+
+
+def bump_batch(
+    session: Session, batch_id: str, delta: dict[JobStatus, int], now: datetime, effects: Effects,
+) -> Batch | None:
+    """Move counters (``{status: +n/-n}``) on the batch row; finish the batch if that ended it."""
+    cols = Batch.__table__.c
+    values: dict[str, Any] = {}
+    for status, n in delta.items():
+        if n:
+            values[status.value] = cols[status.value] + n
+    if not values:
+        return None
+    started = any(s != JobStatus.QUEUED and n > 0 for s, n in delta.items())
+    if started:  # the first job to start or end moves a queued batch to running
+        values["status"] = sa.case((cols.status == BatchStatus.QUEUED.value, BatchStatus.RUNNING.value),
+                                   else_=cols.status)
+    batch = session.execute(
+        sa.update(Batch).where(Batch.id == batch_id).values(**values).returning(Batch)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    ).scalar_one_or_none()
+    if batch is not None and all_ended(batch) and any(
+        s in TERMINAL and n > 0 for s, n in delta.items()
+    ):
+        on_last_job_ended(session, batch, now, effects)
+    return batch
+
+
+def all_ended(batch: Batch) -> bool:
+    return batch.total > 0 and batch.succeeded + batch.failed + batch.canceled >= batch.total
+
+
+def on_last_job_ended(session: Session, batch: Batch, now: datetime, effects: Effects) -> None:
+    """The batch's last job ended: results go to ``output_url`` first (the finalize task, then
+    :func:`finalize`), else the batch is finished right here."""
+    if batch.finalized_at is not None:
+        return
+    if batch.output_url:
+        effects.add(outbox.finalize_message(batch.id))
+    else:
+        finalize(session, batch.id, now, effects)
+
+
+def finalize(session: Session, batch_id: str, now: datetime, effects: Effects) -> Batch | None:
+    """Mark the batch finished (once): status completed (or stays canceled), ``finished_at``,
+    and the ``batch.completed`` webhook if subscribed. None if already finalized."""
+    cols = Batch.__table__.c
+    batch = session.execute(
+        sa.update(Batch).where(Batch.id == batch_id, Batch.finalized_at.is_(None))
+        .values(
+            finalized_at=now, finished_at=now,
+            status=sa.case((cols.status == BatchStatus.CANCELED.value, BatchStatus.CANCELED.value),
+                           else_=BatchStatus.COMPLETED.value),
+        )
+        .returning(Batch)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    ).scalar_one_or_none()
+    if batch is None:
+        return None
+    if batch.webhook_url and "batch.completed" in (batch.webhook_events or ()):
+        effects.add(webhooks.new_message(
+            session, tenant_id=batch.tenant_id, type="batch.completed", url=batch.webhook_url,
+            payload=batch_to_dict(batch), batch_id=batch.id, now=now,
+        ))
+    return batch
