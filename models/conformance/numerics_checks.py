@@ -33,12 +33,14 @@ TOL_LOGITS = 1e-4
 def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     if tuple(a.shape) != tuple(b.shape):
         return float("inf")
-    return float((a.float() - b.float()).abs().max())
+    return float((a.detach().float().cpu() - b.detach().float().cpu()).abs().max())
 
 
 class _Kit:
-    def __init__(self, kit_dir: Path, variant: str) -> None:
+    def __init__(self, kit_dir: Path, variant: str, device: str) -> None:
         from safetensors.torch import load_file
+
+        self.device = device
 
         self.model_dir = kit_dir / "models" / variant
         gold_dir = kit_dir / "goldens" / variant
@@ -66,10 +68,12 @@ class _Kit:
 def _load(kit: _Kit) -> Any:
     from models.engine import Engine
 
-    return Engine.load(kit.model_dir, device="cpu", dtype="float32")
+    return Engine.load(kit.model_dir, device=kit.device, dtype="float32")
 
 
-def run_numerics_checks(kit_dir: Path, variant: str, report: Report) -> None:
+def run_numerics_checks(kit_dir: Path, variant: str, report: Report, *, device: str = "cpu") -> None:
+    """``device``: where the float32 model runs (``cpu`` for the kit's tolerances; on CUDA
+    disable TF32 first)."""
     kit_dir = Path(kit_dir)
     prefix = f"{variant}: "
 
@@ -77,7 +81,7 @@ def run_numerics_checks(kit_dir: Path, variant: str, report: Report) -> None:
         report(prefix + name, ok, detail)
 
     try:
-        kit = _Kit(kit_dir, variant)
+        kit = _Kit(kit_dir, variant, device)
         engine = _load(kit)
     except Exception as exc:  # the runner goes on with other variants
         rep("load checkpoint and goldens", False, f"{type(exc).__name__}: {exc}")
@@ -112,7 +116,7 @@ def _check_vision(kit: _Kit, engine: Any, rep: Report) -> None:
             ref = kit.tensors.get(f"{key}.{name}")
             if ref is None:
                 continue
-            d = _maxdiff(fn(kit.pixels(name)), ref)
+            d = _maxdiff(fn(kit.pixels(name).to(vt.device)), ref)
             rep(f"{key}.{name}", d <= tol, f"max abs diff {d:.3g} (tol {tol:g})")
 
 
@@ -125,8 +129,9 @@ def _check_case(kit: _Kit, engine: Any, case: dict[str, Any], rep: Report) -> No
         ok = engine.tokenizer.encode(case["query"]) == case["input_ids"]
         rep(f"{cid} tokenize query", ok, f"{len(case['input_ids'])} ids")
     # forward (fresh model; no attention mask, positions 0..L-1, as the goldens)
-    kwargs = {"pixel_values": pv} if pv is not None else {}  # text-only: omit pixel_values
-    logits = engine.model(input_ids=ids, **kwargs).logits[0]
+    dev = engine.model.get_input_embeddings().weight.device
+    kwargs = {"pixel_values": pv.to(dev)} if pv is not None else {}  # text-only: omit pixel_values
+    logits = engine.model(input_ids=ids.to(dev), **kwargs).logits[0].cpu()
     pos_key = f"{cid}.logits_positions"
     if pos_key in kit.tensors:
         logits = logits[kit.tensors[pos_key]]
