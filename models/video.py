@@ -66,7 +66,9 @@ class PreprocessedVideo:
     size: tuple[int, int]
 
 
-def _reader(source: VideoSource) -> Any:
+def open_video(source: VideoSource) -> Any:
+    """A decord ``VideoReader`` (CPU, one thread, as the model card) on bytes or a path;
+    :class:`MediaUnreadable` for anything decord cannot open (including zero-frame videos)."""
     import decord  # the decord2 package; imported lazily so preprocessing alone does not need it
 
     try:
@@ -111,7 +113,7 @@ def load_video(source: VideoSource, *, num_segments: int = 8, bound: tuple[float
     larger than ``max_frame_pixels`` (default Pillow's ``MAX_IMAGE_PIXELS``) ->
     :class:`MediaTooLarge`; a ``bound`` that selects frames outside the video or bad parameters ->
     :class:`InvalidInput`."""
-    vr = _reader(source)
+    vr = open_video(source)
     num_frames = len(vr)
     if num_frames < 1:
         raise MediaUnreadable("video has no frames")

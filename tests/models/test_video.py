@@ -52,7 +52,7 @@ def test_decoded_frames_and_codes(kit_dir: Path, meta: dict) -> None:
     frames = np.load(kit_dir / "video" / "video_frames_u8.npz")
     for v in meta["videos"]:
         ref = frames[Path(v["file"]).stem]
-        vr = V._reader((kit_dir / "video" / v["file"]).read_bytes())
+        vr = V.open_video((kit_dir / "video" / v["file"]).read_bytes())
         got = V.read_frames(vr, list(range(len(vr))))
         assert got.shape == ref.shape
         assert [V.frame_code(f) for f in got] == v["decoded_frame_codes_all"]
