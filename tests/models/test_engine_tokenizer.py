@@ -79,7 +79,7 @@ def test_sentencepiece_backend(sp_folder: Path) -> None:
     assert ids[2:-4] == sp.encode("user\nhello cat")
     assert ids[-4:] == [n, n + 2, n + 4, n + 3]
     assert tok.decode(ids) == "user\nhello cat"
-    assert tok.decode(sp.encode("the dog") + [n]) == "the dog"
+    assert tok.decode([*sp.encode("the dog"), n]) == "the dog"
     assert tok.decode([n], skip_special_tokens=False) == "<|im_end|>"
     # text outside the training vocabulary goes through byte fallback and back
     assert tok.decode(tok.encode("zebra 你好")) == "zebra 你好"
