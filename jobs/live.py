@@ -1,0 +1,92 @@
+"""Live job events on Redis: what the worker publishes while a job runs and the SSE route reads.
+
+Not part of the job's state (that is the database and the outbox): these are best-effort
+notifications for ``GET /v1/jobs/{id}/events``. A lost notification only delays the stream,
+because the SSE route also polls the database.
+
+Per job, two Redis keys:
+
+- channel ``captionq:job:{id}:events`` (pub/sub): JSON ``{"event": "status"|"token"|"done",
+  "data": {...}}``. ``token`` data is ``{"text": delta, "round": r, "offset": n}`` where ``offset``
+  is the length of round ``r``'s text before this delta.
+- string ``captionq:job:{id}:text``: JSON ``{"round": r, "text": full text of round r so far}``,
+  written in the same MULTI/EXEC as each token publish.
+
+Why both: a subscriber that SUBSCRIBEs first and then GETs the text key has no gap and no
+duplicate — every flush published before the GET is in the text it read, every flush after it
+arrives on the channel and is trimmed by ``offset``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TEXT_TTL_SECONDS = 3600
+
+
+def channel(job_id: str) -> str:
+    return f"captionq:job:{job_id}:events"
+
+
+def text_key(job_id: str) -> str:
+    return f"captionq:job:{job_id}:text"
+
+
+def encode(event: str, data: dict[str, Any]) -> str:
+    return json.dumps({"event": event, "data": data}, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(raw: bytes | str) -> tuple[str, dict[str, Any]] | None:
+    try:
+        msg = json.loads(raw)
+        return str(msg["event"]), dict(msg.get("data") or {})
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class LivePublisher:
+    """Publishes live events for jobs. Never raises: a Redis hiccup must not fail a job."""
+
+    def __init__(self, redis_url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+    def status(self, job_id: str, status: str) -> None:
+        self._publish(job_id, "status", {"status": status})
+
+    def done(self, job_id: str, status: str) -> None:
+        """The job reached a terminal state (the SSE route reads the final Job from the database)."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.publish(channel(job_id), encode("done", {"status": status}))
+            pipe.delete(text_key(job_id))
+            pipe.execute()
+        except Exception as exc:
+            log.debug("live event for %s not published: %s", job_id, exc)
+
+    def tokens(self, job_id: str, round_index: int, offset: int, delta: str, full_text: str) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(text_key(job_id), json.dumps({"round": round_index, "text": full_text}),
+                     ex=TEXT_TTL_SECONDS)
+            pipe.publish(channel(job_id), encode("token", {"text": delta, "round": round_index,
+                                                           "offset": offset}))
+            pipe.execute()
+        except Exception as exc:
+            log.debug("live tokens for %s not published: %s", job_id, exc)
+
+    def _publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        try:
+            self.client.publish(channel(job_id), encode(event, data))
+        except Exception as exc:
+            log.debug("live event for %s not published: %s", job_id, exc)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()

@@ -1,0 +1,150 @@
+"""The worker's Celery app and ``run_worker``, what ``captionq worker`` runs.
+
+One worker process per GPU. Why the ``threads`` pool, also for the gpu queue:
+
+- the model is loaded **once, in this process** (:class:`LoadModel`, a worker bootstep that runs
+  before the consumer starts, so nothing is taken off the queue until the model can run it).
+  Nothing ever forks after torch was imported and used: the prefork pool would either load the
+  model N times or fork children from a parent that ran torch, and those can hang on torch's
+  thread pools. The embedded beat also runs as a thread here (:class:`ThreadedBeat`), not as
+  Celery's forked beat process;
+- many task threads (default ``2 x batch_max_requests``) each download, decode and tile their
+  job and hand it to the one :class:`models.batcher.Batcher`, so the batcher always has enough
+  jobs in flight to fill a batch while the next ones are being prepared.
+
+Delivery guarantees come from :func:`jobs.queue.make_celery`: late acks, prefetch 1 per thread,
+reject on worker lost, and a Redis visibility timeout longer than the longest job. SIGTERM is a
+warm shutdown: the consumer stops taking messages, running tasks finish (the batcher keeps
+running until the pool has drained), prefetched messages that never started go back to the
+broker unacknowledged. A job a dead worker left ``running`` comes back through the broker
+(``redelivered``) or the sweeper and counts one more attempt.
+
+The threads pool does not enforce Celery's time limits, so the pipeline enforces the soft limit
+itself (``job_soft_time_limit``: the job fails with ``timeout``), and the sweeper recovers jobs
+stuck past the hard limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from core.settings import Settings
+from jobs.queue import QUEUE_GPU, make_celery
+from worker import runtime, tasks
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IO_CONCURRENCY = 8
+
+
+def create_app(settings: Settings) -> Celery:
+    """``make_celery(settings)`` plus this package's tasks."""
+    app = make_celery(settings)
+    app.conf.beat_schedule_filename = str(settings.data_dir / "beat-schedule")
+    if settings.uses_local_broker:
+        # kombu's filesystem transport has no fanout exchange for remote control.
+        app.conf.worker_enable_remote_control = False
+    tasks.register(app)
+    return app
+
+
+def app_from_env() -> Celery:
+    """For ``celery -A worker.app:app_from_env`` style tooling (inspect, purge)."""
+    from core.settings import load_settings
+
+    return create_app(load_settings())
+
+
+class LoadModel(bootsteps.StartStopStep):
+    """Load the model in this process before the consumer takes any message (gpu queue only)."""
+
+    label = "captionq-model"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.enabled = bool(getattr(parent.app, "captionq_serves_gpu", False))
+
+    def start(self, parent: Any) -> None:
+        rt = runtime.current()
+        engine = rt.load_model()
+        info = engine.info
+        log.info(
+            "gpu worker serving %s (%s, template %s) on %s as %s, %s attention; context %d tokens; "
+            "capacity: %d task threads, batches of up to %d requests / %d tokens (wait %d ms), "
+            "%d torch threads", info.name, info.llm_family, info.template, info.device, info.dtype,
+            info.attn_implementation, info.max_context, parent.concurrency,
+            rt.capacity()["batch_max_requests"], rt.settings.batch_max_tokens, rt.settings.batch_wait_ms,
+            rt.capacity()["torch_threads"],
+        )
+
+
+class ThreadedBeat(bootsteps.StartStopStep):
+    """The periodic scheduler (sweeper) as a thread of this worker (``--beat``)."""
+
+    label = "captionq-beat"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.enabled = bool(getattr(parent.app, "captionq_beat", False))
+        self.service: Any = None
+
+    def start(self, parent: Any) -> None:
+        from celery.beat import EmbeddedService
+
+        filename = parent.app.conf.beat_schedule_filename
+        os.makedirs(os.path.dirname(filename) or ".", exist_ok=True)
+        self.service = EmbeddedService(parent.app, thread=True, schedule_filename=filename)
+        self.service.start()
+        log.info("scheduler running: sweep every %.1f s (schedule file %s)",
+                 parent.app.conf.beat_schedule["captionq-sweep"]["schedule"], filename)
+
+    def stop(self, parent: Any) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+
+def default_concurrency(settings: Settings, queues: list[str]) -> int:
+    if QUEUE_GPU in queues:
+        return 2 * (settings.batch_max_requests if settings.batching else 1) + (
+            DEFAULT_IO_CONCURRENCY if len(queues) > 1 else 0)
+    return DEFAULT_IO_CONCURRENCY
+
+
+def run_worker(settings: Settings, queues: list[str], concurrency: int | None, beat: bool,
+               loglevel: str | None) -> None:
+    """Run a Celery worker on ``queues`` until it is shut down (SIGTERM/SIGINT: warm shutdown)."""
+    from core.logging import setup_logging
+
+    if loglevel:
+        settings = settings.model_copy(update={"log_level": loglevel.upper()})
+    setup_logging(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    serves_gpu = QUEUE_GPU in queues
+    app.captionq_serves_gpu = serves_gpu  # type: ignore[attr-defined]
+    app.captionq_beat = beat  # type: ignore[attr-defined]
+    app.steps["worker"].add(LoadModel)
+    app.steps["worker"].add(ThreadedBeat)
+    runtime.configure(settings, celery_app=app)
+    threads = concurrency or default_concurrency(settings, queues)
+    log.info("captionq worker: queues %s, %d task threads%s%s", ",".join(queues), threads,
+             f", model {settings.model} on {settings.device}" if serves_gpu else "",
+             ", with the scheduler" if beat else "")
+    worker = app.Worker(
+        hostname=f"captionq-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}",
+        queues=queues, pool_cls="threads", concurrency=threads, loglevel=settings.log_level.upper(),
+        without_mingle=True, without_gossip=True, optimization="fair",
+    )
+    try:
+        worker.start()
+    finally:
+        runtime.shutdown()
+    code = getattr(worker, "exitcode", 0) or 0
+    if code:
+        raise SystemExit(code)

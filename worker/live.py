@@ -1,0 +1,140 @@
+"""What a task thread does while its job is in the engine: stream tokens, store ``partial_text``,
+watch for cancel and the time limit.
+
+The engine thread calls ``on_token(delta)`` and ``should_cancel()`` between generation steps, for
+every row of a batch; both must be instant, so they only touch memory here. The task thread,
+which would otherwise just block on the future, does the I/O in :meth:`JobWatch.wait`:
+
+- every ~0.1 s: new text goes out as a ``token`` event (Redis pub/sub, :mod:`jobs.live`);
+- every ``PARTIAL_INTERVAL`` (0.5 s): ``partial_text`` is written through
+  ``JobService.set_partial_text`` (one short UPDATE) when it changed;
+- every ``CANCEL_INTERVAL`` (0.5 s): ``JobService.is_cancel_requested`` is polled; a requested
+  cancel (or a job that stopped being ``running`` under us) raises the flag that
+  ``should_cancel`` returns, and the engine drops the row at its next step.
+- the soft time limit: past the deadline the flag is raised as well, with reason ``timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Literal, TypeVar
+
+from jobs.live import LivePublisher
+from jobs.service import JobService
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+StopReason = Literal["cancel", "timeout", "gone", "shutdown"]
+
+TICK = 0.1
+PARTIAL_INTERVAL = 0.5
+CANCEL_INTERVAL = 0.5
+
+
+class Stopped(Exception):
+    """Raised on the task thread when the job must stop before or between engine calls."""
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason)
+        self.reason: StopReason = reason
+
+
+class JobWatch:
+    """One job's live state; shared by its task thread and (through the callbacks) the engine."""
+
+    def __init__(self, job_id: str, jobs: JobService, live: LivePublisher | None, *, deadline: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.job_id = job_id
+        self.jobs = jobs
+        self.live = live
+        self.deadline = deadline
+        self.clock = clock
+        self.reason: StopReason | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._round = 0
+        self._text = ""  # this round's text so far (engine thread appends)
+        self._published = 0  # length of _text already sent as token events
+        self._stored = ""  # partial_text last written to the database
+        self._next_partial = 0.0
+        self._next_cancel = 0.0
+
+    # --- engine-thread callbacks (memory only) ------------------------------------------------
+    def on_token(self, delta: str) -> None:
+        with self._lock:
+            self._text += delta
+
+    def should_cancel(self) -> bool:
+        if not self._stop.is_set() and self.clock() >= self.deadline:
+            self.stop("timeout")
+        return self._stop.is_set()
+
+    # --- task thread ---------------------------------------------------------------------
+    def stop(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def new_round(self, index: int) -> None:
+        self.flush(final=True)
+        with self._lock:
+            self._round, self._text, self._published = index, "", 0
+
+    def check(self) -> None:
+        """Between pieces of work on the task thread: poll cancel (throttled) and the deadline;
+        raise :class:`Stopped` when the job must stop."""
+        self._poll(self.clock())
+        if self.should_cancel():
+            raise Stopped(self.reason or "cancel")
+
+    def wait(self, future: Future[T]) -> T:
+        """Block until ``future`` completes, doing the live I/O meanwhile."""
+        while True:
+            try:
+                result = future.result(timeout=TICK)
+            except FutureTimeout:
+                self.flush()
+                self._poll(self.clock())
+                self.should_cancel()
+                continue
+            self.flush(final=True)
+            return result
+
+    def wait_all(self, futures: list[Future[T]]) -> list[T]:
+        return [self.wait(f) for f in futures]
+
+    def _poll(self, now: float) -> None:
+        if now < self._next_cancel or self._stop.is_set():
+            return
+        self._next_cancel = now + CANCEL_INTERVAL
+        try:
+            if self.jobs.is_cancel_requested(self.job_id):
+                self.stop("cancel")
+        except Exception as exc:  # a database hiccup: keep generating, look again later
+            log.warning("cancel check for %s failed: %s", self.job_id, exc)
+
+    def flush(self, *, final: bool = False) -> None:
+        with self._lock:
+            text, round_index, sent = self._text, self._round, self._published
+            self._published = len(text)
+        if self.live is not None and len(text) > sent:
+            self.live.tokens(self.job_id, round_index, sent, text[sent:], text)
+        now = self.clock()
+        if text != self._stored and (final or now >= self._next_partial):
+            self._next_partial = now + PARTIAL_INTERVAL
+            self._stored = text
+            try:
+                if not self.jobs.set_partial_text(self.job_id, text):
+                    self.stop("gone")
+            except Exception as exc:
+                log.warning("partial_text for %s not stored: %s", self.job_id, exc)

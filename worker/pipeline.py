@@ -1,0 +1,216 @@
+"""The path of one caption job inside the worker (ARCHITECTURE.md, "The path of one job").
+
+    claim ─► fetch + decode + tile/sample ─► question ─► batcher (round by round) ─► record
+
+1. **claim** — ``JobService.start``: queued → running, ``attempts`` + 1 in SQL (a redelivered
+   message may take over a job left ``running`` by a dead worker). None — canceled, finished,
+   already running elsewhere, attempt cap reached (``worker_lost``), or past its TTL (failed
+   ``expired`` there, without running) — ends the task.
+2. **prepare** (:mod:`worker.prepare`) on this task thread, overlapping other jobs' GPU work:
+   storage retries transient download errors itself with backoff; what is still transient after
+   that becomes a Celery retry (:class:`RetryLater`); missing / unreadable / too large /
+   unsupported media fail at once with their codes.
+3. **infer** — each round is a ``ChatRequest`` handed to the process's one :class:`Batcher`,
+   which joins it with other jobs' requests; the token budget is checked on submit
+   (``context_too_long`` before any model work). Rounds run in order, each round's answer in
+   the next round's history, exactly like repeated ``chat(..., history=history)`` calls.
+   Grounding runs one independent request per phrase (all submitted at once).
+4. **record** — ``succeed`` / ``fail`` / ``mark_canceled`` with this delivery's ``attempt``: a
+   conditional UPDATE, so a redelivered message or a superseded attempt never writes twice.
+
+No database session is open across the download or the inference: every ``JobService`` call is
+its own short transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from core.errors import CaptionqError, InternalError
+from jobs.service import ClaimedJob
+from models.engine import ChatRequest, ChatResult, GenerationParams
+from models.grounding import grounding_prompt, parse_grounding
+from worker.live import JobWatch, Stopped, StopReason
+from worker.prepare import PreparedInput, PreparedItem, layout, prepare_items
+from worker.record import JobOutcome, RoundResult, job_error, metrics_json, output_json, retry_countdown
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """A transient failure with attempts left: the task re-sends itself after ``countdown`` s.
+    The job stays ``running`` in SQL; the next delivery takes it over (``redelivered``)."""
+
+    def __init__(self, error: CaptionqError, countdown: float) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+        self.countdown = countdown
+
+
+def generation_params(gen: dict[str, Any]) -> GenerationParams:
+    return GenerationParams(
+        max_new_tokens=int(gen.get("max_new_tokens", 512)), do_sample=bool(gen.get("do_sample", False)),
+        temperature=float(gen.get("temperature", 1.0)), top_p=float(gen.get("top_p", 1.0)),
+        top_k=int(gen.get("top_k", 0)), repetition_penalty=float(gen.get("repetition_penalty", 1.0)),
+        seed=gen.get("seed"),
+    )
+
+
+def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retries: int = 0) -> str:
+    """Run one delivery of ``captionq.caption_job``. Returns what happened (``skipped``,
+    ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`."""
+    try:
+        claimed = rt.jobs.start(job_id, redelivered=redelivered)
+    except Exception as exc:  # cannot even claim (database down): nothing changed, try later
+        err = job_error(exc)
+        if err.retryable:
+            raise RetryLater(err, retry_countdown(retries)) from exc
+        raise
+    if claimed is None:
+        log.info("job %s: nothing to run (not queued, or taken over)", job_id)
+        return "skipped"
+    if rt.live is not None:
+        rt.live.status(job_id, "running")
+    watch = JobWatch(job_id, rt.jobs, rt.live, deadline=time.monotonic() + rt.settings.job_soft_time_limit)
+    started = time.monotonic()
+    try:
+        outcome, items, prepare_seconds = _run(rt, claimed, watch)
+    except Stopped as stop:
+        return _stopped(rt, claimed, stop.reason)
+    except Exception as exc:
+        return _failed(rt, claimed, exc, retries)
+    metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
+                           model=rt.engine.info.name, prepare_seconds=prepare_seconds)
+    if not rt.jobs.succeed(job_id, output_json(outcome), metrics, attempt=claimed.attempt):
+        log.info("job %s: result not recorded (the job changed meanwhile)", job_id)
+        return "stopped"
+    log.info("job %s succeeded in %.2f s (attempt %d, %d tiles, %d+%d tokens)", job_id,
+             time.monotonic() - started, claimed.attempt, metrics["tiles"], metrics["input_tokens"],
+             metrics["output_tokens"])
+    _done(rt, job_id, "succeeded")
+    return "succeeded"
+
+
+def _run(rt: Runtime, claimed: ClaimedJob, watch: JobWatch) -> tuple[JobOutcome, list[PreparedItem], float]:
+    req = claimed.request
+    watch.check()  # canceled between claim and now?
+    t0 = time.monotonic()
+    items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
+    prepare_seconds = time.monotonic() - t0
+    watch.check()
+    params = generation_params(req.get("generation") or {})
+    prompt_list = list(req.get("prompts") or [])
+    mode = req.get("image_mode") or "separate"
+    if req.get("task") == "grounding":
+        outcome = _grounding(rt, items, prompt_list, mode, params, watch)
+    else:
+        outcome = _chat(rt, layout(items, prompt_list[0], mode), prompt_list, params, watch)
+    return outcome, items, prepare_seconds
+
+
+def _tensor(prep: PreparedInput) -> Any:
+    if prep.pixel_values is None:
+        return None
+    import torch
+
+    return torch.from_numpy(prep.pixel_values)
+
+
+def _round_result(prompt: str, res: ChatResult) -> RoundResult:
+    return RoundResult(prompt, res.text, res.finish_reason, res.prompt_tokens, res.output_tokens)
+
+
+def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: GenerationParams,
+          watch: JobWatch) -> JobOutcome:
+    pixel_values = _tensor(prep)
+    outcome = JobOutcome()
+    history: list[tuple[str, str]] | None = None
+    for index, prompt in enumerate(prompt_list):
+        watch.new_round(index)
+        request = ChatRequest(
+            question=prep.question if index == 0 else prompt, history=history,
+            pixel_values=pixel_values, num_patches_list=prep.num_patches_list, params=params,
+            on_token=watch.on_token, should_cancel=watch.should_cancel,
+        )
+        result = watch.wait(rt.batcher.submit(request))
+        if result.finish_reason == "canceled":
+            raise Stopped(watch.reason or "cancel")
+        outcome.rounds.append(_round_result(prompt, result))
+        history = result.history
+    return outcome
+
+
+def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode: str,
+               params: GenerationParams, watch: JobWatch) -> JobOutcome:
+    """One independent request per phrase (no history between them), all in the batcher at
+    once; boxes are parsed into pixels of each original (upright) image."""
+    image_media = [i for i, it in enumerate(items) if it.kind == "image"]
+    sizes = [items[i].size for i in image_media]
+    futures = []
+    pixel_values = None
+    for phrase in phrases:
+        prep = layout(items, grounding_prompt(phrase), mode)
+        if pixel_values is None:
+            pixel_values = _tensor(prep)
+        futures.append(rt.batcher.submit(ChatRequest(
+            question=prep.question, pixel_values=pixel_values, num_patches_list=prep.num_patches_list,
+            params=params, should_cancel=watch.should_cancel,
+        )))
+    results = watch.wait_all(futures)
+    if any(r.finish_reason == "canceled" for r in results):
+        raise Stopped(watch.reason or "cancel")
+    outcome = JobOutcome(boxes=[])
+    for phrase, res in zip(phrases, results, strict=True):
+        outcome.rounds.append(_round_result(phrase, res))
+        for b in parse_grounding(res.text, sizes or [(0, 0)]):
+            assert outcome.boxes is not None
+            outcome.boxes.append({
+                "label": b["label"] if b["label"] is not None else phrase,
+                "box": b["box"],
+                "media_index": image_media[b["media_index"]] if image_media else 0,
+            })
+    return outcome
+
+
+def _stopped(rt: Runtime, claimed: ClaimedJob, reason: StopReason) -> str:
+    job_id = claimed.job_id
+    if reason == "timeout":
+        return _record_failure(rt, claimed, "timeout",
+                               f"the job ran past its time limit of {rt.settings.job_soft_time_limit} s",
+                               retryable=False)
+    if reason == "cancel" and rt.jobs.mark_canceled(job_id, attempt=claimed.attempt):
+        log.info("job %s canceled", job_id)
+        _done(rt, job_id, "canceled")
+        return "canceled"
+    log.info("job %s stopped (%s); nothing recorded", job_id, reason)
+    return "stopped"
+
+
+def _failed(rt: Runtime, claimed: ClaimedJob, exc: BaseException, retries: int) -> str:
+    err = job_error(exc)
+    if isinstance(err, InternalError) or err.code == "internal":
+        log.error("job %s: unexpected error", claimed.job_id, exc_info=exc)
+    if err.retryable and claimed.attempt < rt.settings.max_attempts:
+        log.warning("job %s: %s (%s); retrying, attempt %d of %d", claimed.job_id, err.code, err.message,
+                    claimed.attempt, rt.settings.max_attempts)
+        raise RetryLater(err, retry_countdown(retries)) from exc
+    return _record_failure(rt, claimed, err.code, err.message, retryable=err.retryable)
+
+
+def _record_failure(rt: Runtime, claimed: ClaimedJob, code: str, message: str, *, retryable: bool) -> str:
+    status = rt.jobs.fail(claimed.job_id, code, message, retryable, attempt=claimed.attempt)
+    if status is None:
+        log.info("job %s: failure %s not recorded (the job changed meanwhile)", claimed.job_id, code)
+        return "stopped"
+    log.info("job %s %s: %s: %s", claimed.job_id, status, code, message)
+    if status != "queued":
+        _done(rt, claimed.job_id, status)
+    return status
+
+
+def _done(rt: Runtime, job_id: str, status: str) -> None:
+    if rt.live is not None:
+        rt.live.done(job_id, status)

@@ -1,0 +1,88 @@
+"""What a finished job records: the output and metrics JSON, and how an exception becomes a job
+error. Pure functions; the pipeline passes the results to ``JobService.succeed`` / ``fail``.
+
+Error mapping happens in one place (:func:`job_error`): ``core.errors.as_captionq_error`` adopts
+the typed errors of ``storage`` and ``models`` by their ``code``/``retryable`` (media_not_found,
+media_unreadable, media_too_large, unsupported_media, context_too_long, out_of_memory …), a Celery
+soft time limit becomes ``timeout``, and anything unexpected becomes ``internal``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import CaptionqError, JobTimeout, TransientError, as_captionq_error
+
+
+@dataclass
+class RoundResult:
+    prompt: str
+    text: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass
+class JobOutcome:
+    rounds: list[RoundResult] = field(default_factory=list)
+    boxes: list[dict[str, Any]] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.rounds[-1].text if self.rounds else ""
+
+
+def output_json(outcome: JobOutcome) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "text": outcome.text,
+        "rounds": [{"prompt": r.prompt, "text": r.text, "finish_reason": r.finish_reason}
+                   for r in outcome.rounds],
+    }
+    if outcome.boxes is not None:
+        out["boxes"] = outcome.boxes
+    return out
+
+
+def metrics_json(outcome: JobOutcome, *, tiles: int, frames: int, model: str,
+                 prepare_seconds: float | None = None) -> dict[str, Any]:
+    """Per-job metrics (``queued_seconds`` / ``run_seconds`` are added by ``JobService``).
+    Tokens are summed over rounds: each round re-reads the conversation so far."""
+    m: dict[str, Any] = {
+        "tiles": tiles,
+        "frames": frames,
+        "input_tokens": sum(r.input_tokens for r in outcome.rounds),
+        "output_tokens": sum(r.output_tokens for r in outcome.rounds),
+        "model": model,
+        "finish_reason": outcome.rounds[-1].finish_reason if outcome.rounds else None,
+    }
+    if prepare_seconds is not None:
+        m["prepare_seconds"] = round(prepare_seconds, 3)
+    return m
+
+
+def job_error(exc: BaseException) -> CaptionqError:
+    """The job error for any exception raised while running a job."""
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+        return JobTimeout("the job ran past its time limit")
+    if _is_database_outage(exc):
+        return TransientError(f"database unavailable: {type(exc).__name__}")
+    return as_captionq_error(exc)
+
+
+def _is_database_outage(exc: BaseException) -> bool:
+    try:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def retry_countdown(retries: int, *, base: float = 2.0, cap: float = 120.0) -> float:
+    """Seconds before the next delivery after a transient failure: exponential with full jitter
+    (``retries`` = Celery retries so far), at least 1 s."""
+    return max(1.0, random.uniform(0, min(cap, base * (2 ** max(0, retries)))))

@@ -1,0 +1,144 @@
+"""The per-process worker runtime: everything a task needs, built once, shared by all task threads.
+
+A worker process runs Celery's ``threads`` pool, so every task thread of the process shares one
+:class:`Runtime`: one database engine (a connection pool), one storage configuration, one
+publisher, one live-event publisher and — for the gpu queue — one model (:class:`Engine`) behind
+one :class:`Batcher` whose thread owns the accelerator.
+
+The model is loaded in this process (never in a forking parent: a child forked from a process
+that ran torch can hang on its thread pools), once, under a lock. ``worker.app`` loads it when
+the worker starts, before it consumes anything; :meth:`Runtime.batcher` also loads it lazily so
+that a runtime used outside the worker (benchmarks, tests) works the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from core.db import Database
+from core.settings import Settings
+from jobs.live import LivePublisher
+from jobs.queue import Publisher
+from jobs.service import JobService
+from storage.config import StorageConfig
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from models.batcher import Batcher
+    from models.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def torch_threads(settings: Settings) -> int:
+    """Intra-op threads for torch: the configured number, else every core on a CPU device and a
+    few on a GPU host (there torch's CPU work is small and the task threads need the cores for
+    downloads, decoding and tiling)."""
+    if settings.torch_threads:
+        return max(1, int(settings.torch_threads))
+    cores = os.cpu_count() or 1
+    return cores if settings.device == "cpu" else max(1, min(4, cores // 2))
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, celery_app: Celery | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings)
+        self.storage = StorageConfig.from_settings(settings)
+        self.publisher = Publisher.from_settings(settings, celery_app)
+        self.jobs = JobService(self.db, settings, self.publisher)
+        url = settings.events_redis_url
+        self.live: LivePublisher | None = LivePublisher(url) if url else None
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._batcher: Batcher | None = None
+
+    # --- the model ------------------------------------------------------------------------
+    def load_model(self) -> Engine:
+        """Load the engine and start the batcher (once; later calls return the same engine)."""
+        with self._lock:
+            if self._engine is None:
+                import torch
+
+                from models.batcher import Batcher
+                from models.engine import Engine
+
+                torch.set_num_threads(torch_threads(self.settings))
+                s = self.settings
+                engine = Engine.load(
+                    s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation,
+                    quantization=s.quantization, cache_dir=s.data_dir / "converted",
+                    vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
+                )
+                max_requests = s.batch_max_requests if s.batching else 1
+                self._batcher = Batcher(engine, max_requests=max_requests, max_tokens=s.batch_max_tokens,
+                                        wait_ms=s.batch_wait_ms)
+                self._engine = engine
+            return self._engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine if self._engine is not None else self.load_model()
+
+    @property
+    def batcher(self) -> Batcher:
+        if self._batcher is None:
+            self.load_model()
+        assert self._batcher is not None
+        return self._batcher
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._engine is not None
+
+    def capacity(self) -> dict[str, Any]:
+        s = self.settings
+        return {"batch_max_requests": s.batch_max_requests if s.batching else 1,
+                "batch_max_tokens": s.batch_max_tokens, "batch_wait_ms": s.batch_wait_ms,
+                "torch_threads": torch_threads(s)}
+
+    def close(self) -> None:
+        """Stop the batcher (after the task threads have finished) and release connections."""
+        with self._lock:
+            if self._batcher is not None:
+                self._batcher.close(cancel_pending=True, timeout=30)
+        if self.live is not None:
+            self.live.close()
+        self.publisher.close()
+        self.db.dispose()
+
+
+# --- the process-wide instance ----------------------------------------------------------------
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def configure(settings: Settings, *, celery_app: Celery | None = None) -> Runtime:
+    """Build this process's runtime (the worker entry point calls this once)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Runtime(settings, celery_app=celery_app)
+        return _current
+
+
+def current() -> Runtime:
+    """The runtime of this process; a worker not started through :func:`worker.app.run_worker`
+    (``celery -A worker.app:app_from_env``) builds it from the environment on first use."""
+    if _current is not None:
+        return _current
+    from core.settings import load_settings
+
+    return configure(load_settings())
+
+
+def shutdown() -> None:
+    global _current
+    with _current_lock:
+        rt, _current = _current, None
+    if rt is not None:
+        rt.close()
