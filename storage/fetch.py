@@ -161,22 +161,25 @@ def _open_file(u: FileUrl, config: StorageConfig, kind: Kind | None) -> MediaBlo
     """Local files are used in place (no copy). ``u.path`` is already the real path under the
     media root; O_NOFOLLOW refuses a symlink swapped in since the check."""
     try:
-        fd = os.open(u.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO someone placed under the root must not hang the worker.
+        fd = os.open(u.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise MediaNotFound(f"{u.url}: no such file") from None
     except PermissionError:
         raise MediaNotFound(f"{u.url}: permission denied") from None
     except OSError as e:
         raise MediaUnreadable(f"{u.url}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise MediaUnreadable(f"{u.url}: not a regular file")
         if st.st_size > config.max_bytes:
             raise MediaTooLarge(f"{u.url} is {st.st_size} bytes, more than the limit of {config.max_bytes}")
         if st.st_size == 0:
             raise MediaUnreadable(f"{u.url}: empty (0 bytes)")
-        head = f.read(SNIFF_BYTES)
+        head = os.pread(fd, SNIFF_BYTES, 0)
+    finally:
+        os.close(fd)
     found_kind, mime = _check_kind(head, u.url, kind)
     return MediaBlob(url=u.url, size=st.st_size, kind=found_kind, mime=mime, content_type=None,
                      path=Path(u.path))

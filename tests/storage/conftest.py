@@ -41,12 +41,23 @@ def http_server(png: bytes, mp4: bytes) -> Iterator[RunningServer]:
 
 def fast(**kw: object) -> StorageConfig:
     """Short timeouts and near-zero backoff so failure paths stay quick."""
-    base: dict[str, object] = {"retries": 2, "retry_backoff": 0.01, "retry_backoff_max": 0.05,
-                               "connect_timeout": 2.0, "read_timeout": 2.0}
+    base: dict[str, object] = {
+        "retries": 2,
+        "retry_backoff": 0.01,
+        "retry_backoff_max": 0.05,
+        "connect_timeout": 2.0,
+        "read_timeout": 2.0,
+    }
     base.update(kw)
     return StorageConfig(**base)  # type: ignore[arg-type]
 
 
 def s3_config(bucket, **kw: object) -> StorageConfig:  # type: ignore[no-untyped-def]
-    return fast(s3_endpoint_url=bucket.endpoint_url, s3_region=bucket.region,
-                s3_access_key_id=bucket.access_key, s3_secret_access_key=bucket.secret_key, **kw)
+    base: dict[str, object] = {
+        "s3_endpoint_url": bucket.endpoint_url,
+        "s3_region": bucket.region,
+        "s3_access_key_id": bucket.access_key,
+        "s3_secret_access_key": bucket.secret_key,
+    }
+    base.update(kw)
+    return fast(**base)

@@ -3,6 +3,7 @@ a TCP proxy in front of the S3 server that can break connections or answer 503 o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.server
 import socket
@@ -30,7 +31,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
 
-    def _send(self, status: int, body: bytes = b"", ctype: str = "text/plain", headers: dict | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes = b"", ctype: str = "text/plain", headers: dict | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -92,10 +95,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(10**9))
             self.end_headers()
-            try:
+            with contextlib.suppress(OSError):
                 self.wfile.write(body)
-            except OSError:
-                pass
             self.close_connection = True
             return None
         if path == "/big-chunked":  # no length, more bytes than any test cap
@@ -146,6 +147,7 @@ def start_http(state: ServerState, tls: ssl.SSLContext | None = None) -> Running
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.state = state
     if tls is not None:
+
         def sni_cb(sock: ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
             state.sni.append(name)
 
@@ -166,23 +168,38 @@ def make_ca_and_cert(tmp: Path, names: list[str]) -> tuple[Path, ssl.SSLContext]
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "captionq test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     ca_pem = tmp / "ca.pem"
     ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_pem, key_pem = tmp / "cert.pem", tmp / "key.pem"
     cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert_pem, key_pem)
     return ca_pem, server_ctx
@@ -197,10 +214,21 @@ class FaultProxy:
         self.upstream = upstream
         self.modes: list[str] = []
         self.connections = 0
+        self._live: list[socket.socket] = []
         self._lock = threading.Lock()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, *modes: str) -> None:
+        """Queue modes for the next connections, and drop the live ones so that clients with
+        pooled keep-alive connections must connect again (and meet the new modes)."""
+        with self._lock:
+            self.modes[:] = list(modes)
+            live, self._live = self._live, []
+        for s in live:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     @property
     def endpoint(self) -> str:
@@ -215,15 +243,21 @@ class FaultProxy:
             with self._lock:
                 mode = self.modes.pop(0) if self.modes else "pass"
                 self.connections += 1
+                self._live.append(client)
             threading.Thread(target=self._serve, args=(client, mode), daemon=True).start()
 
     def _serve(self, client: socket.socket, mode: str) -> None:
         try:
             if mode == "503":
                 _read_request(client)
-                body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                client.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-                               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                body = (
+                    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                )
+                client.sendall(
+                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
                 return
             upstream = socket.create_connection(self.upstream)
             limit = int(mode.split(":")[1]) if mode.startswith("cut:") else None
@@ -273,7 +307,5 @@ def _pump(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

@@ -28,8 +28,11 @@ PRIVATE = fast(allow_private_urls=True)
 
 
 def test_refused_by_default(http_server: RunningServer) -> None:
-    for url in (http_server.url("/img.png"), f"http://localhost:{http_server.port}/img.png",
-                f"http://2130706433:{http_server.port}/img.png"):
+    for url in (
+        http_server.url("/img.png"),
+        f"http://localhost:{http_server.port}/img.png",
+        f"http://2130706433:{http_server.port}/img.png",
+    ):
         with pytest.raises(UrlNotAllowed) as e:
             open_media(url, fast())
         assert e.value.code == "url_not_allowed"
@@ -46,7 +49,12 @@ def test_transport_itself_refuses(http_server: RunningServer) -> None:
 
 def test_fetch_image_and_video(http_server: RunningServer, png: bytes, mp4: bytes) -> None:
     with open_media(http_server.url("/img.png"), PRIVATE, kind="image") as blob:
-        assert (blob.kind, blob.mime, blob.size, blob.content_type) == ("image", "image/png", len(png), "image/png")
+        assert (blob.kind, blob.mime, blob.size, blob.content_type) == (
+            "image",
+            "image/png",
+            len(png),
+            "image/png",
+        )
         assert blob.read() == png and blob.in_memory
     # the bytes decide, not the Content-Type
     with open_media(http_server.url("/octet.png"), PRIVATE) as blob:
@@ -78,8 +86,12 @@ def test_kind_contradiction_and_unknown_bytes(http_server: RunningServer) -> Non
 
 @pytest.mark.parametrize(
     ("path", "error", "fragment"),
-    [("/missing", MediaNotFound, "404"), ("/gone", MediaNotFound, "410"), ("/forbidden", MediaNotFound, "403"),
-     ("/teapot", MediaUnreadable, "418")],
+    [
+        ("/missing", MediaNotFound, "404"),
+        ("/gone", MediaNotFound, "410"),
+        ("/forbidden", MediaNotFound, "403"),
+        ("/teapot", MediaUnreadable, "418"),
+    ],
 )
 def test_status_mapping(http_server: RunningServer, path: str, error: type, fragment: str) -> None:
     before = http_server.state.hits[path]
@@ -160,7 +172,7 @@ def test_pinned_connection_keeps_the_host_name(http_server: RunningServer) -> No
     assert http_server.state.hosts[-1] == f"media.example.test:{http_server.port}"
     # and a refused answer means no connection at all
     before = sum(http_server.state.hits.values())
-    with pytest.raises(UrlNotAllowed, match="resolves to 127.0.0.1"):
+    with pytest.raises(UrlNotAllowed, match=r"resolves to 127\.0\.0\.1"):
         open_media(f"http://media.example.test:{http_server.port}/img.png", fast(), resolver=resolver)
     assert sum(http_server.state.hits.values()) == before
 
@@ -175,29 +187,43 @@ def test_https_sni_and_verification_use_the_name(tmp_path: Path, png: bytes) -> 
         with open_media(f"https://localhost:{srv.port}/img.png", PRIVATE, verify=verify) as blob:
             assert blob.read() == png
         assert state.sni[-1] == "localhost"
-        pinned = open_media(f"https://media.example.test:{srv.port}/img.png", PRIVATE, verify=verify,
-                            resolver=lambda h, p: [ip_address("127.0.0.1")])
+        pinned = open_media(
+            f"https://media.example.test:{srv.port}/img.png",
+            PRIVATE,
+            verify=verify,
+            resolver=lambda h, p: [ip_address("127.0.0.1")],
+        )
         pinned.close()
         assert state.sni[-1] == "media.example.test"
         # the certificate names no IP address: connecting by IP must fail verification
-        with pytest.raises(TransientError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
-            open_media(f"https://127.0.0.1:{srv.port}/img.png", fast(allow_private_urls=True, retries=0),
-                       verify=verify)
+        with pytest.raises(TransientError, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
+            open_media(
+                f"https://127.0.0.1:{srv.port}/img.png",
+                fast(allow_private_urls=True, retries=0),
+                verify=verify,
+            )
     finally:
         srv.server.shutdown()
         srv.server.server_close()
 
 
 def test_safe_request_for_webhooks(http_server: RunningServer) -> None:
-    r = safe_request("POST", http_server.url("/hook"), content=b"{}", allow_private=True,
-                     headers={"content-type": "application/json"})
+    r = safe_request(
+        "POST",
+        http_server.url("/hook"),
+        content=b"{}",
+        allow_private=True,
+        headers={"content-type": "application/json"},
+    )
     assert (r.status_code, r.content, r.truncated) == (200, b"got {}", False)
     # no redirects by default: the 307 is the answer
     r = safe_request("POST", http_server.url("/hook-redirect"), content=b"{}", allow_private=True)
     assert r.status_code == 307 and http_server.state.hits["/hook"] == 1
     with pytest.raises(UrlNotAllowed):
         safe_request("POST", http_server.url("/hook"), content=b"{}")
-    r = safe_request("GET", http_server.url("/big-chunked"), allow_private=True, max_bytes=1000, truncate=True)
+    r = safe_request(
+        "GET", http_server.url("/big-chunked"), allow_private=True, max_bytes=1000, truncate=True
+    )
     assert r.truncated and len(r.content) == 1000
     with pytest.raises(MediaTooLarge):
         safe_request("GET", http_server.url("/big-chunked"), allow_private=True, max_bytes=1000)

@@ -153,18 +153,37 @@ def test_data_uri_size_cap_is_checked_before_decoding(png: bytes) -> None:
         (lambda p: "data:image/png;base64,", UrlNotAllowed, "empty payload"),
         (lambda p: data_uri("image/png", p)[:-1], UrlNotAllowed, "multiple of 4"),
         (lambda p: data_uri("image/png", p).rstrip("="), UrlNotAllowed, "multiple of 4"),
-        (lambda p: data_uri("image/png", p)[:40] + " " + data_uri("image/png", p)[41:], UrlNotAllowed, "offset"),
-        (lambda p: data_uri("image/png", p)[:40] + "-" + data_uri("image/png", p)[41:], UrlNotAllowed, "URL-safe"),
-        (lambda p: data_uri("image/png", p)[:40] + "=" + data_uri("image/png", p)[41:], UrlNotAllowed, "invalid base64"),
+        (
+            lambda p: data_uri("image/png", p)[:40] + " " + data_uri("image/png", p)[41:],
+            UrlNotAllowed,
+            "offset",
+        ),
+        (
+            lambda p: data_uri("image/png", p)[:40] + "-" + data_uri("image/png", p)[41:],
+            UrlNotAllowed,
+            "URL-safe",
+        ),
+        (
+            lambda p: data_uri("image/png", p)[:40] + "=" + data_uri("image/png", p)[41:],
+            UrlNotAllowed,
+            "invalid base64",
+        ),
         (lambda p: "data:image/png;base64,QR==", UrlNotAllowed, "non-zero bits"),
         (lambda p: data_uri("text/plain", p), UnsupportedMedia, "not image/\\* or video/\\*"),
         (lambda p: data_uri("application/octet-stream", p), UnsupportedMedia, "not image"),
-        (lambda p: data_uri("image/svg+xml", b"<svg xmlns='http://www.w3.org/2000/svg'/>"), UnsupportedMedia,
-         "not a recognised"),
+        (
+            lambda p: data_uri("image/svg+xml", b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
+            UnsupportedMedia,
+            "not a recognised",
+        ),
         (lambda p: data_uri("video/mp4", p), UnsupportedMedia, "its bytes are image/png"),
         (lambda p: data_uri("image/png", b"hello world, not an image"), UnsupportedMedia, "not a recognised"),
         (lambda p: data_uri("image png", p), UrlNotAllowed, "malformed media type"),
-        (lambda p: "data:image/png;x;base64," + base64.b64encode(p).decode(), UrlNotAllowed, "malformed parameter"),
+        (
+            lambda p: "data:image/png;x;base64," + base64.b64encode(p).decode(),
+            UrlNotAllowed,
+            "malformed parameter",
+        ),
     ],
 )
 def test_data_uri_refusals(make, error, fragment, png: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -237,5 +256,5 @@ def test_file_urls_need_local_mode(media_tree: tuple[StorageConfig, Path]) -> No
     _cfg, root = media_tree
     with pytest.raises(UrlNotAllowed, match="only accepted in the local mode"):
         parse_media_url(f"file://{root}/sub/a.png", StorageConfig(media_root=root))
-    with pytest.raises(UrlNotAllowed, match="accepted: s3://, https://, http://, data:$"):
+    with pytest.raises(UrlNotAllowed, match=r"accepted: s3://, https://, http://, data:$"):
         parse_media_url("gopher://x/", StorageConfig(media_root=root))
