@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from storage.errors import MediaTooLarge, TransientError
-from storage.sniff import SNIFF_BYTES, Kind
+from storage.sniff import SNIFF_BYTES, Kind, sniff
 
 _SUFFIX = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
            "image/bmp": ".bmp", "image/tiff": ".tif", "video/mp4": ".mp4", "video/quicktime": ".mov",
@@ -44,7 +44,9 @@ class Spool:
         self.size += len(data)
 
     def _roll(self) -> None:
-        f = tempfile.NamedTemporaryFile(prefix="captionq-media-", delete=True)  # noqa: SIM115
+        # A suffix that matches the bytes helps decoders that go by file name.
+        suffix = _SUFFIX.get(sniff(self.head).mime or "", "")
+        f = tempfile.NamedTemporaryFile(prefix="captionq-media-", suffix=suffix, delete=True)  # noqa: SIM115
         assert self._buf is not None
         f.write(self._buf.getbuffer())
         self._buf = None

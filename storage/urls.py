@@ -197,6 +197,12 @@ def parse_http_url(
     if raw_host.startswith("[") and ip is None:
         raise UrlNotAllowed(f"invalid IPv6 literal {raw_host!r}")
     host = str(ip) if ip is not None else _normalise_name(raw_host)
+    if ip is None:  # IDNA mapping can turn a "name" into an address (fullwidth digits, "。")
+        try:
+            ip = parse_ip_host(host)
+        except ValueError as e:
+            raise UrlNotAllowed(str(e)) from None
+        host = str(ip) if ip is not None else host
     addrs = check_host(host, port, allow_private=allow_private, resolve=resolve, resolver=resolver)
     netloc = f"[{host}]" if ":" in host else host
     if port != default_port:

@@ -48,6 +48,9 @@ CASES = [
     ("http://255.255.255.255/", "reserved", False),
     ("http://198.18.0.1/", "private", False),  # benchmarking range
     ("http://localhost/", "loopback", False),
+    ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/", "loopback", False),  # fullwidth digits
+    ("http://127\u30020\u30020\u30021/", "loopback", False),  # ideographic full stops
+    ("http://\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3/", "loopback", False),  # circled
     ("http://api.localhost:9000/", "loopback", False),
     ("http://8.8.8.8/", None, False),
     ("https://1.1.1.1:8443/x", None, False),

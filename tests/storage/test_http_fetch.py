@@ -71,7 +71,7 @@ def test_large_body_spools_to_disk(http_server: RunningServer, mp4: bytes) -> No
         assert not blob.in_memory
         with blob.as_path() as p:
             path = Path(p)
-            assert path.read_bytes() == mp4
+            assert path.read_bytes() == mp4 and path.suffix == ".mp4"
         with blob.open() as f:
             assert f.read() == mp4
     assert not path.exists()  # closed blob: temporary file gone

@@ -36,6 +36,16 @@ def proxy(s3_bucket) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
     p.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cleanup(s3_bucket) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """The bucket lives for the whole session: remove this module's objects (tens of MiB)."""
+    yield
+    client = s3_bucket.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket.bucket, Prefix="st/"):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=s3_bucket.bucket, Key=obj["Key"])
+
+
 def via_proxy(s3_bucket, proxy: FaultProxy, **kw: object):  # type: ignore[no-untyped-def]
     cfg = s3_config(s3_bucket, **kw)
     from dataclasses import replace
@@ -45,10 +55,10 @@ def via_proxy(s3_bucket, proxy: FaultProxy, **kw: object):  # type: ignore[no-un
 
 def test_get_image_and_video(s3_bucket, png: bytes, mp4: bytes) -> None:  # type: ignore[no-untyped-def]
     cfg = s3_config(s3_bucket)
-    url = s3_bucket.put("in/photo.png", png)
+    url = s3_bucket.put("st/in/photo.png", png)
     with open_media(url, cfg, kind="image") as blob:
         assert (blob.read(), blob.mime, blob.size) == (png, "image/png", len(png))
-    url = s3_bucket.put("in/clip with spaces?.mp4", mp4)
+    url = s3_bucket.put("st/in/clip with spaces?.mp4", mp4)
     with open_media(url, cfg, kind="video") as blob, blob.as_path() as p:
         assert p.read_bytes() == mp4
     with pytest.raises(UnsupportedMedia):
@@ -65,7 +75,7 @@ def test_missing_key_and_bucket(s3_bucket) -> None:  # type: ignore[no-untyped-d
 
 
 def test_wrong_credentials(s3_bucket, png: bytes) -> None:  # type: ignore[no-untyped-def]
-    url = s3_bucket.put("in/secret.png", png)
+    url = s3_bucket.put("st/in/secret.png", png)
     cfg = s3_config(s3_bucket, s3_secret_access_key="not-the-secret")
     with pytest.raises(MediaNotFound, match="access denied") as e:
         open_media(url, cfg)
@@ -76,7 +86,7 @@ def test_wrong_credentials(s3_bucket, png: bytes) -> None:  # type: ignore[no-un
 
 
 def test_credentials_from_the_usual_variables(s3_bucket, png: bytes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    url = s3_bucket.put("in/env.png", png)
+    url = s3_bucket.put("st/in/env.png", png)
     cfg = s3_config(s3_bucket, s3_access_key_id=None, s3_secret_access_key=None)
     for k, v in s3_bucket.env().items():
         monkeypatch.setenv(k, v)
@@ -88,7 +98,7 @@ def test_credentials_from_the_usual_variables(s3_bucket, png: bytes, monkeypatch
 
 
 def test_byte_cap(s3_bucket, mp4: bytes) -> None:  # type: ignore[no-untyped-def]
-    url = s3_bucket.put("in/big.mp4", mp4)
+    url = s3_bucket.put("st/in/big.mp4", mp4)
     with pytest.raises(MediaTooLarge, match=f"{len(mp4)} bytes"):
         open_media(url, s3_config(s3_bucket, max_bytes=len(mp4) - 1))
     with open_media(url, s3_config(s3_bucket, max_bytes=len(mp4))) as blob:
@@ -96,13 +106,13 @@ def test_byte_cap(s3_bucket, mp4: bytes) -> None:  # type: ignore[no-untyped-def
 
 
 def test_allowed_buckets_enforced_at_fetch(s3_bucket, png: bytes) -> None:  # type: ignore[no-untyped-def]
-    url = s3_bucket.put("in/x.png", png)
+    url = s3_bucket.put("st/in/x.png", png)
     with pytest.raises(UrlNotAllowed, match="allowed buckets"):
         open_media(url, s3_config(s3_bucket, allowed_buckets=("some-other-bucket",)))
 
 
 def test_503_then_ok_is_retried(s3_bucket, proxy: FaultProxy, png: bytes) -> None:  # type: ignore[no-untyped-def]
-    url = s3_bucket.put("in/retry.png", png)
+    url = s3_bucket.put("st/in/retry.png", png)
     cfg = via_proxy(s3_bucket, proxy)
     proxy.arm("503")
     with open_media(url, cfg) as blob:
@@ -111,7 +121,7 @@ def test_503_then_ok_is_retried(s3_bucket, proxy: FaultProxy, png: bytes) -> Non
 
 
 def test_throttled_throughout_is_transient(s3_bucket, proxy: FaultProxy, png: bytes) -> None:  # type: ignore[no-untyped-def]
-    url = s3_bucket.put("in/throttled.png", png)
+    url = s3_bucket.put("st/in/throttled.png", png)
     cfg = via_proxy(s3_bucket, proxy, retries=2)
     proxy.arm("503", "503", "503")
     with pytest.raises(TransientError, match=r"SlowDown.*3 attempts") as e:
@@ -123,7 +133,7 @@ def test_connection_cut_mid_body_is_retried(s3_bucket, proxy: FaultProxy) -> Non
     from tests.storage.media import video_bytes
 
     data = video_bytes(frames=30) + os.urandom(300_000)
-    url = s3_bucket.put("in/cut.mp4", data)
+    url = s3_bucket.put("st/in/cut.mp4", data)
     cfg = via_proxy(s3_bucket, proxy)
     proxy.arm("cut:100000")
     before = proxy.connections
@@ -148,16 +158,16 @@ def _get(s3_bucket, key: str) -> tuple[bytes, str]:  # type: ignore[no-untyped-d
 
 def test_put_single(s3_bucket) -> None:  # type: ignore[no-untyped-def]
     cfg = s3_config(s3_bucket)
-    stored = put_object(f"s3://{s3_bucket.bucket}/out/one.json", b'{"a": 1}\n', "application/json", cfg)
+    stored = put_object(f"s3://{s3_bucket.bucket}/st/out/one.json", b'{"a": 1}\n', "application/json", cfg)
     assert (stored.size, stored.parts) == (9, 1)
-    assert _get(s3_bucket, "out/one.json") == (b'{"a": 1}\n', "application/json")
+    assert _get(s3_bucket, "st/out/one.json") == (b'{"a": 1}\n', "application/json")
     # a short stream needs no multipart upload
     stored = put_object(
-        f"s3://{s3_bucket.bucket}/out/small.jsonl", iter([b"a\n", b"b\n"]), "application/x-ndjson", cfg
+        f"s3://{s3_bucket.bucket}/st/out/small.jsonl", iter([b"a\n", b"b\n"]), "application/x-ndjson", cfg
     )
-    assert stored.parts == 1 and _get(s3_bucket, "out/small.jsonl")[0] == b"a\nb\n"
+    assert stored.parts == 1 and _get(s3_bucket, "st/out/small.jsonl")[0] == b"a\nb\n"
     with pytest.raises(UrlNotAllowed, match="prefix"):
-        put_object(f"s3://{s3_bucket.bucket}/out/", b"x", "text/plain", cfg)
+        put_object(f"s3://{s3_bucket.bucket}/st/out/", b"x", "text/plain", cfg)
 
 
 def test_put_multipart(s3_bucket) -> None:  # type: ignore[no-untyped-def]
@@ -165,9 +175,9 @@ def test_put_multipart(s3_bucket) -> None:  # type: ignore[no-untyped-def]
     block = os.urandom(333 * 1024)
     chunks = [block] * 34  # ~11 MiB in uneven pieces → 5 + 5 + ~1 MiB
     stored = put_object(
-        f"s3://{s3_bucket.bucket}/out/results.jsonl", iter(chunks), "application/x-ndjson", cfg
+        f"s3://{s3_bucket.bucket}/st/out/results.jsonl", iter(chunks), "application/x-ndjson", cfg
     )
-    body, ctype = _get(s3_bucket, "out/results.jsonl")
+    body, ctype = _get(s3_bucket, "st/out/results.jsonl")
     assert (stored.parts, stored.size, len(body), ctype) == (
         3,
         len(block) * 34,
@@ -186,11 +196,11 @@ def test_put_multipart_failure_leaves_nothing(s3_bucket) -> None:  # type: ignor
         raise RuntimeError("producer died")
 
     with pytest.raises(RuntimeError, match="producer died"):
-        put_object(f"s3://{s3_bucket.bucket}/out/broken.bin", broken(), "application/octet-stream", cfg)
+        put_object(f"s3://{s3_bucket.bucket}/st/out/broken.bin", broken(), "application/octet-stream", cfg)
     client = s3_bucket.client()
-    listed = client.list_objects_v2(Bucket=s3_bucket.bucket, Prefix="out/broken")
+    listed = client.list_objects_v2(Bucket=s3_bucket.bucket, Prefix="st/out/broken")
     assert listed.get("KeyCount", 0) == 0
-    uploads = client.list_multipart_uploads(Bucket=s3_bucket.bucket, Prefix="out/broken")
+    uploads = client.list_multipart_uploads(Bucket=s3_bucket.bucket, Prefix="st/out/broken")
     assert not uploads.get("Uploads")
 
 
@@ -205,7 +215,7 @@ def test_iter_lines_large_manifest_streams(s3_bucket) -> None:  # type: ignore[n
     data = _manifest(n)
     assert len(data) > 18 * MiB
     url = put_object(
-        f"s3://{s3_bucket.bucket}/manifests/big.jsonl", data, "application/x-ndjson", s3_config(s3_bucket)
+        f"s3://{s3_bucket.bucket}/st/manifests/big.jsonl", data, "application/x-ndjson", s3_config(s3_bucket)
     ).url
     del data
     cfg = s3_config(s3_bucket)
@@ -225,7 +235,7 @@ def test_iter_lines_large_manifest_streams(s3_bucket) -> None:  # type: ignore[n
 
 def test_iter_lines_resumes_after_a_cut(s3_bucket, proxy: FaultProxy) -> None:  # type: ignore[no-untyped-def]
     data = _manifest(20_000)
-    url = s3_bucket.put("manifests/cut.jsonl", data)
+    url = s3_bucket.put("st/manifests/cut.jsonl", data)
     proxy.arm("cut:700000")
     before = proxy.connections
     lines = list(iter_lines(url, via_proxy(s3_bucket, proxy), chunk_size=64 * 1024))
@@ -237,8 +247,8 @@ def test_iter_lines_resumes_after_a_cut(s3_bucket, proxy: FaultProxy) -> None:  
 def test_iter_lines_errors(s3_bucket) -> None:  # type: ignore[no-untyped-def]
     cfg = s3_config(s3_bucket)
     with pytest.raises(MediaNotFound):
-        list(iter_lines(f"s3://{s3_bucket.bucket}/manifests/none.jsonl", cfg))
-    url = s3_bucket.put("manifests/long.jsonl", b"ok\n" + b"x" * 5000 + b"\nok\n")
+        list(iter_lines(f"s3://{s3_bucket.bucket}/st/manifests/none.jsonl", cfg))
+    url = s3_bucket.put("st/manifests/long.jsonl", b"ok\n" + b"x" * 5000 + b"\nok\n")
     with pytest.raises(InvalidManifest) as e:
         list(iter_lines(url, cfg, max_line_bytes=4096))
     assert (e.value.line, e.value.code) == (2, "invalid_request")
@@ -251,11 +261,11 @@ def test_iter_lines_refuses_to_mix_versions(s3_bucket, proxy: FaultProxy) -> Non
     to the first version's ETag, so it fails instead of splicing two files together."""
     from storage import MediaUnreadable
 
-    url = s3_bucket.put("manifests/replaced.jsonl", _manifest(100_000))
+    url = s3_bucket.put("st/manifests/replaced.jsonl", _manifest(100_000))
     proxy.arm()
     lines = iter_lines(url, via_proxy(s3_bucket, proxy, retries=1), chunk_size=64 * 1024)
     assert next(lines)[0] == 1
-    s3_bucket.put("manifests/replaced.jsonl", b'{"other": true}\n' * 100_000)
+    s3_bucket.put("st/manifests/replaced.jsonl", b'{"other": true}\n' * 100_000)
     proxy.arm()  # drop the connection mid-body
     with pytest.raises(MediaUnreadable, match="changed while it was being read"):
         for _ in lines:
