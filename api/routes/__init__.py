@@ -1,0 +1,1 @@
+"""Routes that live in their own modules (registered by api.app)."""

@@ -1,0 +1,214 @@
+"""``GET /v1/jobs/{id}/events``: Server-Sent Events for one job (API.md).
+
+Events, then the stream closes:
+
+- ``status`` — ``{"id", "status"}``: first the job's status when the stream opens, then each change;
+- ``token`` — ``{"text": delta, "round": r}``: text generated while the job runs (round ``r`` of a
+  multi-round job; a new round starts from empty text);
+- ``done`` — the final Job JSON (as ``GET /v1/jobs/{id}``).
+
+Sources: with Redis (``settings.events_redis_url``) the worker's live events (:mod:`jobs.live`),
+read gap-free (subscribe first, then read the round's text so far, then trim each delta by its
+``offset``); the database is polled too, every ``DB_POLL_REDIS`` seconds, so a state change the
+worker did not announce (a cancel of a queued job, the sweeper's expiry) still ends the stream.
+Without Redis (local mode) the database alone, every ``DB_POLL_LOCAL`` seconds: ``status`` and the
+growth of ``partial_text`` (which the worker stores about twice a second).
+
+Tenant-scoped like every route: another tenant's job id answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from api.context import AppContext, get_ctx, tenant
+from jobs import live
+from jobs.render import job_to_dict
+from jobs.states import TERMINAL
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+Tenant = Annotated[str, Depends(tenant)]
+
+DB_POLL_REDIS = 1.0
+DB_POLL_LOCAL = 0.5
+KEEPALIVE_SECONDS = 15.0
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+class TextTracker:
+    """What this stream already sent of the current round's text; turns full texts or
+    (offset, delta) pairs into the new part only."""
+
+    def __init__(self) -> None:
+        self.round = 0
+        self.sent = ""
+
+    def from_full(self, text: str, round_index: int | None = None) -> str | None:
+        """A full text of the round (``round_index`` None: unknown, guess from the text)."""
+        if round_index is None:
+            round_index = self.round if text.startswith(self.sent) else self.round + 1
+        if round_index < self.round:
+            return None
+        if round_index > self.round:
+            self.round, self.sent = round_index, ""
+        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+            return None
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+    def from_delta(self, round_index: int, offset: int, delta: str) -> str | None:
+        if round_index < self.round:
+            return None
+        if round_index > self.round:
+            self.round, self.sent = round_index, ""
+        end = offset + len(delta)
+        if end <= len(self.sent):
+            return None  # already sent (it was in the text read when the stream opened)
+        if offset > len(self.sent):
+            return None  # a gap cannot happen with subscribe-then-read; never send misaligned text
+        new = delta[len(self.sent) - offset:]
+        self.sent += new
+        return new
+
+
+@router.get("/jobs/{job_id}/events", summary="Stream a job's status and tokens (Server-Sent Events)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "events `status`, `token`, `done`, then the stream ends"}})
+async def job_events(request: Request, job_id: str, tenant_id: Tenant) -> StreamingResponse:
+    ctx = get_ctx(request)
+    await to_thread.run_sync(ctx.service.get, tenant_id, job_id)  # 404 before the stream starts
+    url = ctx.settings.events_redis_url
+    stream = _redis_stream(request, ctx, tenant_id, job_id, url) if url else \
+        _db_stream(request, ctx, tenant_id, job_id)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _job(ctx: AppContext, tenant_id: str, job_id: str) -> Any:
+    return await to_thread.run_sync(ctx.service.get, tenant_id, job_id)
+
+
+def _status(job: Any) -> bytes:
+    return sse("status", {"id": job.id, "status": job.status})
+
+
+def _token(delta: str, round_index: int) -> bytes:
+    return sse("token", {"text": delta, "round": round_index})
+
+
+async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job_id: str) -> AsyncIterator[bytes]:
+    job = await _job(ctx, tenant_id, job_id)
+    status = job.status
+    yield _status(job)
+    text = TextTracker()
+    last_sent = time.monotonic()
+    while True:
+        if job.status != status:
+            status = job.status
+            yield _status(job)
+        if job.status in TERMINAL:
+            yield sse("done", job_to_dict(job))
+            return
+        if job.status == "running" and job.partial_text:
+            delta = text.from_full(job.partial_text)
+            if delta:
+                yield _token(delta, text.round)
+                last_sent = time.monotonic()
+        if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+            yield b": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(DB_POLL_LOCAL)
+        if await request.is_disconnected():
+            return
+        job = await _job(ctx, tenant_id, job_id)
+
+
+def _events_client(request: Request, url: str) -> Any:
+    """One asyncio Redis client per app (pub/sub takes its own connection from its pool)."""
+    import redis.asyncio as aioredis
+
+    state = request.app.state
+    client = getattr(state, "captionq_events_redis", None)
+    if client is None:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+        state.captionq_events_redis = client
+    return client
+
+
+async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job_id: str,
+                        url: str) -> AsyncIterator[bytes]:
+    client = _events_client(request, url)
+    pubsub = client.pubsub()
+    try:
+        try:
+            await pubsub.subscribe(live.channel(job_id))
+            raw_text = await client.get(live.text_key(job_id))
+        except Exception:  # Redis unavailable: the database alone still gives a correct stream
+            async for chunk in _db_stream(request, ctx, tenant_id, job_id):
+                yield chunk
+            return
+        job = await _job(ctx, tenant_id, job_id)
+        status = job.status
+        yield _status(job)
+        if job.status in TERMINAL:
+            yield sse("done", job_to_dict(job))
+            return
+        text = TextTracker()
+        if raw_text and job.status == "running":
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                snap = json.loads(raw_text)
+                delta = text.from_full(str(snap["text"]), int(snap["round"]))
+                if delta:
+                    yield _token(delta, text.round)
+        next_poll = time.monotonic() + DB_POLL_REDIS
+        last_sent = time.monotonic()
+        while True:
+            try:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            except Exception:
+                msg = None
+                await asyncio.sleep(0.5)
+            check_db = time.monotonic() >= next_poll
+            if msg is not None and msg.get("type") == "message":
+                decoded = live.decode(msg["data"])
+                if decoded is not None:
+                    event, data = decoded
+                    if event == "token":
+                        delta = text.from_delta(int(data.get("round", 0)), int(data.get("offset", 0)),
+                                                str(data.get("text", "")))
+                        if delta:
+                            yield _token(delta, text.round)
+                            last_sent = time.monotonic()
+                    elif event in ("status", "done"):
+                        check_db = True
+            if check_db:
+                next_poll = time.monotonic() + DB_POLL_REDIS
+                job = await _job(ctx, tenant_id, job_id)
+                if job.status != status:
+                    status = job.status
+                    yield _status(job)
+                if job.status in TERMINAL:
+                    yield sse("done", job_to_dict(job))
+                    return
+            if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+                yield b": keep-alive\n\n"
+                last_sent = time.monotonic()
+            if await request.is_disconnected():
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()

@@ -1,0 +1,181 @@
+"""A real captionq stack for the worker tests: PostgreSQL (migrated), Redis as the broker, the S3
+server for media, the API (uvicorn in a thread of the test process) and real worker processes
+(``python -m cli.main worker``, i.e. ``captionq worker``) on the tiny InternLM2 checkpoint.
+
+Each test module gets its own database and Redis database (from the same helpers as the
+``pg_database`` / ``redis_url`` fixtures): worker processes consume every message of the ``gpu``
+queue and the sweeper recovers any stuck job, so sharing them with other modules' leftovers would
+make these tests run other modules' jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cli.local import settings_env
+from core.settings import Settings
+from tests.api import helpers
+from tests.support import services
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_INTERNLM2 = ROOT / "tests" / "data" / "conformance" / "models" / "internvl2-internlm2"
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    bucket: services.S3Bucket
+    server: helpers.LiveServer
+    api_key: str
+    tenant_id: str
+    tmp: Path
+    pg: services.PostgresDB
+    workers: list[Worker] = field(default_factory=list)
+
+    # --- processes -----------------------------------------------------------------------
+    def worker_env(self, **overrides: Any) -> dict[str, str]:
+        s = self.settings.model_copy(update=overrides)
+        return {**os.environ, **settings_env(s), **self.bucket.env(), "PYTHONUNBUFFERED": "1"}
+
+    def start_worker(self, *, queues: str = "gpu,io", beat: bool = False, wait: bool = True,
+                     **overrides: Any) -> Worker:
+        n = len(self.workers)
+        log = self.tmp / f"worker-{n}.log"
+        args = [sys.executable, "-m", "cli.main", "worker", "--queues", queues]
+        if beat:
+            args.append("--beat")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, cwd=ROOT, env=self.worker_env(**overrides), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        w = Worker(proc, log)
+        self.workers.append(w)
+        if wait:
+            self.wait_ready(w)
+        return w
+
+    def wait_ready(self, w: Worker, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in w.text():
+                return
+            if not w.alive():
+                raise RuntimeError(f"worker exited with {w.proc.returncode}:\n{w.text()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout} s:\n{w.text()[-4000:]}")
+
+    def stop_worker(self, w: Worker, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if w.alive():
+            if sig == signal.SIGKILL:
+                os.killpg(w.proc.pid, signal.SIGKILL)
+            else:
+                w.proc.send_signal(sig)
+        try:
+            return w.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(w.proc.pid, signal.SIGKILL)
+            return w.proc.wait(10)
+
+    def close(self) -> None:
+        for w in self.workers:
+            self.stop_worker(w)
+        self.server.stop()
+
+    # --- API ----------------------------------------------------------------------------
+    @contextmanager
+    def client(self) -> Iterator[httpx.Client]:
+        with helpers.client(self.server.base_url, self.api_key) as c:
+            yield c
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.client() as c:
+            r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 202, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def get(self, job_id: str, wait: float = 0) -> dict[str, Any]:
+        with self.client() as c:
+            r = c.get(f"/v1/jobs/{job_id}", params={"wait": wait} if wait else None)
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def wait(self, job_id: str, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id, wait=min(20.0, max(0.0, deadline - time.monotonic())))
+            if job["status"] in TERMINAL or time.monotonic() >= deadline:
+                return job
+
+    def wait_for(self, job_id: str, pred: Any, timeout: float = 60.0, every: float = 0.05) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if pred(job) or job["status"] in TERMINAL or time.monotonic() > deadline:
+                return job
+            time.sleep(every)
+
+    def put(self, key: str, data: bytes) -> str:
+        return self.bucket.put(key, data)
+
+    def put_file(self, path: Path) -> str:
+        return self.put(path.name, path.read_bytes())
+
+
+def build_stack(tmp: Path, **settings_overrides: Any) -> Stack:
+    """A migrated database, a fresh Redis database, the S3 bucket, a tenant and the API server.
+    Workers are started by the tests (``stack.start_worker()``)."""
+    pg = services.create_database()
+    redis_url = services.redis_url()
+    bucket = services.create_bucket()
+    os.environ.update(bucket.env())  # the API (this process) reads S3 manifests with boto3
+    values: dict[str, Any] = {
+        "database_url": pg.url, "broker_url": redis_url, "data_dir": tmp / "data",
+        "s3_endpoint_url": bucket.endpoint_url, "s3_region": bucket.region,
+        "model": str(TINY_INTERNLM2), "device": "cpu", "dtype": "float32", "allow_private_urls": True,
+        "outbox_grace_seconds": 2.0, "log_level": "INFO",
+    }
+    values.update(settings_overrides)
+    settings = helpers.migrated(Settings(**values))
+    key = helpers.new_tenant(settings, f"worker-tests-{os.getpid()}-{time.monotonic_ns()}")
+    server = helpers.start_server(settings)
+    _register_events(server.app)
+    return Stack(settings, bucket, server, key.api_key, key.tenant_id, tmp, pg)
+
+
+def _register_events(app: Any) -> None:
+    """The SSE route, unless the app already registers it."""
+    from api.routes.events import router
+
+    paths = {getattr(r, "path", None) for r in app.router.routes}
+    if "/v1/jobs/{job_id}/events" not in paths:
+        app.include_router(router)
+
+
+def destroy_stack(stack: Stack) -> None:
+    try:
+        stack.close()
+    finally:
+        services.drop_database(stack.pg)
