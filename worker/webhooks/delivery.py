@@ -28,17 +28,21 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from core.db import Database, utcnow
 from core.settings import Settings
+from jobs.queue import QUEUE_IO, TASK_WEBHOOK, Publisher
 from jobs.tables import WebhookAttempt, WebhookMessage
 from jobs.tenants import signing_secrets
 from worker.webhooks import signing
 from worker.webhooks.schedule import RetryPolicy, next_delay, parse_retry_after
 from worker.webhooks.sender import AttemptResult, send
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +216,27 @@ def republish_due(
         publish(ids)
     return len(ids)
 
+
+
+def publish_wakeup(publisher: Publisher, message_id: str, seconds: float) -> None:
+    """Ask the broker to run ``deliver_webhook(message_id)`` in ``seconds`` (no thread waits).
+
+    A failure to publish is logged, not raised: the message row already says when it is due, so
+    the sweeper wakes it up instead.
+    """
+    try:
+        publisher.app.send_task(
+            TASK_WEBHOOK, args=[message_id], queue=QUEUE_IO, routing_key=QUEUE_IO, task_id=message_id,
+            countdown=max(0.0, seconds), priority=publisher.broker_priority(0), retry=False,
+        )
+    except Exception as exc:
+        log.warning("could not schedule webhook %s retry (the sweeper will): %s", message_id, exc)
+
+
+def run(rt: Runtime, message_id: str) -> str:
+    """The ``captionq.deliver_webhook`` task body: one attempt with this process's runtime."""
+    outcome = deliver(rt.db, rt.settings, message_id,
+                      schedule=lambda mid, seconds: publish_wakeup(rt.publisher, mid, seconds))
+    if not outcome.claimed:
+        return "not due"
+    return f"attempt {outcome.attempt}: {outcome.status}"
