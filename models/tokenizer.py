@@ -167,9 +167,10 @@ class Tokenizer:
         self.bos_id = self._named_id("bos_token")
         self.eos_id = self._named_id("eos_token")
         # batch_chat pads with the tokenizer's pad token; only attention-masked positions get it
-        self.pad_id = self._named_id("pad_token")
-        if self.pad_id is None:
-            self.pad_id = self.eos_id if self.eos_id is not None else 0
+        pad = self._named_id("pad_token")
+        if pad is None:
+            pad = self.eos_id if self.eos_id is not None else 0
+        self.pad_id: int = pad
 
     @classmethod
     def load(cls, folder: str | Path) -> Tokenizer:

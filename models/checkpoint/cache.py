@@ -31,15 +31,13 @@ def cache_key(ckpt: Checkpoint) -> str:
     import transformers
 
     h = hashlib.sha256()
+    shards = [[s.name, s.stat().st_size, s.stat().st_mtime_ns] for s in ckpt.shards]
     meta = {
         "converter": CONVERTER_VERSION,
         "transformers": transformers.__version__,
         "torch": torch.__version__.split("+")[0],
-        "shards": [],
+        "shards": shards,
     }
-    for shard in ckpt.shards:
-        st = shard.stat()
-        meta["shards"].append([shard.name, st.st_size, st.st_mtime_ns])
     h.update(json.dumps(meta, sort_keys=True).encode())
     h.update((ckpt.path / "config.json").read_bytes())
     return h.hexdigest()[:32]

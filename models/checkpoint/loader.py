@@ -33,7 +33,7 @@ class LoadStats:
     cache_folder: Path | None = None
 
 
-def empty_model(config: Any) -> nn.Module:
+def empty_model(config: Any) -> Any:
     """The model with every parameter on the meta device (no memory, no random init)."""
     from transformers import InternVLForConditionalGeneration
 
@@ -126,7 +126,7 @@ def materialize_buffers(model: nn.Module, device_for: DeviceFor) -> None:
         setattr(model.get_submodule(parent), leaf, rebuilt)
 
 
-def load_weights(model: nn.Module, ckpt: Checkpoint, spec: ModelSpec, *, dtype: torch.dtype,
+def load_weights(model: Any, ckpt: Checkpoint, spec: ModelSpec, *, dtype: torch.dtype,
                  device_for: DeviceFor, cache_root: Path | None = None) -> LoadStats:
     """Assign every parameter of ``model`` (built by :func:`empty_model`) from ``ckpt``."""
     stats = LoadStats()

@@ -9,6 +9,8 @@ Peak host memory: the 16-bit model once; peak GPU memory: the quantized model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -34,7 +36,7 @@ def check_quantization(mode: str, device: str) -> None:
         _bnb()
 
 
-def quantize_llm_linears(model: nn.Module, mode: str, device: torch.device,
+def quantize_llm_linears(model: Any, mode: str, device: torch.device,
                          compute_dtype: torch.dtype) -> int:
     """Replace the decoder layers' Linear modules in place; returns how many were replaced."""
     bnb = _bnb()
