@@ -31,6 +31,7 @@ def _results(api, batch_id):  # type: ignore[no-untyped-def]
 
 def test_inline_batch_defaults_counts_results_and_finish(api, api_settings):
     drain(api_settings)
+    drain(api_settings, queue="io")
     body = {
         "jobs": [{"media": [IMAGE], "custom_id": f"row-{i}", "metadata": {"i": i}} for i in range(5)],
         "defaults": {"prompts": ["Caption this."], "generation": {"max_new_tokens": 64}, "priority": 3},
@@ -89,6 +90,7 @@ def test_inline_batch_defaults_counts_results_and_finish(api, api_settings):
 
 def test_manifest_batch_streams_from_s3_and_finalizes_with_output_url(api, api_settings, s3_bucket):
     drain(api_settings)
+    drain(api_settings, queue="io")
     lines = [json.dumps({"media": [IMAGE], "custom_id": f"m{i}"}) for i in range(250)]
     lines.insert(10, "")  # blank lines are skipped but still counted
     url = s3_bucket.put("manifests/ok.jsonl", ("\n".join(lines) + "\n").encode())
