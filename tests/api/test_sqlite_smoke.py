@@ -1,0 +1,75 @@
+"""The embedded local mode's store: migrations and a smoke flow on SQLite with kombu's filesystem
+broker, auth disabled (the built-in local tenant) and file:// media under the media root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from core.migrate import current, downgrade, upgrade
+from core.settings import Settings
+from tests.api import helpers
+from tests.api.helpers import drain, problem_of
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
+    root = Path(tmp_path_factory.mktemp("local"))
+    (root / "media").mkdir()
+    (root / "media" / "cat.png").write_bytes(helpers.png_bytes())
+    settings = Settings(local_mode=True, auth="disabled", database_url=f"sqlite:///{root}/db/captionq.db",
+                        data_dir=root / "data", media_root=root / "media")
+    upgrade(settings)
+    return settings
+
+
+def test_migrations_up_down_up(local: Settings):
+    assert current(local) == "0001"
+    downgrade(local, "base")
+    assert current(local) is None
+    upgrade(local)
+    engine = sa.create_engine(local.sqlalchemy_url)
+    names = set(sa.inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"tenants", "api_keys", "jobs", "batches", "outbox", "webhook_messages", "webhook_attempts",
+            "idempotency_keys"} <= names
+
+
+def test_local_mode_smoke(local: Settings):
+    srv = helpers.start_server(local)
+    try:
+        drain(local)
+        media = local.media_root.resolve()
+        with helpers.client(srv.base_url, None) as c:  # no key: auth is disabled
+            r = c.post("/v1/jobs", json={"media": [{"type": "image", "url": f"file://{media}/cat.png"}],
+                                         "custom_id": "cat"})
+            assert r.status_code == 202, r.text
+            job = r.json()
+            r = c.post("/v1/jobs", json={"media": [{"type": "image", "url": "file:///etc/hostname"}]})
+            assert r.status_code == 422 and problem_of(r)["code"] == "url_not_allowed"
+            msgs = drain(local, expect=1)
+            assert [m["id"] for m in msgs] == [job["id"]] and msgs[0]["task"] == "captionq.caption_job"
+            assert c.get("/v1/jobs", params={"custom_id": "cat"}).json()["data"][0]["id"] == job["id"]
+
+            svc = helpers.service(local)
+            claimed = svc.start(job["id"])
+            assert claimed is not None and claimed["media"][0]["url"] == f"file://{media}/cat.png"
+            assert svc.start(job["id"]) is None
+            assert svc.succeed(job["id"], {"text": "a cat"}, {"model": "tiny"}, attempt=claimed.attempt)
+            done = c.get(f"/v1/jobs/{job['id']}", params={"wait": 5}).json()
+            assert done["status"] == "succeeded" and done["output"] == {"text": "a cat"}
+
+            b = c.post("/v1/batches", json={"jobs": [{"prompts": ["hi"], "custom_id": "1"},
+                                                     {"prompts": ["yo"], "custom_id": "2"}]}).json()
+            assert b["counts"]["total"] == 2
+            lines = c.get(f"/v1/batches/{b['id']}/results").text.splitlines()
+            assert len(lines) == 2
+            r = c.post(f"/v1/batches/{b['id']}/cancel")
+            assert r.status_code == 202 and r.json()["counts"]["canceled"] == 2
+            assert c.get(f"/v1/batches/{b['id']}").json()["status"] == "canceled"
+            assert c.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+            svc.db.dispose()
+    finally:
+        srv.stop()
