@@ -75,9 +75,10 @@ def test_normalisation_fills_every_default():
 
 def test_errors_list_every_field_with_its_location():
     with pytest.raises(InvalidRequest) as exc:
-        normalize_job_request({"media": [{"type": "image", "url": "http://x/y"}, {"type": "image", "url": "s3://b-1/k",
-                                                                                 "max_tiles": 0}],
-                               "prompts": ["ok"], "extra": True}, Checker(), RequestLimits(), loc=["manifest", 7])
+        media = [{"type": "image", "url": "http://x/y"},
+                 {"type": "image", "url": "s3://b-1/k", "max_tiles": 0}]
+        normalize_job_request({"media": media, "prompts": ["ok"], "extra": True}, Checker(), RequestLimits(),
+                              loc=["manifest", 7])
     locs = [e["loc"] for e in exc.value.errors]
     assert ["manifest", 7, "media", 1, "max_tiles"] in locs and ["manifest", 7, "extra"] in locs
     with pytest.raises(InvalidRequest) as exc:
@@ -99,8 +100,9 @@ def test_context_lower_bound():
 def test_defaults_merge_objects_key_by_key():
     defaults = {"prompts": ["a"], "generation": {"max_new_tokens": 64, "top_k": 5}, "metadata": {"x": 1}}
     job = {"generation": {"top_k": 9}, "metadata": {"y": 2}, "prompts": ["b"]}
-    assert merge_defaults(defaults, job) == {"prompts": ["b"], "generation": {"max_new_tokens": 64, "top_k": 9},
-                                             "metadata": {"x": 1, "y": 2}}
+    merged = merge_defaults(defaults, job)
+    assert merged == {"prompts": ["b"], "generation": {"max_new_tokens": 64, "top_k": 9},
+                      "metadata": {"x": 1, "y": 2}}
     assert merge_defaults(None, job) is job and merge_defaults(defaults, [1]) == [1]
 
 
