@@ -104,6 +104,10 @@ class Stack:
             self.stop_worker(w)
         self.server.stop()
 
+    def logs(self, tail: int = 3000) -> str:
+        """The end of every worker's log, for assertion messages."""
+        return "\n".join(f"--- {w.log.name} ---\n{w.text()[-tail:]}" for w in self.workers)
+
     # --- API ----------------------------------------------------------------------------
     @contextmanager
     def client(self) -> Iterator[httpx.Client]:

@@ -55,7 +55,7 @@ def image(url: str, max_tiles: int = 12) -> dict[str, Any]:
 
 def succeeded(stack: Stack, job: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
     done = stack.wait(job["id"], timeout)
-    assert done["status"] == "succeeded", done
+    assert done["status"] == "succeeded", (done, stack.logs())
     assert done["attempts"] == 1
     return done
 
