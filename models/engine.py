@@ -29,6 +29,13 @@ Semantics follow the official ``chat()``: the query comes from :mod:`models.prom
 ``template.sep.strip()`` (QUIRKS 6), the text is ``decode(skip_special_tokens)`` split at that
 string and stripped (QUIRKS 7). ``output_ids`` include the stop token when the request stopped.
 
+Streaming and cancellation: ``on_token(delta)`` is called on the engine thread with each new
+piece of decoded text (held back while it ends in an incomplete UTF-8 sequence); the deltas
+concatenate to ``ChatResult.text`` up to trailing whitespace (which the final strip removes).
+``should_cancel()`` is polled between decoding steps; a canceled request leaves the batch at once
+and returns what it had with ``finish_reason='canceled'``. Rows may differ in every
+``GenerationParams`` field (sampling, seed, max_new_tokens): they are applied per row.
+
 Token budget rule (checked before any model work): ``prompt_tokens + max_new_tokens <=
 max_position_embeddings`` of the LLM, else :class:`ContextTooLong`. This also keeps every row in
 the regime where InternLM2's dynamic-NTK rope is inactive, so a request's output does not depend
