@@ -147,8 +147,6 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
                params: GenerationParams, watch: JobWatch) -> JobOutcome:
     """One independent request per phrase (no history between them), all in the batcher at
     once; boxes are parsed into pixels of each original (upright) image."""
-    image_media = [i for i, it in enumerate(items) if it.kind == "image"]
-    sizes = [items[i].size for i in image_media]
     futures = []
     pixel_values = None
     for phrase in phrases:
@@ -162,17 +160,25 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
     results = watch.wait_all(futures)
     if any(r.finish_reason == "canceled" for r in results):
         raise Stopped(watch.reason or "cancel")
-    outcome = JobOutcome(boxes=[])
-    for phrase, res in zip(phrases, results, strict=True):
-        outcome.rounds.append(_round_result(phrase, res))
-        for b in parse_grounding(res.text, sizes or [(0, 0)]):
-            assert outcome.boxes is not None
-            outcome.boxes.append({
+    return JobOutcome(rounds=[_round_result(p, r) for p, r in zip(phrases, results, strict=True)],
+                      boxes=collect_boxes(phrases, [r.text for r in results], items))
+
+
+def collect_boxes(phrases: list[str], texts: list[str], items: list[PreparedItem]) -> list[dict[str, Any]]:
+    """Boxes of every phrase's answer in pixels of the original (upright) images. The parser
+    numbers images as the prompt labels them (``Image-1`` …); ``media_index`` is the position
+    in the request's ``media`` list. A box without a ``<ref>`` is labelled with its phrase."""
+    image_media = [i for i, it in enumerate(items) if it.kind == "image"]
+    sizes = [items[i].size for i in image_media] or [(0, 0)]
+    boxes: list[dict[str, Any]] = []
+    for phrase, text in zip(phrases, texts, strict=True):
+        for b in parse_grounding(text, sizes):
+            boxes.append({
                 "label": b["label"] if b["label"] is not None else phrase,
                 "box": b["box"],
                 "media_index": image_media[b["media_index"]] if image_media else 0,
             })
-    return outcome
+    return boxes
 
 
 def _stopped(rt: Runtime, claimed: ClaimedJob, reason: StopReason) -> str:

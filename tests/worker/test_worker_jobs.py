@@ -276,3 +276,22 @@ def test_sse_other_tenant_gets_404(stack: Stack) -> None:
                       headers={"Authorization": f"Bearer {other.api_key}"}) as c:
         assert c.get(f"/v1/jobs/{job['id']}/events").status_code == 404
     stack.wait(job["id"])
+
+
+def test_duplicate_message_for_a_finished_job_changes_nothing(stack: Stack) -> None:
+    from jobs.outbox import caption_message
+    from jobs.queue import Publisher
+
+    done = succeeded(stack, stack.submit({"prompts": ["Hi"], "generation": GREEDY16}))
+    publisher = Publisher.from_settings(stack.settings)
+    try:
+        publisher.send(caption_message(done["id"], 0))  # the sweeper or the broker may do this
+    finally:
+        publisher.close()
+    mark = f"caption_job[{done['id']}] succeeded in"
+    deadline = time.monotonic() + 20
+    while stack.logs(10**7).count(mark) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stack.logs(10**7).count(mark) == 2  # both deliveries ran …
+    assert stack.logs(10**7).rsplit(mark, 1)[1].split("\n", 1)[0].endswith("'skipped'")
+    assert stack.get(done["id"]) == done  # … and the second one changed nothing

@@ -89,3 +89,15 @@ def test_sigterm_is_a_warm_shutdown(stack: Stack) -> None:
     done = stack.get(job["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert "Warm shutdown" in w.text()
+
+
+def test_soft_time_limit_fails_timeout(stack: Stack) -> None:
+    w = stack.start_worker(queues="gpu", job_soft_time_limit=1)
+    try:
+        job = stack.submit({"prompts": ["Hello, who are you?"], "generation": {"max_new_tokens": 1000}})
+        done = stack.wait(job["id"], timeout=60)
+        assert done["status"] == "failed", (done, stack.logs())
+        assert done["error"]["code"] == "timeout"
+        assert done["output"] is None and done["attempts"] == 1
+    finally:
+        stack.stop_worker(w)
