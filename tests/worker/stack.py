@@ -48,18 +48,19 @@ class Worker:
 @dataclass
 class Stack:
     settings: Settings
-    bucket: services.S3Bucket
+    bucket: services.S3Bucket | None
     server: helpers.LiveServer
     api_key: str
     tenant_id: str
     tmp: Path
-    pg: services.PostgresDB
+    pg: services.PostgresDB | None
     workers: list[Worker] = field(default_factory=list)
 
     # --- processes -----------------------------------------------------------------------
     def worker_env(self, **overrides: Any) -> dict[str, str]:
         s = self.settings.model_copy(update=overrides)
-        return {**os.environ, **settings_env(s), **self.bucket.env(), "PYTHONUNBUFFERED": "1"}
+        bucket_env = self.bucket.env() if self.bucket is not None else {}
+        return {**os.environ, **settings_env(s), **bucket_env, "PYTHONUNBUFFERED": "1"}
 
     def start_worker(self, *, queues: str = "gpu,io", beat: bool = False, wait: bool = True,
                      **overrides: Any) -> Worker:
@@ -142,6 +143,11 @@ class Stack:
             time.sleep(every)
 
     def put(self, key: str, data: bytes) -> str:
+        if self.bucket is None:  # local mode: a file under the media root
+            path = self.settings.media_root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            return path.resolve().as_uri()
         return self.bucket.put(key, data)
 
     def put_file(self, path: Path) -> str:
@@ -169,6 +175,23 @@ def build_stack(tmp: Path, **settings_overrides: Any) -> Stack:
     return Stack(settings, bucket, server, key.api_key, key.tenant_id, tmp, pg)
 
 
+def build_local_stack(tmp: Path, **settings_overrides: Any) -> Stack:
+    """The embedded local mode's services: SQLite, kombu's filesystem broker, no Redis (live events
+    come from the database), ``file://`` media under the media root."""
+    values: dict[str, Any] = {
+        "local_mode": True, "database_url": f"sqlite:///{tmp / 'captionq.db'}", "broker_url": None,
+        "data_dir": tmp / "data", "media_root": tmp / "media", "model": str(TINY_INTERNLM2),
+        "device": "cpu", "dtype": "float32", "log_level": "INFO",
+    }
+    values.update(settings_overrides)
+    settings = helpers.migrated(Settings(**values))
+    assert settings.events_redis_url is None and settings.uses_local_broker
+    key = helpers.new_tenant(settings, f"worker-local-{os.getpid()}")
+    server = helpers.start_server(settings)
+    _register_events(server.app)
+    return Stack(settings, None, server, key.api_key, key.tenant_id, tmp, None)
+
+
 def _register_events(app: Any) -> None:
     """The SSE route, unless the app already registers it."""
     from api.routes.events import router
@@ -182,4 +205,5 @@ def destroy_stack(stack: Stack) -> None:
     try:
         stack.close()
     finally:
-        services.drop_database(stack.pg)
+        if stack.pg is not None:
+            services.drop_database(stack.pg)
