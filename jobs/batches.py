@@ -20,9 +20,10 @@ import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Any
 
+import pydantic_core
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,7 +42,7 @@ from jobs.requests import (
     normalize_job_request,
     pydantic_errors,
 )
-from jobs.service import JobService, new_job_row
+from jobs.service import JobService
 from jobs.states import ALL_EVENTS, CANCEL, DEFAULT_BATCH_EVENTS, BatchStatus, JobStatus
 from jobs.tables import Batch, Job
 
@@ -132,10 +133,20 @@ def _code_error(exc: Exception, loc: list[Any]) -> dict[str, Any]:
 
 @dataclass
 class Spool:
+    """Validated lines, one compact JSON array per line (see :func:`_write`)."""
+
     file: IO[bytes]
     count: int = 0
     queued: int = 0
     failed: int = 0
+
+
+def _loads(raw: str | bytes) -> Any:
+    return pydantic_core.from_json(raw, allow_inf_nan=False)
+
+
+def _dumps(value: Any) -> str:
+    return pydantic_core.to_json(value).decode()
 
 
 def validate_lines(
@@ -149,6 +160,7 @@ def validate_lines(
     seen_custom: set[str] = set()
     batch_hook = plan.webhook
     job_events = [e for e in (batch_hook or {}).get("events", []) if e.startswith("job.")]
+    batch_job_hook = {"url": batch_hook["url"], "events": job_events} if batch_hook and job_events else None
     for number, raw in lines:
         loc = [loc_name, number]
         obj = raw
@@ -156,9 +168,9 @@ def validate_lines(
             if not raw.strip():
                 continue  # blank lines in a manifest are skipped (numbers still count)
             try:
-                obj = json.loads(raw)
+                obj = _loads(raw)
             except ValueError as exc:
-                _invalid(spool, errors, plan, loc, [error(loc, f"not valid JSON: {exc}")], None, number)
+                _invalid(spool, errors, plan, [error(loc, f"not valid JSON: {exc}")], None, number)
                 if len(errors) >= MAX_ERRORS:
                     break
                 continue
@@ -176,12 +188,12 @@ def validate_lines(
         elif isinstance(custom, str):
             seen_custom.add(custom)
         if line_errors:
-            _invalid(spool, errors, plan, loc, line_errors, merged, number, custom if not dup else None)
+            _invalid(spool, errors, plan, line_errors, merged, number, custom if not dup else None)
         elif req is not None and not dup:
-            hook = req.get("webhook") or (
-                {"url": batch_hook["url"], "events": job_events} if batch_hook and job_events else None
-            )
-            _write(spool, {"seq": number, "request": req, "webhook": hook})
+            hook = req["webhook"] or batch_job_hook
+            _write(spool, [number, req["custom_id"], req["priority"], req["ttl_seconds"],
+                           hook["url"] if hook else None, hook["events"] if hook else None,
+                           _dumps(req["metadata"]), _dumps(req)])
             spool.queued += 1
         if len(errors) >= MAX_ERRORS:
             break
@@ -196,12 +208,14 @@ def validate_lines(
     return spool
 
 
-def _write(spool: Spool, item: dict[str, Any]) -> None:
-    spool.file.write(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+def _write(spool: Spool, item: list[Any]) -> None:
+    """Valid: ``[seq, custom_id, priority, ttl_seconds, webhook_url, webhook_events, metadata_json,
+    request_json]``; invalid (skip_invalid) adds a ninth element, the job error."""
+    spool.file.write(pydantic_core.to_json(item) + b"\n")
     spool.count += 1
 
 
-def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan, loc: list[Any],
+def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan,
              line_errors: list[dict[str, Any]], obj: Any, number: int, custom: Any = None) -> None:
     if not plan.skip_invalid:
         errors.extend(line_errors)
@@ -210,16 +224,57 @@ def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan, loc: l
         f"{'.'.join(str(p) for p in e['loc'][2:]) or 'line'}: {e['msg']}" for e in line_errors
     )[:2000]
     request = obj if isinstance(obj, dict) else {"raw": str(obj)[:1000]}
+    meta = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
     invalid = {"code": "invalid_request", "message": message, "retryable": False}
-    _write(spool, {"seq": number, "invalid": invalid, "request": request,
-                   "custom_id": custom if isinstance(custom, str) else None})
+    _write(spool, [number, custom if isinstance(custom, str) else None, 0, None, None, None,
+                   _dumps(meta), _dumps(request), invalid])
     spool.failed += 1
 
 
-def _read_spool(spool: Spool) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
+# Columns written for each job of a batch (the rest keep their defaults: NULL / 0 / false).
+COLUMNS = ("id", "tenant_id", "batch_id", "seq", "custom_id", "status", "priority", "request", "error",
+           "attempts", "cancel_requested", "metadata", "webhook_url", "webhook_events", "created_at",
+           "finished_at", "expires_at")
+_JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events"})
+
+
+def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: datetime) -> list[tuple[Any, ...]]:
+    """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text."""
+    rows = []
+    for item in chunk:
+        seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json = item[:8]
+        if len(item) > 8:  # an invalid line kept as a failed job
+            rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.FAILED.value, 0, req_json,
+                         _dumps(item[8]), 0, False, meta_json, None, None, now, now, None))
+        else:
+            rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.QUEUED.value, priority,
+                         req_json, None, 0, False, meta_json, hook_url,
+                         _dumps(hook_events) if hook_events is not None else None, now, None,
+                         now + timedelta(seconds=ttl)))
+    return rows
+
+
+def _insert_jobs(session: Any, rows: list[tuple[Any, ...]]) -> None:
+    """COPY on PostgreSQL (the fastest bulk path, inside the session's transaction); an
+    executemany INSERT elsewhere."""
+    if session.get_bind().dialect.name == "postgresql":
+        raw = session.connection().connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY jobs ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    table = Job.__table__
+    session.execute(sa.insert(table), [
+        {c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
+         for c, v in zip(COLUMNS, row, strict=True)}
+        for row in rows
+    ])
+
+
+def _read_spool(spool: Spool) -> Iterator[list[list[Any]]]:
+    chunk: list[list[Any]] = []
     for line in spool.file:
-        chunk.append(json.loads(line))
+        chunk.append(_loads(line))
         if len(chunk) >= CHUNK:
             yield chunk
             chunk = []
@@ -229,10 +284,11 @@ def _read_spool(spool: Spool) -> Iterator[list[dict[str, Any]]]:
 
 def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Spool,
                  batch_id: str | None = None) -> tuple[Batch, list[int]]:
-    """Phase 2: one transaction. Returns the batch and the outbox ids to publish."""
+    """Phase 2: one transaction. Returns the batch and the outbox ids to publish: one
+    ``dispatch_batch`` row that stands for every queued job's caption message (see
+    :func:`jobs.outbox.dispatch_batch`), plus any finalisation message."""
     now = utcnow()
     effects = tx.Effects()
-    outbox_ids: list[int] = []
     batch_id = batch_id or ids.batch_id()
     hook = plan.webhook
     with service.db.session() as session:
@@ -244,53 +300,23 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
         ))
         session.flush()
         for chunk in _read_spool(spool):
-            rows, messages = [], []
-            for item in chunk:
-                job_id = ids.job_id()
-                if "invalid" in item:
-                    rows.append(_failed_row(job_id, tenant_id, batch_id, item, now))
-                    continue
-                job = new_job_row(job_id, tenant_id, item["request"], now, batch_id=batch_id,
-                                  seq=item["seq"], webhook=item["webhook"])
-                rows.append(_as_dict(job))
-                messages.append(outbox.caption_message(job_id, job.priority))
-            session.execute(sa.insert(Job), rows)
-            outbox_ids += outbox.add(session, messages, now)
+            _insert_jobs(session, _job_rows(chunk, tenant_id, batch_id, now))
         spool.file.close()
         batch = session.execute(
             sa.update(Batch).where(Batch.id == batch_id)
             .values(total=spool.queued + spool.failed, queued=spool.queued, failed=spool.failed)
             .returning(Batch).execution_options(populate_existing=True, synchronize_session=False)
         ).scalar_one()
-        if spool.queued == 0:  # every line was invalid (skip_invalid): nothing will run
+        if spool.queued:
+            effects.add(outbox.dispatch_message(batch_id))
+        else:  # every line was invalid (skip_invalid): nothing will run
             tx.on_last_job_ended(session, batch, now, effects)
             session.flush()
             batch = session.execute(
                 sa.select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
             ).scalar_one()
-        outbox_ids += outbox.add(session, effects.messages, now)
+        outbox_ids = outbox.add(session, effects.messages, now)
     return batch, outbox_ids
-
-
-_JOB_COLUMNS = [a.key for a in sa.inspect(Job).column_attrs]
-
-
-def _as_dict(job: Job) -> dict[str, Any]:
-    return {k: getattr(job, k) for k in _JOB_COLUMNS}
-
-
-def _failed_row(
-    job_id: str, tenant_id: str, batch_id: str, item: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    req = item["request"]
-    meta = req.get("metadata") if isinstance(req.get("metadata"), dict) else {}
-    return {
-        "id": job_id, "tenant_id": tenant_id, "batch_id": batch_id, "seq": item["seq"],
-        "custom_id": item["custom_id"], "status": JobStatus.FAILED.value, "priority": 0, "request": req,
-        "output": None, "partial_text": None, "error": item["invalid"], "attempts": 0,
-        "cancel_requested": False, "metrics": None, "meta": meta, "webhook_url": None, "webhook_events": None,
-        "created_at": now, "started_at": None, "finished_at": now, "expires_at": None,
-    }
 
 
 # --- reads, cancel ----------------------------------------------------------------------------

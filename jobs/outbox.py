@@ -4,6 +4,14 @@ that causes them, sent after that transaction commits, deleted once sent.
 If the process dies or the broker is down between commit and send, the rows stay; the sweeper
 re-publishes rows older than ``settings.outbox_grace_seconds``. A message may therefore be sent
 twice; every consumer is idempotent (conditional transitions, ``task_id`` = the job id).
+
+A batch is not 100,000 outbox rows: its insert writes ONE ``dispatch_batch`` row that stands for
+the caption message of every queued job in it. Publishing that row walks the batch's jobs in
+submission order (keyset on ``seq``, only those still ``queued``), sends their messages in
+pipelined chunks, and records its progress (the last ``seq`` sent, and a fresh ``created_at`` so
+the sweeper leaves a dispatch in progress alone) after each chunk; the row is deleted at the end.
+If the process dies half-way, the sweeper resumes from the recorded position (a chunk may be sent
+twice: harmless). The dispatch row is handled here and never sent to the broker itself.
 """
 
 from __future__ import annotations
@@ -17,11 +25,15 @@ from sqlalchemy.orm import Session
 
 from core.db import Database, utcnow
 from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, TASK_FINALIZE, TASK_WEBHOOK, Message, Publisher
-from jobs.tables import Outbox
+from jobs.states import JobStatus
+from jobs.tables import Job, Outbox
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
+DISPATCH_CHUNK = 5000
+# Not a Celery task: an outbox row meaning "publish every queued job of batch args[0] after seq args[1]".
+DISPATCH_BATCH = "captionq.outbox.dispatch_batch"
 
 
 def caption_message(job_id: str, priority: int) -> Message:
@@ -34,6 +46,10 @@ def webhook_message(message_id: str) -> Message:
 
 def finalize_message(batch_id: str) -> Message:
     return Message(TASK_FINALIZE, [batch_id], QUEUE_IO, f"{batch_id}-finalize", 0)
+
+
+def dispatch_message(batch_id: str) -> Message:
+    return Message(DISPATCH_BATCH, [batch_id, -1], QUEUE_GPU, f"{batch_id}-dispatch", 0)
 
 
 def add(session: Session, messages: Sequence[Message], now: datetime | None = None) -> list[int]:
@@ -53,9 +69,9 @@ def add(session: Session, messages: Sequence[Message], now: datetime | None = No
 
 
 def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]) -> int:
-    """Send the given outbox rows (those still present) and delete them. Returns how many were
-    sent; on a broker error logs and returns what was done so far (the rest waits for the
-    sweeper)."""
+    """Send the given outbox rows (those still present) and delete them. Returns how many
+    messages were sent; on a broker error logs and returns what was done so far (the rest waits
+    for the sweeper)."""
     if publisher is None:
         return 0
     sent = 0
@@ -64,17 +80,48 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
         chunk = ids[start : start + CHUNK]
         with db.session() as session:
             rows = session.scalars(sa.select(Outbox).where(Outbox.id.in_(chunk)).order_by(Outbox.id)).all()
-            messages = [_to_message(r) for r in rows]
-        if not messages:
-            continue
+            messages = [_to_message(r) for r in rows if r.task != DISPATCH_BATCH]
+            dispatches = [(r.id, r.args[0], int(r.args[1])) for r in rows if r.task == DISPATCH_BATCH]
         try:
-            publisher.send_many(messages, chunk=CHUNK)
+            if messages:
+                publisher.send_many(messages, chunk=CHUNK)
         except Exception as exc:  # broker down: leave the rows for the sweeper
             log.warning("publishing %d outbox messages failed, sweeper retries: %s", len(messages), exc)
             return sent
+        if messages:
+            with db.session() as session:
+                session.execute(sa.delete(Outbox).where(Outbox.id.in_([m.outbox_id for m in messages])))
+            sent += len(messages)
+        for row_id, batch_id, after_seq in dispatches:
+            try:
+                sent += dispatch_batch(db, publisher, row_id, batch_id, after_seq)
+            except Exception as exc:
+                log.warning("dispatching batch %s stopped, sweeper resumes: %s", batch_id, exc)
+                return sent
+    return sent
+
+
+def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: str, after_seq: int) -> int:
+    """Publish the caption messages of ``batch_id``'s queued jobs after ``after_seq``, in
+    submission order, recording progress on outbox row ``row_id``; delete the row when done."""
+    sent = 0
+    while True:
         with db.session() as session:
-            session.execute(sa.delete(Outbox).where(Outbox.id.in_([m.outbox_id for m in messages])))
-        sent += len(messages)
+            rows = session.execute(
+                sa.select(Job.id, Job.seq, Job.priority)
+                .where(Job.batch_id == batch_id, Job.seq > after_seq, Job.status == JobStatus.QUEUED.value)
+                .order_by(Job.seq).limit(DISPATCH_CHUNK)
+            ).all()
+        if not rows:
+            break
+        publisher.send_many([caption_message(r.id, r.priority) for r in rows], chunk=CHUNK)
+        sent += len(rows)
+        after_seq = rows[-1].seq
+        with db.session() as session:
+            session.execute(sa.update(Outbox).where(Outbox.id == row_id)
+                            .values(args=[batch_id, after_seq], created_at=utcnow()))
+    with db.session() as session:
+        session.execute(sa.delete(Outbox).where(Outbox.id == row_id))
     return sent
 
 
@@ -98,6 +145,6 @@ def _to_message(row: Outbox) -> Message:
 
 
 __all__ = [
-    "CHUNK", "QUEUE_GPU", "QUEUE_IO", "add", "caption_message", "finalize_message", "pending_ids",
-    "publish", "republish_stale", "webhook_message",
+    "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "Outbox", "add", "caption_message", "dispatch_batch",
+    "dispatch_message", "finalize_message", "pending_ids", "publish", "republish_stale", "webhook_message",
 ]

@@ -137,6 +137,7 @@ class Publisher:
         self._conn = app.connection_for_write(transport_options=dict(self.FAIL_FAST),
                                               connect_timeout=connect_timeout)
         self._pool = self._conn.Pool(limit=pool_size)
+        self._templates: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, app: Celery | None = None) -> Publisher:
@@ -156,25 +157,48 @@ class Publisher:
         self.send_many([m])
 
     def send_many(self, messages: Sequence[Message], chunk: int = 1000) -> None:
-        """Send all of ``messages`` (pipelined where the transport can). Raises on failure."""
+        """Send all of ``messages``. Raises on failure.
+
+        A few messages go through ``send_task``. Many (a batch dispatch) are built from a per-task
+        template that Celery's own ``amqp.as_task_v2`` made (so the wire format is Celery's
+        protocol 2, byte for byte but the per-message fields), and published through one producer
+        in pipelined chunks: Celery's per-call routing and repr work dominates otherwise
+        (~6x slower).
+        """
         if not messages:
             return
         with self._pool.acquire(block=True, timeout=30) as conn:
             try:
                 producer = conn.Producer(auto_declare=False)
-                batch = getattr(producer, "batch", None)
+                if len(messages) <= self.FEW or getattr(producer, "batch", None) is None:
+                    for m in messages:
+                        self._send(m, producer)
+                    return
                 for start in range(0, len(messages), chunk):
-                    part = messages[start : start + chunk]
-                    if batch is None or len(part) == 1:
-                        for m in part:
-                            self._send(m, producer)
-                        continue
                     with producer.batch(max_size=chunk + 1):
-                        for m in part:
-                            self._send(m, producer)
+                        for m in messages[start : start + chunk]:
+                            self._publish_fast(m, producer)
             except Exception:
                 conn.collect()  # drop a broken connection; the pool reconnects next time
                 raise
+
+    FEW = 8
+    _EMBED: ClassVar[dict[str, None]] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+    def _publish_fast(self, m: Message, producer: Any) -> None:
+        template = self._templates.get(m.task)
+        if template is None:
+            template = dict(self.app.amqp.as_task_v2("template", m.task, args=[], kwargs={}).headers)
+            template["ignore_result"] = None  # what send_task puts there for our tasks
+            self._templates[m.task] = template
+        headers = dict(template)
+        headers["id"] = headers["root_id"] = m.task_id
+        headers["argsrepr"] = repr(m.args)
+        producer.publish(
+            (m.args, {}, self._EMBED), exchange="", routing_key=m.queue, serializer="json", headers=headers,
+            correlation_id=m.task_id, reply_to=self.app.thread_oid, priority=self.broker_priority(m.priority),
+            retry=False,
+        )
 
     def check(self, timeout: float = 2.0) -> None:
         """Raise unless the broker answers (for ``/readyz``)."""

@@ -16,12 +16,12 @@ context (``context_too_long``; the worker does the exact check after tokenising)
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from core.errors import InvalidRequest
@@ -99,7 +99,7 @@ class JobRequest(BaseModel):
     image_mode: Literal["separate", "combined"] = "separate"
     prompts: list[Prompt] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
     task: Literal["chat", "grounding"] = "chat"
-    generation: Generation = Field(default_factory=lambda: Generation())
+    generation: Generation = Field(default_factory=lambda: Generation.model_validate({}))
     webhook: Webhook | None = None
     custom_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     metadata: dict[str, Any] | None = None
@@ -174,7 +174,7 @@ def json_depth(value: Any, limit: int) -> int:
 def _check_metadata(meta: Any, loc: list[Any]) -> list[dict[str, Any]]:
     if meta is None:
         return []
-    size = len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode())
+    size = len(pydantic_core.to_json(meta))
     if size > MAX_METADATA_BYTES:
         return [error(loc, f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
                       "metadata_too_large")]
