@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +60,15 @@ class Deduper:
         """Undo :meth:`first_time` when processing failed, so the retry is processed."""
         with self._lock, self._db:
             self._db.execute("DELETE FROM seen WHERE id = ?", (msg_id,))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the sender hung up (it timed out, or closed its connection): nothing to report
+        super().handle_error(request, client_address)
 
 
 def make_server(
@@ -101,6 +111,8 @@ def make_server(
 
         def _answer(self, status: int, text: str) -> None:
             data = text.encode()
+            # If the sender gave up waiting, this write fails (ignored by _Server): it will retry,
+            # and the dedupe above recognises the repeat.
             self.send_response(status)
             self.send_header("content-type", "text/plain; charset=utf-8")
             self.send_header("content-length", str(len(data)))
@@ -110,7 +122,7 @@ def make_server(
         def log_message(self, format: str, *args: Any) -> None:  # quiet; the handler prints
             pass
 
-    return ThreadingHTTPServer((host, port), Receiver)
+    return _Server((host, port), Receiver)
 
 
 def print_event(msg_id: str, event: dict[str, Any]) -> None:

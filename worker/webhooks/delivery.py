@@ -52,7 +52,7 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 # retry wait; a wake-up earlier than that is dropped and the sweeper catches the message.
 EARLY_TOLERANCE = timedelta(seconds=0.1)
 # How long past its deadline an in-flight attempt keeps the message to itself.
-LEASE_MARGIN_SECONDS = 60.0
+LEASE_MARGIN_SECONDS = 30.0
 # Waits longer than this are left to the sweeper instead of a broker countdown: an ETA message
 # sits unacknowledged in a worker's memory, and on Redis one held past the visibility timeout is
 # delivered again (harmless here, but pointless).
@@ -71,6 +71,7 @@ class Claim:
     url: str
     payload: dict[str, Any]
     created_at: datetime
+    secrets: list[str]  # the tenant's signing secrets at claim time (two during a rotation)
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,16 @@ def claim(db: Database, message_id: str, *, now: datetime, lease_seconds: float)
     )
     with db.session() as session:
         row = session.execute(stmt).first()
-    if row is None:
-        return None
-    return Claim(message_id, row.attempts, row.tenant_id, row.type, row.url, row.payload, row.created_at)
+        if row is None:
+            return None
+        secrets = signing_secrets(session, row.tenant_id, now)
+    return Claim(message_id, row.attempts, row.tenant_id, row.type, row.url, row.payload, row.created_at,
+                 secrets)
 
 
-def _prepare(db: Database, c: Claim, now: datetime) -> tuple[bytes, dict[str, str]]:
-    with db.session() as session:
-        secrets = signing_secrets(session, c.tenant_id, now)
+def _prepare(c: Claim, now: datetime) -> tuple[bytes, dict[str, str]]:
     body = signing.encode_body(c.type, c.created_at, c.payload)
-    return body, signing.build_headers(c.message_id, int(now.timestamp()), body, secrets)
+    return body, signing.build_headers(c.message_id, int(now.timestamp()), body, c.secrets)
 
 
 def record(
@@ -169,7 +170,7 @@ def deliver(
         return Outcome(message_id, claimed=False)
     started = now()
     try:
-        body, headers = _prepare(db, c, started)
+        body, headers = _prepare(c, started)
     except signing.InvalidSecret as e:
         result = AttemptResult(started, 0.0, None, f"signing failed: {e}")
     else:
