@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pydantic_core
 import sqlalchemy as sa
@@ -240,7 +240,7 @@ _JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events"})
 
 def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: datetime) -> list[tuple[Any, ...]]:
     """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text."""
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for item in chunk:
         seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json = item[:8]
         if len(item) > 8:  # an invalid line kept as a failed job
@@ -263,8 +263,7 @@ def _insert_jobs(session: Any, rows: list[tuple[Any, ...]]) -> None:
             for row in rows:
                 copy.write_row(row)
         return
-    table = Job.__table__
-    session.execute(sa.insert(table), [
+    session.execute(sa.insert(cast(sa.Table, Job.__table__)), [
         {c: (json.loads(v) if c in _JSON_COLUMNS and v is not None else v)
          for c, v in zip(COLUMNS, row, strict=True)}
         for row in rows
