@@ -61,47 +61,80 @@ def _run_all(fn: Callable[[tuple[int, int]], None], strips: list[tuple[int, int]
             f.result()
 
 
-def _hpass(src: Image.Image, width: int, workers: int) -> Image.Image:
-    """Horizontal-only resize to ``width``, in row strips."""
-    if src.width == width:
-        return src
+def _pass(src: Image.Image, size: tuple[int, int], workers: int,
+          into: np.ndarray | None) -> Image.Image | None:
+    """One separable Pillow pass (``src`` and ``size`` differ in one dimension only), cut into
+    strips along the other dimension. Writes into ``into`` (uint8 array of the output) when
+    given, else returns a new image."""
     w, h = src.size
-    strips = _bounds(h, workers)
-    out = Image.new(src.mode, (width, h))
+    horizontal = size[1] == h  # only the width changes: rows are independent
+    strips = _bounds(h if horizontal else w, workers)
+    out = Image.new(src.mode, size) if into is None else None
 
     def run(ab: tuple[int, int]) -> None:
         a, b = ab
-        out.paste(src.crop((0, a, w, b)).resize((width, b - a)), (0, a))
+        if horizontal:
+            piece = src.crop((0, a, w, b)).resize((size[0], b - a))
+        else:
+            piece = src.crop((a, 0, b, h)).resize((b - a, size[1]))
+        if out is not None:
+            out.paste(piece, (0, a) if horizontal else (a, 0))
+        elif horizontal:
+            into[a:b] = np.asarray(piece)  # type: ignore[index]
+        else:
+            into[:, a:b] = np.asarray(piece)  # type: ignore[index]
 
     _run_all(run, strips)
     return out
 
 
-def _vpass(src: Image.Image, height: int, workers: int) -> Image.Image:
-    """Vertical-only resize to ``height``, in column strips."""
-    if src.height == height:
-        return src
-    w, h = src.size
-    strips = _bounds(w, workers)
-    out = Image.new(src.mode, (w, height))
+def in_background(fn: Callable[[], None], workers: int | None = None) -> Callable[[], None]:
+    """Run ``fn`` on the resize pool (inline when ``workers`` <= 1); returns a wait function
+    that re-raises its exception."""
+    workers = default_workers() if workers is None else workers
+    if workers <= 1:
+        fn()
+        return lambda: None
+    future = _executor().submit(fn)
+    return lambda: future.result() and None
 
-    def run(ab: tuple[int, int]) -> None:
-        a, b = ab
-        out.paste(src.crop((a, 0, b, h)).resize((b - a, height)), (a, 0))
 
-    _run_all(run, strips)
-    return out
+def _threaded(img: Image.Image, size: tuple[int, int], workers: int) -> bool:
+    return (workers > 1 and img.mode in ("RGB", "L") and size[0] * size[1] >= _MIN_PIXELS_FOR_THREADS
+            and size != img.size and _order_rule_holds())
+
+
+def _middle(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """Size after Pillow's first pass."""
+    return (img.width, size[1]) if vertical_first(img.size, size) else (size[0], img.height)
 
 
 def resize(img: Image.Image, size: tuple[int, int], workers: int | None = None) -> Image.Image:
     """Same pixels as ``img.resize(size)`` (RGB/L images; other modes use Pillow directly)."""
     workers = default_workers() if workers is None else workers
-    if (workers <= 1 or img.mode not in ("RGB", "L") or size[0] * size[1] < _MIN_PIXELS_FOR_THREADS
-            or size == img.size or not _order_rule_holds()):
+    if not _threaded(img, size, workers):
         return img.resize(size)
-    if vertical_first(img.size, size):
-        return _hpass(_vpass(img, size[1], workers), size[0], workers)
-    return _vpass(_hpass(img, size[0], workers), size[1], workers)
+    mid = _middle(img, size)
+    first = img if mid == img.size else _pass(img, mid, workers, None)
+    assert first is not None
+    return first if mid == size else _pass(first, size, workers, None)  # type: ignore[return-value]
+
+
+def resize_array(img: Image.Image, size: tuple[int, int], workers: int | None = None) -> np.ndarray:
+    """``np.asarray(img.resize(size))`` without the extra copy: the last pass writes its strips
+    straight into the array."""
+    workers = default_workers() if workers is None else workers
+    if not _threaded(img, size, workers):
+        return np.asarray(img.resize(size))
+    mid = _middle(img, size)
+    out = np.empty((size[1], size[0], 3) if img.mode == "RGB" else (size[1], size[0]), np.uint8)
+    if mid == size:  # a single (first) pass
+        _pass(img, size, workers, out)
+        return out
+    first = img if mid == img.size else _pass(img, mid, workers, None)
+    assert first is not None
+    _pass(first, size, workers, out)
+    return out
 
 
 @lru_cache(maxsize=1)

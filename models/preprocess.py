@@ -10,15 +10,14 @@ Official behaviour reproduced (QUIRKS 8-10, checked against ``preprocess/preproc
 - The image is *stretched* to ``(image_size·cols, image_size·rows)`` with Pillow's default
   resample (bicubic for RGB), cut row-major into tiles; a thumbnail (the original image resized
   to ``image_size²``) is appended last, only when ``cols*rows > 1``.
-- ``pixel_values = ((u8 / 255) - mean) / std`` in float32, CHW — equal bit for bit to torchvision's
-  ToTensor + Normalize. We compute it through a 256-entry lookup table per channel (the same
-  float32 operations applied once per possible byte value), so it is exact by construction and
-  avoids three passes of float arithmetic.
+- ``pixel_values = ((u8 / 255) - mean) / std`` in float32, CHW — the same float32 operations in
+  the same order as torchvision's ToTensor + Normalize, hence equal bit for bit (IEEE division
+  and subtraction are correctly rounded in numpy as in torch).
 
 Speed: the image is resized once (Pillow's own resampler, run in parallel strips that reproduce
-its two passes exactly — :mod:`models.pil_resize`), tiles are views into that array (no PIL
-crops), and the whole stack is normalised in one vectorised pass straight into the
-``[tiles, 3, H, W]`` output.
+its two passes exactly — :mod:`models.pil_resize`; the thumbnail resize overlaps it), tiles are
+views into that array (no PIL crops, no per-tile tensors), and normalisation writes straight into
+the ``[tiles, 3, H, W]`` output, one cache-sized channel plane at a time.
 
 Decoding (:func:`decode_image`) is the official ``Image.open(f).convert('RGB')`` with typed
 errors; EXIF orientation is *not* applied (the official code does not, QUIRKS 10) — the service
@@ -242,6 +241,12 @@ def dynamic_preprocess(img: Image.Image, *, min_num: int = 1, max_num: int = 12,
 
 
 # --- tiling -------------------------------------------------------------------------------------
+def _rgb_array_resized(img: Image.Image, size: tuple[int, int], workers: int | None) -> np.ndarray:
+    if img.mode != "RGB":
+        raise InvalidInput(f"expected an 8-bit RGB image, got mode {img.mode}")
+    return pil_resize.resize_array(img, size, workers)
+
+
 def _rgb_array(img: Image.Image) -> np.ndarray:
     arr = np.asarray(img)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
@@ -257,7 +262,7 @@ def tiles_u8(img: Image.Image, *, min_num: int = 1, max_num: int = 12, image_siz
     grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
                      image_size=image_size, use_thumbnail=use_thumbnail)
     s = image_size
-    big = _rgb_array(_resize(img, grid.resized_wh, workers))
+    big = _rgb_array_resized(img, grid.resized_wh, workers)
     out = np.empty((grid.num_tiles, s, s, 3), np.uint8)
     out[: grid.blocks] = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2).reshape(-1, s, s, 3)
     if grid.has_thumbnail:
@@ -266,22 +271,23 @@ def tiles_u8(img: Image.Image, *, min_num: int = 1, max_num: int = 12, image_siz
 
 
 @lru_cache(maxsize=8)
-def _lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    # [3, 256] float32: the ToTensor + Normalize result for every byte value, computed with the
-    # same float32 operations in the same order ((v / 255) - mean) / std.
-    v = np.arange(256, dtype=np.float32) / np.float32(255)
-    m = np.asarray(mean, np.float32)[:, None]
-    sd = np.asarray(std, np.float32)[:, None]
-    lut = ((v[None, :] - m) / sd).astype(np.float32)
-    lut.flags.writeable = False
-    return lut
+def _constants(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(mean, np.float32).reshape(3, 1, 1), np.asarray(std, np.float32).reshape(3, 1, 1)
 
 
-def _normalise_into(dst: np.ndarray, hwc: np.ndarray, lut: np.ndarray) -> None:
-    """dst[..., c, y, x] = lut[c, hwc[..., y, x, c]] for an HWC uint8 view ``hwc``."""
-    planar = np.ascontiguousarray(np.moveaxis(hwc, -1, -3))  # one u8 copy; the gathers then stream
-    for c in range(3):
-        np.take(lut[c], planar[..., c, :, :], out=dst[..., c, :, :])
+def _normalise_into(dst: np.ndarray, hwc: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> None:
+    """``dst[..., c, :, :] = ((hwc[..., c] / 255) - mean[c]) / std[c]`` in float32 for uint8 HWC
+    tiles ``hwc [..., S, S, 3]`` — the same float32 operations in the same order as ToTensor
+    (``.float().div(255)``) + Normalize (``.sub_(mean).div_(std)``), so bit-identical to them.
+    One tile at a time, so that the passes over it stay in cache."""
+    m, sd = _constants(tuple(mean), tuple(std))
+    for idx in np.ndindex(*dst.shape[:-3]):
+        o = dst[idx]
+        np.copyto(o, np.ascontiguousarray(np.moveaxis(hwc[idx], -1, 0)))  # CHW, uint8 -> float32
+        np.divide(o, np.float32(255), out=o)
+        np.subtract(o, m, out=o)
+        np.divide(o, sd, out=o)
 
 
 def tiles_to_pixel_values(tiles: Sequence[Image.Image] | np.ndarray, *,
@@ -292,7 +298,7 @@ def tiles_to_pixel_values(tiles: Sequence[Image.Image] | np.ndarray, *,
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
         raise InvalidInput(f"expected uint8 [N, H, W, 3] tiles, got {arr.dtype} {arr.shape}")
     out = np.empty((arr.shape[0], 3, arr.shape[1], arr.shape[2]), np.float32)
-    _normalise_into(out, arr, _lut(tuple(mean), tuple(std)))
+    _normalise_into(out, arr, mean, std)
     return out
 
 
@@ -321,12 +327,17 @@ def load_image(data_or_img: bytes | bytearray | memoryview | Image.Image, max_nu
     grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
                      image_size=image_size, use_thumbnail=use_thumbnail)
     s = image_size
-    lut = _lut(IMAGENET_MEAN, IMAGENET_STD)
     out = np.empty((grid.num_tiles, 3, s, s), np.float32)
-    big = _rgb_array(_resize(img, grid.resized_wh, workers))
+    wait_thumbnail = None
+    if grid.has_thumbnail:  # small, independent of the big resize: overlap it on the pool
+        def thumbnail() -> None:
+            _normalise_into(out[grid.blocks], _rgb_array(_resize(img, (s, s), 1)))
+
+        wait_thumbnail = pil_resize.in_background(thumbnail, workers)
+    big = _rgb_array_resized(img, grid.resized_wh, workers)
     # [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile views in row-major order, no copy.
     grid_view = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2)
-    _normalise_into(out[: grid.blocks].reshape(grid.rows, grid.cols, 3, s, s), grid_view, lut)
-    if grid.has_thumbnail:
-        _normalise_into(out[grid.blocks], _rgb_array(_resize(img, (s, s))), lut)
+    _normalise_into(out[: grid.blocks].reshape(grid.rows, grid.cols, 3, s, s), grid_view)
+    if wait_thumbnail is not None:
+        wait_thumbnail()
     return PreprocessedImage(out, (grid.cols, grid.rows), grid.num_tiles, img.size, grid.has_thumbnail)

@@ -24,6 +24,7 @@ def test_random_sizes_bit_exact(mode: str) -> None:
         ref = np.asarray(img.resize(size))
         for workers in (1, 2, 3):
             assert np.array_equal(np.asarray(pil_resize.resize(img, size, workers)), ref), (w, h, size)
+            assert np.array_equal(pil_resize.resize_array(img, size, workers), ref), (w, h, size)
 
 
 def test_extreme_shapes() -> None:
@@ -31,4 +32,6 @@ def test_extreme_shapes() -> None:
     for (w, h), size in [((20000, 3), (5376, 448)), ((3, 20000), (448, 5376)), ((1, 1), (448, 448)),
                          ((2000, 2000), (448, 448)), ((37, 1000), (448, 448))]:
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        assert np.array_equal(np.asarray(pil_resize.resize(img, size, 4)), np.asarray(img.resize(size)))
+        ref = np.asarray(img.resize(size))
+        assert np.array_equal(np.asarray(pil_resize.resize(img, size, 4)), ref)
+        assert np.array_equal(pil_resize.resize_array(img, size, 4), ref)
