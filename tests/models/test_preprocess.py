@@ -177,15 +177,16 @@ def test_extreme_sizes(w: int, h: int, grid: tuple[int, int]) -> None:
     assert np.isfinite(r.pixel_values).all()
 
 
-def test_exif_orientation_is_separate() -> None:
-    img = _noise(60, 30)
+@pytest.mark.parametrize(("mode", "fmt"), [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG")])
+def test_exif_orientation_is_separate(mode: str, fmt: str) -> None:
+    img = _noise(60, 30).convert(mode)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif)
+    img.save(buf, fmt, exif=exif)
     decoded = P.decode_image(buf.getvalue())
     assert decoded.size == (60, 30)  # not applied by decoding (official behaviour)
-    upright = P.apply_exif_orientation(decoded)
-    assert upright.size == (30, 60)
+    upright = P.apply_exif_orientation(decoded)  # still readable after the RGB conversion
+    assert upright.size == (30, 60) and upright.mode == "RGB"
     plain = _noise(5, 4)
     assert P.apply_exif_orientation(plain).size == (5, 4)
