@@ -7,7 +7,6 @@ serving. The API never imports torch or the worker package.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,9 +69,10 @@ def create_app(
     app.include_router(routes_ops.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_batches.router)
-    # Server-Sent Events (GET /v1/jobs/{id}/events) live in their own module when present.
-    if importlib.util.find_spec("api.events") is not None:
-        app.include_router(importlib.import_module("api.events").router)
+    from api.routes import events, webhook_deliveries
+
+    app.include_router(events.router)
+    app.include_router(webhook_deliveries.router)
     # Outermost first: metrics see every request, the body cap applies before any route reads.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
