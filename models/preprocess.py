@@ -88,6 +88,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in _HIGH_BIT_DEPTH:
         return _scale_to_u8(img).convert("RGB")
+    if img.mode == "P" and isinstance(img.info.get("transparency"), bytes):
+        # Pillow warns (UserWarning) and then ignores per-entry palette alpha when converting to
+        # RGB; drop it first on a copy: same pixels, and no warning to trip a warnings-as-errors
+        # filter (changing filters here would not be thread-safe).
+        img = img.copy()
+        del img.info["transparency"]
     try:
         return img.convert("RGB")
     except (ValueError, OSError):

@@ -139,7 +139,9 @@ def test_modes_convert_like_official() -> None:
                 rgba.convert("1"), rgba.convert("YCbCr")):
         data = _png(img) if img.mode not in ("CMYK", "YCbCr") else _jpeg(img)
         got = P.decode_image(data)
-        ref = Image.open(io.BytesIO(data)).convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own note on palette alpha, reference only
+            ref = Image.open(io.BytesIO(data)).convert("RGB")
         assert got.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(ref)), img.mode
         assert P.load_image(data).pixel_values.shape[1:] == (3, 448, 448)
 
@@ -148,6 +150,20 @@ def _jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG")
     return buf.getvalue()
+
+
+def test_palette_alpha_bytes_no_warning() -> None:
+    rgba = np.random.default_rng(3).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    p = Image.fromarray(rgba, "RGBA").convert("P")
+    data = _png(p, transparency=bytes(range(256)))
+    ref = Image.open(io.BytesIO(data))
+    assert isinstance(ref.info.get("transparency"), bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = P.decode_image(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.array_equal(np.asarray(got), np.asarray(ref.convert("RGB")))
 
 
 def test_palette_transparency_ignored() -> None:
