@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
+T = TypeVar("T")
+R = TypeVar("R")
 _MIN_PIXELS_FOR_THREADS = 448 * 448  # below this, thread hand-off costs more than it saves
 _MIN_STRIP = 32
 _lock = threading.Lock()
@@ -86,6 +89,15 @@ def _pass(src: Image.Image, size: tuple[int, int], workers: int,
 
     _run_all(run, strips)
     return out
+
+
+def map_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` on the resize pool (in order; inline when ``workers`` <= 1 or
+    there is a single item). ``fn`` must not itself wait on the pool."""
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    return list(_executor().map(fn, items))
 
 
 def in_background(fn: Callable[[], None], workers: int | None = None) -> Callable[[], None]:

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from models import pil_resize
 from models.errors import InvalidInput, MediaTooLarge, MediaUnreadable
-from models.preprocess import IMAGE_SIZE, load_image
+from models.preprocess import IMAGE_SIZE, PreprocessedImage, load_image
 
 VideoSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 
@@ -126,7 +127,11 @@ def load_video(source: VideoSource, *, num_segments: int = 8, bound: tuple[float
     limit = Image.MAX_IMAGE_PIXELS if max_frame_pixels is None else max_frame_pixels
     if limit is not None and width * height > limit:
         raise MediaTooLarge(f"video frames of {width}x{height} exceed {limit} pixels")
-    parts = [load_image(Image.fromarray(f), max_num, image_size=image_size, workers=workers) for f in frames]
+    # frames in parallel on the resize pool, each frame's own resize single-threaded
+    def one(frame: np.ndarray) -> PreprocessedImage:
+        return load_image(Image.fromarray(frame), max_num, image_size=image_size, workers=1)
+
+    parts = pil_resize.map_parallel(one, list(frames), workers)
     return PreprocessedVideo(
         pixel_values=np.concatenate([p.pixel_values for p in parts]),
         num_patches_list=[p.num_tiles for p in parts],
