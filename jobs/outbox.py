@@ -89,8 +89,7 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
             log.warning("publishing %d outbox messages failed, sweeper retries: %s", len(messages), exc)
             return sent
         if messages:
-            with db.session() as session:
-                session.execute(sa.delete(Outbox).where(Outbox.id.in_([m.outbox_id for m in messages])))
+            _delete(db, [m.outbox_id for m in messages if m.outbox_id is not None])
             sent += len(messages)
         for row_id, batch_id, after_seq in dispatches:
             try:
@@ -99,6 +98,32 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
                 log.warning("dispatching batch %s stopped, sweeper resumes: %s", batch_id, exc)
                 return sent
     return sent
+
+
+def publish_messages(db: Database, publisher: Publisher | None, messages: Sequence[Message]) -> int:
+    """Send messages whose outbox rows (``outbox_id``) the caller just committed, then delete
+    those rows. On a broker error the rows stay for the sweeper."""
+    if publisher is None or not messages:
+        return 0
+    plain = [m for m in messages if m.task != DISPATCH_BATCH]
+    if len(plain) != len(messages):  # a batch dispatch: take the general path
+        return publish(db, publisher, [m.outbox_id for m in messages if m.outbox_id is not None])
+    try:
+        publisher.send_many(plain, chunk=CHUNK)
+    except Exception as exc:
+        log.warning("publishing %d outbox messages failed, sweeper retries: %s", len(plain), exc)
+        return 0
+    _delete(db, [m.outbox_id for m in plain if m.outbox_id is not None])
+    return len(plain)
+
+
+def _delete(db: Database, ids: list[int]) -> None:
+    """Forget published rows. Not worth an fsync: losing this commit in a crash only means the
+    sweeper sends those messages once more, which every consumer tolerates."""
+    with db.session() as session:
+        if db.dialect == "postgresql":
+            session.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        session.execute(sa.delete(Outbox).where(Outbox.id.in_(ids)))
 
 
 def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: str, after_seq: int) -> int:
@@ -146,5 +171,6 @@ def _to_message(row: Outbox) -> Message:
 
 __all__ = [
     "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "Outbox", "add", "caption_message", "dispatch_batch",
-    "dispatch_message", "finalize_message", "pending_ids", "publish", "republish_stale", "webhook_message",
+    "dispatch_message", "finalize_message", "pending_ids", "publish", "publish_messages", "republish_stale",
+    "webhook_message",
 ]

@@ -14,6 +14,7 @@ Worker-facing methods (the Celery worker calls these; all are safe to call twice
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -60,21 +61,21 @@ class JobService:
         self.publisher = publisher
 
     # --- plumbing -------------------------------------------------------------------------
-    def _commit_effects(self, session: Any, effects: tx.Effects, now: datetime) -> list[int]:
-        return outbox.add(session, effects.messages, now)
-
     def publish(self, outbox_ids: list[int]) -> int:
         """Send outbox rows after their transaction committed (errors: left for the sweeper)."""
         return outbox.publish(self.db, self.publisher, outbox_ids) if outbox_ids else 0
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(session, effects, now, …)`` in one transaction, then publish its outbox rows."""
+        """Run ``fn(session, effects, now, …)`` in one transaction, then publish its outbox rows
+        (already in hand: no need to read them back)."""
         now = utcnow()
         effects = tx.Effects()
         with self.db.session() as session:
             result = fn(session, effects, now, *args, **kwargs)
-            ids_ = self._commit_effects(session, effects, now)
-        self.publish(ids_)
+            ids_ = outbox.add(session, effects.messages, now)
+        if ids_:
+            sent = [dataclasses.replace(m, outbox_id=i) for m, i in zip(effects.messages, ids_, strict=True)]
+            outbox.publish_messages(self.db, self.publisher, sent)
         return result
 
     # --- submission -----------------------------------------------------------------------
