@@ -57,9 +57,12 @@ class WorkerProcess:
 
 
 def start_worker(settings: Settings, log_path: Path, *, queues: str = "io", beat: bool = True,
-                 concurrency: int = 8, timeout: float = 60, **env: str) -> WorkerProcess:
-    """``python -m cli.main worker --queues …`` until it logs that it is ready."""
-    args = [sys.executable, "-m", "cli.main", "worker", "--queues", queues, "--concurrency", str(concurrency)]
+                 concurrency: int | None = 8, timeout: float = 60, **env: str) -> WorkerProcess:
+    """``python -m cli.main worker --queues …`` until it logs that it is ready (``concurrency``
+    None: the worker's default)."""
+    args = [sys.executable, "-m", "cli.main", "worker", "--queues", queues]
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
     if beat:
         args.append("--beat")
     out: IO[str] = open(log_path, "w")  # noqa: SIM115 (the process owns it)

@@ -37,7 +37,7 @@ from core.settings import Settings
 from jobs.queue import QUEUE_IO, TASK_WEBHOOK, Publisher
 from jobs.tables import WebhookAttempt, WebhookMessage
 from jobs.tenants import signing_secrets
-from worker.webhooks import signing
+from worker.webhooks import pool, signing
 from worker.webhooks.schedule import RetryPolicy, next_delay, parse_retry_after
 from worker.webhooks.sender import AttemptResult, send
 
@@ -235,7 +235,21 @@ def publish_wakeup(publisher: Publisher, message_id: str, seconds: float) -> Non
 
 
 def run(rt: Runtime, message_id: str) -> str:
-    """The ``captionq.deliver_webhook`` task body: one attempt with this process's runtime."""
+    """The ``captionq.deliver_webhook`` task body: one attempt with this process's runtime.
+
+    In a worker that also serves the gpu queue the attempt goes to a small pool of its own
+    (:mod:`worker.webhooks.pool`) so that slow receivers never occupy the task threads caption
+    jobs need; an io-only worker sends on the task thread itself.
+    """
+    if getattr(rt.publisher.app, "captionq_serves_gpu", False):
+        if pool.shared().offer(lambda: attempt(rt, message_id)):
+            return "handed to the webhook send pool"
+        log.warning("webhook send pool full; %s is left for the sweeper", message_id)
+        return "send pool full, left for the sweeper"
+    return attempt(rt, message_id)
+
+
+def attempt(rt: Runtime, message_id: str) -> str:
     outcome = deliver(rt.db, rt.settings, message_id,
                       schedule=lambda mid, seconds: publish_wakeup(rt.publisher, mid, seconds))
     if not outcome.claimed:
