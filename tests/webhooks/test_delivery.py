@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -251,3 +252,26 @@ def test_sweeper_finds_lost_and_overdue_messages(
     published: list[str] = []
     n = republish_due(db, published.extend, now=later, grace_seconds=30, limit=10_000)
     assert n == len(published) and lost in published
+
+
+def test_local_mode_database_sqlite(tmp_path: Path) -> None:
+    """The same claim/record SQL on SQLite, the local mode's database."""
+    from core.migrate import upgrade
+
+    from .conftest import create_tenant
+
+    lite = make_settings(f"sqlite:///{tmp_path / 'captionq.db'}")
+    upgrade(lite)
+    db = Database(lite)
+    try:
+        tenant = create_tenant(db)
+        with Receiver([tenant.secret], script=[Answer(500)]) as rx:
+            msg_id = add_message(db, tenant.id, rx.url)
+            outcomes = drive(db, lite, msg_id)
+            assert [o.status for o in outcomes] == ["pending", "delivered"]
+            assert not deliver(db, lite, msg_id).claimed
+        assert rx.ids() == [msg_id, msg_id] and all(r.verified_with == [0] for r in rx.received)
+        assert [a.status_code for a in attempts(db, msg_id)] == [500, 200]
+        assert due_message_ids(db, now=utcnow() + timedelta(hours=1), grace_seconds=0) == []
+    finally:
+        db.dispose()
