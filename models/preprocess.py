@@ -343,7 +343,13 @@ def load_image(data_or_img: bytes | bytearray | memoryview | Image.Image, max_nu
     big = _rgb_array_resized(img, grid.resized_wh, workers)
     # [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile views in row-major order, no copy.
     grid_view = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2)
-    _normalise_into(out[: grid.blocks].reshape(grid.rows, grid.cols, 3, s, s), grid_view)
+    step = -(-grid.blocks // (pil_resize.default_workers() if workers is None else max(1, workers)))
+
+    def normalise(first: int) -> None:  # a run of tiles; numpy releases the GIL in these loops
+        for t in range(first, min(first + step, grid.blocks)):
+            _normalise_into(out[t], grid_view[t // grid.cols, t % grid.cols])
+
+    pil_resize.map_parallel(normalise, range(0, grid.blocks, step), workers)
     if wait_thumbnail is not None:
         wait_thumbnail()
     return PreprocessedImage(out, (grid.cols, grid.rows), grid.num_tiles, img.size, grid.has_thumbnail)
