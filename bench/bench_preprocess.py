@@ -84,15 +84,16 @@ def card_load_image(data: bytes, max_num: int) -> np.ndarray:
 
 
 # --- (b) transformers --------------------------------------------------------------------------
-def hf_processor() -> Callable[[bytes, int], np.ndarray]:
+def hf_processor(max_num: int) -> Callable[[bytes, int], np.ndarray]:
     from transformers import GotOcr2ImageProcessorPil
 
     proc = GotOcr2ImageProcessorPil(size={"height": SIZE, "width": SIZE}, image_mean=list(IMAGENET_MEAN),
-                                    image_std=list(IMAGENET_STD), crop_to_patches=True, min_patches=1)
+                                    image_std=list(IMAGENET_STD), crop_to_patches=True, min_patches=1,
+                                    max_patches=max_num)
 
     def run(data: bytes, max_num: int) -> np.ndarray:
         image = Image.open(io.BytesIO(data)).convert("RGB")
-        out = proc(images=image, max_patches=max_num, return_tensors="np")
+        out = proc(images=image, return_tensors="np")
         return np.asarray(out["pixel_values"])
 
     return run
@@ -151,7 +152,7 @@ def main() -> int:
     datas = [f.read_bytes() for f in files]
 
     tiles_ours, tiles_hf = 0, 0
-    hf = hf_processor()
+    hf = hf_processor(args.max_num)
     for f, d in zip(files, datas, strict=True):
         a, b = ours(d, args.max_num), card_load_image(d, args.max_num)
         assert a.dtype == b.dtype == np.float32 and a.shape == b.shape, f.name
