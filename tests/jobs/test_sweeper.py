@@ -85,3 +85,50 @@ def test_stuck_running_jobs_are_requeued_then_lost(svc, tenant, make_request, jo
         sweep(svc)
     row = svc.get(tenant, job.id)
     assert row.status == "failed" and row.error["code"] == "worker_lost" and row.attempts == 3
+
+
+def _batch(svc, tenant, jobs_settings, n, output_url=None):  # type: ignore[no-untyped-def]
+    from api.urlcheck import StorageUrlChecker
+    from jobs import batches
+    from jobs.requests import RequestLimits
+
+    checker = StorageUrlChecker(jobs_settings)
+    body = {"jobs": [{"media": [{"type": "image", "url": "s3://bucket-a/x.jpg"}]} for _ in range(n)]}
+    if output_url:
+        body["output_url"] = output_url
+    plan = batches.plan_batch(body, checker, 10_000)
+    spool = batches.validate_lines(enumerate(plan.jobs or []), plan, checker, RequestLimits(), "jobs")
+    return batches.insert_batch(svc, tenant, plan, spool)
+
+
+def test_batch_dispatch_survives_a_broker_outage(jobs_settings, tenant, svc):
+    dead = jobs_settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    down = JobService(Database(jobs_settings), jobs_settings, Publisher.from_settings(dead))
+    drain(jobs_settings)
+    batch, outbox_ids = _batch(down, tenant, jobs_settings, 30)
+    assert len(outbox_ids) == 1  # one dispatch row stands for the 30 caption messages
+    assert down.publish(outbox_ids) == 0
+    with svc.db.session() as s:
+        assert s.scalar(sa.select(Outbox.args).where(Outbox.id == outbox_ids[0])) == [batch.id, -1]
+    assert sweep(svc).republished == 30
+    got = [m["id"] for m in drain(jobs_settings, expect=30)]
+    assert got == [line["job_id"] for line in svc.iter_batch_results(batch.id)]  # submission order
+    assert _outbox_rows(svc, f"{batch.id}-dispatch") == 0
+    down.db.dispose()
+
+
+def test_lost_finalize_is_resent(jobs_settings, tenant, svc):
+    batch, outbox_ids = _batch(svc, tenant, jobs_settings, 2, output_url="s3://bucket-a/out/")
+    svc.publish(outbox_ids)
+    for line in svc.iter_batch_results(batch.id):
+        c = svc.start(line["job_id"])
+        svc.succeed(line["job_id"], {"text": "x"}, attempt=c.attempt)
+    with svc.db.session() as s:  # the finalize message was lost
+        s.execute(sa.delete(Outbox).where(Outbox.task_id == f"{batch.id}-finalize"))
+    drain(jobs_settings, queue="io")
+    assert sweep(svc).finalize_resent == 0  # not long enough ago
+    assert sweep(svc, now=utcnow() + timedelta(minutes=10)).finalize_resent >= 1
+    msgs = drain(jobs_settings, queue="io", expect=1)
+    assert any(m["task"] == "captionq.finalize_batch" and m["args"] == [batch.id] for m in msgs)
+    assert svc.mark_batch_finalized(batch.id)
+    assert sweep(svc, now=utcnow() + timedelta(minutes=10)).finalize_resent == 0
