@@ -251,7 +251,13 @@ def test_sweeper_finds_lost_and_overdue_messages(
     assert lost not in due_message_ids(db, now=utcnow(), grace_seconds=30, limit=10_000)
     published: list[str] = []
     n = republish_due(db, published.extend, now=later, grace_seconds=30, limit=10_000)
-    assert n == len(published) and lost in published
+    assert n == len(published) and lost in published and in_flight not in published
+    # Picked once per grace period: the next sweep a moment later leaves it alone...
+    again: list[str] = []
+    republish_due(db, again.extend, now=later + timedelta(seconds=1), grace_seconds=30, limit=10_000)
+    assert lost not in again
+    # ...but it is still due for the wake-up just published.
+    assert claim(db, lost, now=later, lease_seconds=60) is not None
 
 
 def test_local_mode_database_sqlite(tmp_path: Path) -> None:

@@ -188,12 +188,10 @@ def deliver(
     return Outcome(message_id, True, c.attempt, result, status, retry_in, stale)
 
 
-def due_message_ids(db: Database, *, now: datetime, grace_seconds: float, limit: int = 1000) -> list[str]:
-    """Pending messages that should have been attempted at least ``grace_seconds`` ago: a lost
-    wake-up, a worker that died mid-attempt (its lease ran out), or a long retry wait."""
+def _due(now: datetime, grace_seconds: float, limit: int) -> sa.Select[Any]:
     m = WebhookMessage
     cutoff = now - timedelta(seconds=grace_seconds)
-    stmt = (
+    return (
         sa.select(m.id)
         .where(
             m.status == PENDING,
@@ -202,21 +200,37 @@ def due_message_ids(db: Database, *, now: datetime, grace_seconds: float, limit:
         .order_by(m.next_attempt_at)
         .limit(limit)
     )
+
+
+def due_message_ids(db: Database, *, now: datetime, grace_seconds: float, limit: int = 1000) -> list[str]:
+    """Pending messages that should have been attempted at least ``grace_seconds`` ago: a lost
+    wake-up, a worker that died mid-attempt (its lease ran out), or a long retry wait."""
     with db.session() as session:
-        return list(session.scalars(stmt))
+        return list(session.scalars(_due(now, grace_seconds, limit)))
 
 
 def republish_due(
     db: Database, publish: Callable[[Iterable[str]], None], *, now: datetime, grace_seconds: float,
     limit: int = 1000,
 ) -> int:
-    """For the periodic sweeper: wake up every overdue pending message (see
-    :func:`due_message_ids`). Duplicated wake-ups are harmless (the claim is conditional)."""
-    ids = due_message_ids(db, now=now, grace_seconds=grace_seconds, limit=limit)
+    """For the periodic sweeper: wake up every overdue pending message (see :func:`due_message_ids`).
+
+    The same UPDATE that picks them sets their ``next_attempt_at`` to ``now`` (still due), so two
+    sweepers never pick the same message, and while a backlog lasts each message gets one extra
+    wake-up per grace period rather than one per sweep. Duplicated wake-ups are harmless anyway
+    (the claim is conditional). If publishing fails, the next sweep after the grace period retries.
+    """
+    m = WebhookMessage
+    with db.session() as session:
+        ids = list(session.scalars(
+            sa.update(m)
+            .where(m.id.in_(_due(now, grace_seconds, limit).scalar_subquery()), m.status == PENDING)
+            .values(next_attempt_at=now)
+            .returning(m.id)
+        ))
     if ids:
         publish(ids)
     return len(ids)
-
 
 
 def publish_wakeup(publisher: Publisher, message_id: str, seconds: float) -> None:
