@@ -87,6 +87,7 @@ class LocalStack:
 
     def _make_server(self) -> Any:
         import uvicorn
+
         from api.app import create_app
 
         config = uvicorn.Config(create_app(self.settings), host=self.settings.host,

@@ -15,6 +15,7 @@ def serve(
     """Run the HTTP API (uvicorn). Jobs are stored in CAPTIONQ_DATABASE_URL and published to
     CAPTIONQ_BROKER_URL; run `captionq migrate` first."""
     import uvicorn
+
     from api.app import create_app
     from core.logging import setup_logging
 
