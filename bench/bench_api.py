@@ -44,7 +44,7 @@ IMAGE = {"type": "image", "url": "s3://bench-bucket/photos/0001.jpg"}
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def rss_kb(pid: int, field: str) -> int:
@@ -132,7 +132,9 @@ def bench_post(api: Api, key: str, threads: int, seconds: float) -> dict[str, An
     return {"threads": threads, "seconds": seconds, "post": post, "healthz": health}
 
 
-def bench_manifest(api: Api, key: str, bucket: services.S3Bucket, redis_url: str, lines: int) -> dict[str, Any]:
+def bench_manifest(
+    api: Api, key: str, bucket: services.S3Bucket, redis_url: str, lines: int
+) -> dict[str, Any]:
     import redis
 
     rows = (json.dumps({"media": [{"type": "image", "url": f"s3://bench-bucket/photos/{i:07d}.jpg"}],
@@ -144,8 +146,9 @@ def bench_manifest(api: Api, key: str, bucket: services.S3Bucket, redis_url: str
         r.delete(k)
     before = {"rss_kb": rss_kb(api.proc.pid, "VmRSS"), "hwm_kb": rss_kb(api.proc.pid, "VmHWM")}
     t0 = time.monotonic()
-    resp = httpx.post(api.base + "/v1/batches", json={"manifest_url": url, "defaults": {"prompts": ["Caption."]}},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=600)
+    body = {"manifest_url": url, "defaults": {"prompts": ["Caption."]}}
+    resp = httpx.post(api.base + "/v1/batches", json=body, headers={"Authorization": f"Bearer {key}"},
+                      timeout=600)
     accepted = time.monotonic() - t0
     assert resp.status_code == 202, resp.text[:500]
     while gpu_queue_len(redis_url) < lines:
@@ -175,8 +178,8 @@ def bench_batch_get(api: Api, key: str, tenant_id: str, db_url: str, n: int, sam
             " metadata, created_at) VALUES (%s, %s, 'running', %s, %s, 0, %s, 0, 0, '{}', now())",
             (bid, tenant_id, n, n // 2, n - n // 2),
         )
-        cols = ("id, tenant_id, batch_id, seq, custom_id, status, priority, request, attempts, cancel_requested,"
-                " metadata, created_at, expires_at")
+        cols = ("id, tenant_id, batch_id, seq, custom_id, status, priority, request, attempts,"
+                " cancel_requested, metadata, created_at, expires_at")
         with cur.copy(f"COPY jobs ({cols}) FROM STDIN") as copy:
             for i in range(n):
                 status = "queued" if i < n // 2 else "succeeded"
