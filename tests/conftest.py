@@ -37,8 +37,9 @@ def pg_database() -> Iterator[services.PostgresDB]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    return services.redis_url()
+def redis_url() -> Iterator[str]:
+    yield services.redis_url()
+    services.release_redis_leases()
 
 
 @pytest.fixture(scope="session")

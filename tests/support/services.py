@@ -6,6 +6,7 @@ one is not reachable, :func:`ensure_services` runs that script once.
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import socket
@@ -79,15 +80,44 @@ def drop_database(db: PostgresDB) -> None:
 
 
 def redis_url() -> str:
-    """A Redis database of its own for this test session (1..15), emptied first."""
+    """A Redis database of its own for this test session (1..15), claimed with a lease key in
+    database 0 so that concurrent test sessions on one machine never share one, then emptied."""
     import redis
 
     ensure_services()
-    db = int(os.environ.get("CAPTIONQ_TEST_REDIS_DB", random.randint(1, 15)))
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    forced = os.environ.get("CAPTIONQ_TEST_REDIS_DB")
+    candidates = [int(forced)] if forced else random.sample(range(1, 16), 15)
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    for db in candidates:
+        # A 2-hour lease is longer than any test session; a crashed session's claim expires.
+        if forced or admin.set(f"captionq-test:db-lease:{db}", token, nx=True, ex=7200):
+            break
+    else:
+        raise RuntimeError("all Redis test databases 1..15 are leased by other test sessions")
+    if not _leases:
+        atexit.register(release_redis_leases)
+    _leases.append((db, token))
+    admin.close()
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
     client.flushdb()
     client.close()
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+_leases: list[tuple[int, str]] = []
+
+
+def release_redis_leases() -> None:
+    import redis
+
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    for db, token in _leases:
+        key = f"captionq-test:db-lease:{db}"
+        if admin.get(key) == token.encode():
+            admin.delete(key)
+    _leases.clear()
+    admin.close()
 
 
 @dataclass
