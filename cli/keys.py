@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from cli.common import console, settings_or_exit
+from cli.common import console, fail, settings_or_exit
 
 app = typer.Typer(help="Create tenant API keys and rotate webhook signing secrets.", no_args_is_help=True)
 
@@ -19,13 +19,17 @@ def create(
     """Create a tenant and its API key. The key and the webhook secret are printed ONCE: only a
     hash of the key is stored."""
     from core.db import Database
+    from core.errors import CaptionqError
     from jobs.tenants import create_api_key
 
     settings = settings_or_exit()
     db = Database(settings)
-    with db.session() as session:
-        created = create_api_key(session, name)
-        session.commit()
+    try:
+        with db.session() as session:
+            created = create_api_key(session, name)
+            session.commit()
+    except CaptionqError as exc:
+        raise fail(f"{exc.code}: {exc.message}") from None
     if as_json:
         typer.echo(json.dumps({"tenant": created.tenant_id, "api_key": created.api_key,
                                "webhook_secret": created.webhook_secret}))
@@ -47,14 +51,18 @@ def rotate_webhook_secret(
     """Issue a new webhook signing secret. During the grace period every webhook carries both
     signatures (space-separated), so receivers can switch without dropping messages."""
     from core.db import Database
+    from core.errors import CaptionqError
     from jobs.tenants import rotate_webhook_secret as rotate
 
     settings = settings_or_exit()
     grace = settings.webhook_secret_grace_seconds if grace_seconds is None else grace_seconds
     db = Database(settings)
-    with db.session() as session:
-        secret = rotate(session, tenant, grace)
-        session.commit()
+    try:
+        with db.session() as session:
+            secret = rotate(session, tenant, grace)
+            session.commit()
+    except CaptionqError as exc:
+        raise fail(f"{exc.code}: {exc.message}") from None
     if as_json:
         typer.echo(json.dumps({"tenant": tenant, "webhook_secret": secret, "grace_seconds": grace}))
     else:
