@@ -64,15 +64,10 @@ def create_app(
     problems.install(app)
     openapi.install(app)
 
-    from api import routes_batches, routes_jobs, routes_ops
+    from api.routes import batches, events, jobs, ops, webhook_deliveries
 
-    app.include_router(routes_ops.router)
-    app.include_router(routes_jobs.router)
-    app.include_router(routes_batches.router)
-    from api.routes import events, webhook_deliveries
-
-    app.include_router(events.router)
-    app.include_router(webhook_deliveries.router)
+    for module in (ops, jobs, batches, events, webhook_deliveries):
+        app.include_router(module.router)
     # Outermost first: metrics see every request, the body cap applies before any route reads.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)

@@ -1,1 +1,1 @@
-"""Routes that live in their own modules (registered by api.app)."""
+"""HTTP routes, one module per resource; api.app registers each module's ``router``."""

@@ -1,6 +1,6 @@
 """``POST /v1/webhook-deliveries/{id}/redeliver``: one fresh attempt of a webhook message, now.
 
-(The list, ``GET /v1/webhook-deliveries?job_id=…|batch_id=…``, is in ``api.routes_ops``.)
+(The list, ``GET /v1/webhook-deliveries?job_id=…|batch_id=…``, is in ``api.routes.ops``.)
 
 Redelivery makes the message ``pending`` and due now, whatever its status (``failed`` after the
 receiver was fixed, or ``delivered`` to get it again), in one conditional UPDATE scoped to the

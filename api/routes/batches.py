@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api.body import read_json
 from api.context import AppContext, get_ctx, tenant
 from api.openapi import body_schema
-from api.routes_jobs import run_idempotent
+from api.routes.jobs import run_idempotent
 from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
 from jobs import batches, lists
 from jobs.render import batch_to_dict
