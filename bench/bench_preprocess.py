@@ -201,8 +201,16 @@ def main() -> int:
           f"1 thread {cpu_a:.2f}x, vs (b) {cpu_b:.2f}x")
     print(env)
     if args.results:
+        # keep one line per run, so that a noisy machine shows as a spread rather than one number
+        history = [ln for ln in (args.results.read_text(encoding="utf-8").splitlines()
+                                 if args.results.exists() else []) if ln.startswith("| 20")]
+        ours_r, a_r, b_r = measured["ours"][0], measured[a_key][0], measured["(b) hf"][0]
+        history.append(f"| {time.strftime('%Y-%m-%d %H:%M')} | {load_before:.1f} | {ours_r:.1f} | "
+                       f"{a_r:.1f} | {b_r:.1f} | {r_a:.2f}x | {r_b:.2f}x | {cpu_a:.2f}x | {cpu_b:.2f}x |")
         args.results.write_text("\n".join([
             "# Preprocessing benchmark",
+            "",
+            "The tables are from the latest run; every run is listed at the end.",
             "",
             f"Command: `python bench/bench_preprocess.py --max-num {args.max_num} --rounds {args.rounds} "
             f"--results {args.results}`",
@@ -229,6 +237,13 @@ def main() -> int:
             "per-tile tensors and normalises in cache-blocked numpy (the CPU-time column), and splits "
             "the resize into parallel strips, which pays off only when the machine has idle cores: "
             "where images/s is close to images per CPU-second, the process got about one core.",
+            "",
+            "## All runs",
+            "",
+            "| run | load before | ours img/s | (a) best img/s | (b) img/s | vs (a) | vs (b) "
+            "| CPU vs (a) 1 thread | CPU vs (b) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *history,
             "",
         ]), encoding="utf-8")
     return 0
