@@ -4,8 +4,9 @@
 
 Writes a random-weight checkpoint in the *original* InternVL2 layout (InternViT + InternLM2 with
 fused wqkv and dynamic-NTK rope, so the load path converts it like a real one) into a temporary
-folder, with the conformance kit's toy tokenizer (vocab 1024), loads it with ``Engine.load``,
-then times:
+folder, with a small BPE tokenizer trained on the prompt text (``--toy-tokenizer``: the kit's
+byte-level one, which makes prompts about 3x longer than real tokenizers would), loads it with
+``Engine.load``, then times:
 
 - one at a time: ``engine.generate_batch([r])`` for each request in turn;
 - batched: every request submitted to a :class:`models.batcher.Batcher` (max 16 per batch) from
@@ -43,7 +44,35 @@ from models.generation import GenerationParams  # noqa: E402
 KIT_MODEL = ROOT / "tests" / "data" / "conformance" / "models" / "internvl2-internlm2"
 
 
+def write_tokenizer(folder: Path, toy: bool) -> int:
+    """A small byte-level BPE trained on the prompts' text, so that prompts have realistic token
+    counts (the kit's toy tokenizer spends one token per UTF-8 byte: ~170 for the Chinese system
+    message, where real InternVL2 tokenizers need a few dozen). Returns the vocabulary size."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(KIT_MODEL / name, folder / name)
+    if toy:
+        shutil.copy(KIT_MODEL / "tokenizer.json", folder / "tokenizer.json")
+        return 1024
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from models.prompts import INTERNVL2_SYSTEM_MESSAGE
+
+    specials = ["<unk>", "<s>", "</s>", "<|im_end|>", "<|im_start|>", "<img>", "</img>", "<IMG_CONTEXT>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [INTERNVL2_SYSTEM_MESSAGE, "system\n", "user\n", "assistant\n", *SUBJECTS,
+              "Describe the picture in detail."] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=1024, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(folder / "tokenizer.json"))
+    return int(tok.get_vocab_size())
+
+
 def write_checkpoint(folder: Path, a: argparse.Namespace) -> int:
+    vocab = write_tokenizer(folder, a.toy_tokenizer)
     cfg = json.loads((KIT_MODEL / "config.json").read_text())
     v = cfg["vision_config"]
     cfg["force_image_size"] = a.image_size
@@ -51,7 +80,7 @@ def write_checkpoint(folder: Path, a: argparse.Namespace) -> int:
              num_attention_heads=a.vit_heads, intermediate_size=4 * a.vit_hidden)
     llm = cfg["llm_config"]
     llm.update(hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
-               num_key_value_heads=a.kv_heads, intermediate_size=a.intermediate, vocab_size=1024,
+               num_key_value_heads=a.kv_heads, intermediate_size=a.intermediate, vocab_size=vocab,
                max_position_embeddings=32768)
     cfg["hidden_size"] = a.hidden
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -76,8 +105,8 @@ def write_checkpoint(folder: Path, a: argparse.Namespace) -> int:
     w |= {"mlp1.0.weight": r(4 * c, base=1), "mlp1.0.bias": r(4 * c), "mlp1.1.weight": r(a.hidden, 4 * c),
           "mlp1.1.bias": r(a.hidden), "mlp1.3.weight": r(a.hidden, a.hidden), "mlp1.3.bias": r(a.hidden)}
     lm = "language_model.model."
-    w |= {lm + "tok_embeddings.weight": r(1024, a.hidden), lm + "norm.weight": r(a.hidden, base=1),
-          "language_model.output.weight": r(1024, a.hidden, scale=0.08)}
+    w |= {lm + "tok_embeddings.weight": r(vocab, a.hidden), lm + "norm.weight": r(a.hidden, base=1),
+          "language_model.output.weight": r(vocab, a.hidden, scale=0.08)}
     for i in range(a.layers):
         p = f"{lm}layers.{i}."
         w |= {p + "attention.wqkv.weight": r((a.heads + 2 * a.kv_heads) * d, a.hidden),
@@ -87,14 +116,15 @@ def write_checkpoint(folder: Path, a: argparse.Namespace) -> int:
               p + "feed_forward.w2.weight": r(a.hidden, a.intermediate),
               p + "attention_norm.weight": r(a.hidden, base=1), p + "ffn_norm.weight": r(a.hidden, base=1)}
     save_file(w, str(folder / "model.safetensors"))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(KIT_MODEL / name, folder / name)
     return sum(t.numel() for t in w.values())
 
 
+SUBJECTS = ["a harbour at dawn", "a red bicycle", "two cats on a sofa", "a mountain lake",
+            "a busy market", "an old library", "a snowy street", "a bowl of fruit"]
+
+
 def make_requests(n: int, new_tokens: int, image_size: int = 448) -> list[ChatRequest]:
-    subjects = ["a harbour at dawn", "a red bicycle", "two cats on a sofa", "a mountain lake",
-                "a busy market", "an old library", "a snowy street", "a bowl of fruit"]
+    subjects = SUBJECTS
     g = torch.Generator().manual_seed(1)
     return [ChatRequest(f"Describe {subjects[i % len(subjects)]} in picture {i}.",
                         pixel_values=torch.randn(1, 3, image_size, image_size, generator=g),
@@ -115,6 +145,8 @@ def main() -> None:
     ap.add_argument("--vit-hidden", type=int, default=64)
     ap.add_argument("--vit-layers", type=int, default=2)
     ap.add_argument("--vit-heads", type=int, default=4)
+    ap.add_argument("--toy-tokenizer", action="store_true",
+                    help="the kit's byte-level toy tokenizer (about 3x longer prompts)")
     ap.add_argument("--repeat", type=int, default=3, help="alternating runs of both modes (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     a = ap.parse_args()
@@ -127,7 +159,7 @@ def main() -> None:
     prompt = engine.prepare(reqs[0]).prompt_tokens
     print(f"model: random InternViT(hidden {a.vit_hidden}, {a.vit_layers} layers) + "
           f"InternLM2(hidden {a.hidden}, {a.layers} layers, {a.heads}/{a.kv_heads} heads, "
-          f"ffn {a.intermediate}, vocab 1024); "
+          f"ffn {a.intermediate}, vocab {engine.info.vocab_size}); "
           f"{n_params / 1e6:.1f}M params, float32, {engine.info.attn_implementation}, "
           f"{torch.get_num_threads()} threads")
     print(f"requests: {a.requests} x (1 tile {a.image_size}px = {engine.info.num_image_token} image tokens, "
