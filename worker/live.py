@@ -7,7 +7,8 @@ which would otherwise just block on the future, does the I/O in :meth:`JobWatch.
 
 - every ~0.1 s: new text goes out as a ``token`` event (Redis pub/sub, :mod:`jobs.live`);
 - every ``PARTIAL_INTERVAL`` (0.5 s): ``partial_text`` is written through
-  ``JobService.set_partial_text`` (one short UPDATE) when it changed;
+  ``JobService.set_partial_text`` (one short UPDATE) when it changed (the first time as soon as
+  there is text; not at the end of a round, which the job's record replaces at once);
 - every ``CANCEL_INTERVAL`` (0.5 s): ``JobService.is_cancel_requested`` is polled; a requested
   cancel (or a job that stopped being ``running`` under us) raises the flag that
   ``should_cancel`` returns, and the engine drops the row at its next step.
@@ -30,7 +31,7 @@ from jobs.service import JobService
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-StopReason = Literal["cancel", "timeout", "gone", "shutdown"]
+StopReason = Literal["cancel", "timeout", "gone"]
 
 TICK = 0.1
 PARTIAL_INTERVAL = 0.5
@@ -49,7 +50,7 @@ class JobWatch:
     """One job's live state; shared by its task thread and (through the callbacks) the engine."""
 
     def __init__(self, job_id: str, jobs: JobService, live: LivePublisher | None, *, deadline: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 poll_now: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.job_id = job_id
         self.jobs = jobs
         self.live = live
@@ -63,7 +64,10 @@ class JobWatch:
         self._published = 0  # length of _text already sent as token events
         self._stored = ""  # partial_text last written to the database
         self._next_partial = 0.0
-        self._next_cancel = 0.0
+        # The claim just saw the job running without a cancel (a cancel of a queued job cancels
+        # it at once), so the first look is due after one interval — unless this delivery took
+        # over an earlier attempt, during which a cancel may have been requested.
+        self._next_cancel = 0.0 if poll_now else clock() + CANCEL_INTERVAL
 
     # --- engine-thread callbacks (memory only) ------------------------------------------------
     def on_token(self, delta: str) -> None:
@@ -86,7 +90,7 @@ class JobWatch:
         return self._stop.is_set()
 
     def new_round(self, index: int) -> None:
-        self.flush(final=True)
+        self.flush(store=False)
         with self._lock:
             self._round, self._text, self._published = index, "", 0
 
@@ -107,7 +111,9 @@ class JobWatch:
                 self._poll(self.clock())
                 self.should_cancel()
                 continue
-            self.flush(final=True)
+            # The round's last tokens go to live listeners; the database is not written: the
+            # record of the job (or the next round) replaces partial_text right away.
+            self.flush(store=False)
             return result
 
     def wait_all(self, futures: list[Future[T]]) -> list[T]:
@@ -123,14 +129,16 @@ class JobWatch:
         except Exception as exc:  # a database hiccup: keep generating, look again later
             log.warning("cancel check for %s failed: %s", self.job_id, exc)
 
-    def flush(self, *, final: bool = False) -> None:
+    def flush(self, *, store: bool = True) -> None:
+        """Publish new text as token events; store ``partial_text`` when it changed and the
+        last write is ``PARTIAL_INTERVAL`` old (and ``store``)."""
         with self._lock:
             text, round_index, sent = self._text, self._round, self._published
             self._published = len(text)
         if self.live is not None and len(text) > sent:
             self.live.tokens(self.job_id, round_index, sent, text[sent:], text)
         now = self.clock()
-        if text != self._stored and (final or now >= self._next_partial):
+        if store and text != self._stored and now >= self._next_partial:
             self._next_partial = now + PARTIAL_INTERVAL
             self._stored = text
             try:

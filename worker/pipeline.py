@@ -74,7 +74,8 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
         return "skipped"
     if rt.live is not None:
         rt.live.status(job_id, "running")
-    watch = JobWatch(job_id, rt.jobs, rt.live, deadline=time.monotonic() + rt.settings.job_soft_time_limit)
+    watch = JobWatch(job_id, rt.jobs, rt.live, deadline=time.monotonic() + rt.settings.job_soft_time_limit,
+                     poll_now=redelivered)
     started = time.monotonic()
     try:
         outcome, items, prepare_seconds = _run(rt, claimed, watch)
@@ -187,12 +188,20 @@ def _stopped(rt: Runtime, claimed: ClaimedJob, reason: StopReason) -> str:
         return _record_failure(rt, claimed, "timeout",
                                f"the job ran past its time limit of {rt.settings.job_soft_time_limit} s",
                                retryable=False)
-    if reason == "cancel" and rt.jobs.mark_canceled(job_id, attempt=claimed.attempt):
+    # ``is_cancel_requested`` is also true when the job stopped being ``running`` under us (the
+    # sweeper requeued or failed it): only a cancel the client asked for is recorded as canceled.
+    if reason == "cancel" and _cancel_was_requested(rt, claimed) and \
+            rt.jobs.mark_canceled(job_id, attempt=claimed.attempt):
         log.info("job %s canceled", job_id)
         _done(rt, job_id, "canceled")
         return "canceled"
     log.info("job %s stopped (%s); nothing recorded", job_id, reason)
     return "stopped"
+
+
+def _cancel_was_requested(rt: Runtime, claimed: ClaimedJob) -> bool:
+    job = rt.jobs.get(claimed.tenant_id, claimed.job_id)
+    return job.status == "running" and bool(job.cancel_requested) and job.attempts == claimed.attempt
 
 
 def _failed(rt: Runtime, claimed: ClaimedJob, exc: BaseException, retries: int) -> str:

@@ -63,12 +63,14 @@ class Stack:
         return {**os.environ, **settings_env(s), **bucket_env, "PYTHONUNBUFFERED": "1"}
 
     def start_worker(self, *, queues: str = "gpu,io", beat: bool = False, wait: bool = True,
-                     **overrides: Any) -> Worker:
+                     concurrency: int | None = None, **overrides: Any) -> Worker:
         n = len(self.workers)
         log = self.tmp / f"worker-{n}.log"
         args = [sys.executable, "-m", "cli.main", "worker", "--queues", queues]
         if beat:
             args.append("--beat")
+        if concurrency:
+            args += ["--concurrency", str(concurrency)]
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, cwd=ROOT, env=self.worker_env(**overrides), stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -154,11 +156,11 @@ class Stack:
         return self.put(path.name, path.read_bytes())
 
 
-def build_stack(tmp: Path, **settings_overrides: Any) -> Stack:
-    """A migrated database, a fresh Redis database, the S3 bucket, a tenant and the API server.
-    Workers are started by the tests (``stack.start_worker()``)."""
+def build_stack(tmp: Path, *, redis_url: str | None = None, **settings_overrides: Any) -> Stack:
+    """A migrated database, a fresh Redis database (or ``redis_url``), the S3 bucket, a tenant
+    and the API server. Workers are started by the tests (``stack.start_worker()``)."""
     pg = services.create_database()
-    redis_url = services.redis_url()
+    redis_url = redis_url or services.redis_url()
     bucket = services.create_bucket()
     os.environ.update(bucket.env())  # the API (this process) reads S3 manifests with boto3
     values: dict[str, Any] = {
@@ -190,6 +192,39 @@ def build_local_stack(tmp: Path, **settings_overrides: Any) -> Stack:
     server = helpers.start_server(settings)
     _register_events(server.app)
     return Stack(settings, None, server, key.api_key, key.tenant_id, tmp, None)
+
+
+@contextmanager
+def private_redis(tmp: Path) -> Iterator[str]:
+    """A redis-server of our own on a free port (benchmarks: no other test session can flush or
+    drain its queues meanwhile, as can happen on the shared server's numbered databases)."""
+    import shutil
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server not found")
+    port = helpers.free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _register_events(app: Any) -> None:

@@ -1,0 +1,172 @@
+"""What the job service adds to a model call: end-to-end latency of a job whose model work is
+(almost) nothing, next to a bare Celery task round trip on the same Redis.
+
+    python bench/bench_worker_overhead.py [--n 100]
+
+Three measurements, each ``--n`` times, one at a time (latency, not throughput), on a
+redis-server of the benchmark's own:
+
+1. **raw Celery**: ``echo.apply_async().get()`` on a threads-pool Celery worker process
+   (Redis broker and result backend): the floor any Celery-based service starts from.
+2. **captionq job**: ``POST /v1/jobs`` (text only, ``max_new_tokens`` 1, the tiny InternLM2
+   checkpoint on CPU), then ``GET /v1/jobs/{id}/events`` until the ``done`` event — through
+   the real API (uvicorn in this process), PostgreSQL, the outbox, Redis, one
+   ``captionq worker --queues gpu,io`` process (claim, tokenise, the batcher, one forward pass,
+   record) and the live-event path back. Also the server-side ``finished_at - created_at``.
+3. **engine alone**: the same request through ``Engine.chat`` in this process — the part of (2)
+   that is model work, so (2) - (3) is the service's overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from celery import Celery  # noqa: E402
+
+RAW_QUEUE = "bench_echo"
+
+
+def make_raw_app(redis_url: str) -> Celery:
+    app = Celery("bench_raw", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
+                    task_acks_late=True, worker_prefetch_multiplier=1, worker_hijack_root_logger=False,
+                    broker_connection_retry_on_startup=True)
+
+    @app.task(name="bench.echo", queue=RAW_QUEUE)
+    def echo(x: int) -> int:
+        return x
+
+    return app
+
+
+# For the worker subprocess: ``celery -A bench.bench_worker_overhead:raw_app worker``.
+raw_app = make_raw_app(os.environ["BENCH_REDIS_URL"]) if os.environ.get("BENCH_REDIS_URL") else None
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+def summary(name: str, xs: list[float]) -> str:
+    return (f"{name:<34} p50 {1000 * statistics.median(xs):7.1f} ms   p99 {1000 * pct(xs, 99):7.1f} ms   "
+            f"mean {1000 * statistics.fmean(xs):7.1f} ms   (n={len(xs)})")
+
+
+def bench_raw(n: int, url: str) -> list[float]:
+    env = {**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
+    log = open(Path(tempfile.gettempdir()) / "bench-raw-celery.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench.bench_worker_overhead:raw_app", "worker",
+         "-P", "threads", "-c", "4", "-Q", RAW_QUEUE, "--without-mingle", "--without-gossip", "-l", "INFO"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    app = make_raw_app(url)
+    echo = app.tasks["bench.echo"]
+    try:
+        echo.apply_async((0,)).get(timeout=120)  # worker up
+        for i in range(5):
+            echo.apply_async((i,)).get(timeout=10)
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            assert echo.apply_async((i,)).get(timeout=10) == i
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        app.close()
+
+
+def sse_until_done(client: Any, job_id: str) -> dict[str, Any]:
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as r:
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "done":
+                return json.loads(line[6:])  # type: ignore[no-any-return]
+    raise RuntimeError("stream ended without done")
+
+
+def bench_jobs(n: int, url: str, batch_wait_ms: int | None) -> tuple[list[float], list[float]]:
+    from tests.worker.stack import build_stack, destroy_stack
+
+    body = {"prompts": ["Hi"], "generation": {"max_new_tokens": 1}}
+    extra = {} if batch_wait_ms is None else {"batch_wait_ms": batch_wait_ms}
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = build_stack(Path(tmp), redis_url=url, **extra)
+        try:
+            stack.start_worker(queues="gpu,io")
+            client_side, server_side = [], []
+            with stack.client() as c:
+                for i in range(n + 5):
+                    t0 = time.perf_counter()
+                    r = c.post("/v1/jobs", json=body)
+                    assert r.status_code == 202, r.text
+                    job = sse_until_done(c, r.json()["id"])
+                    dt = time.perf_counter() - t0
+                    assert job["status"] == "succeeded", job
+                    if i < 5:
+                        continue  # warm-up
+                    client_side.append(dt)
+                    server_side.append((datetime.fromisoformat(job["finished_at"])
+                                        - datetime.fromisoformat(job["created_at"])).total_seconds())
+            return client_side, server_side
+        finally:
+            destroy_stack(stack)
+
+
+def bench_engine(n: int) -> list[float]:
+    from models.engine import Engine, GenerationParams
+
+    engine = Engine.load(ROOT / "tests" / "data" / "conformance" / "models" / "internvl2-internlm2",
+                         device="cpu", dtype="float32")
+    params = GenerationParams(max_new_tokens=1)
+    for _ in range(5):
+        engine.chat("Hi", params=params)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        engine.chat("Hi", params=params)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--batch-wait-ms", type=int, default=None,
+                    help="CAPTIONQ_BATCH_WAIT_MS for the worker (default: the setting's default, 20): "
+                         "how long the batcher waits for company before running a lone request")
+    a = ap.parse_args()
+    from tests.worker.stack import private_redis
+
+    with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp)) as url:
+        raw = bench_raw(a.n, url)
+        print(summary("raw Celery round trip", raw), flush=True)
+        client_side, server_side = bench_jobs(a.n, url, a.batch_wait_ms)
+    print(summary("captionq job (POST -> SSE done)", client_side), flush=True)
+    print(summary("captionq job (created -> finished)", server_side), flush=True)
+    engine = bench_engine(a.n)
+    print(summary("engine alone (Engine.chat)", engine), flush=True)
+    model = statistics.median(engine)
+    print(f"service overhead at p50: {1000 * (statistics.median(client_side) - model):.1f} ms end to end, "
+          f"{1000 * (statistics.median(server_side) - model):.1f} ms server-side")
+
+
+if __name__ == "__main__":
+    main()
