@@ -101,3 +101,17 @@ def test_soft_time_limit_fails_timeout(stack: Stack) -> None:
         assert done["output"] is None and done["attempts"] == 1
     finally:
         stack.stop_worker(w)
+
+
+def test_io_worker_runs_the_scheduler_without_a_model(stack: Stack) -> None:
+    w = stack.start_worker(queues="io", beat=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "captionq.sweep" not in w.text().split("ready.", 1)[-1] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = w.text()
+        assert "scheduler running: sweep every 1.0 s" in log
+        assert "Task captionq.sweep[" in log.split("ready.", 1)[1]
+        assert "gpu worker serving" not in log and "models.engine" not in log  # no model in an io worker
+    finally:
+        assert stack.stop_worker(w) == 0
