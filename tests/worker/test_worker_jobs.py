@@ -295,3 +295,66 @@ def test_duplicate_message_for_a_finished_job_changes_nothing(stack: Stack) -> N
     assert stack.logs(10**7).count(mark) == 2  # both deliveries ran …
     assert stack.logs(10**7).rsplit(mark, 1)[1].split("\n", 1)[0].endswith("'skipped'")
     assert stack.get(done["id"]) == done  # … and the second one changed nothing
+
+
+# --- transient media errors: retried inside the attempt, then by a Celery retry --------------------
+class FlakyServer:
+    """An http server on loopback that answers 503 to the first ``failures`` requests."""
+
+    def __init__(self, body: bytes, failures: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                if outer.requests <= failures:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/img.png"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_transient_fetch_errors_are_retried_then_succeed(stack: Stack, golden: dict[str, Any]) -> None:
+    # 4 = the first attempt's download and its 3 quick retries (storage's own backoff): the
+    # attempt gives up with a transient error, Celery delivers the job again after a backoff.
+    srv = FlakyServer((KIT / "images" / "img04_448x448.png").read_bytes(), failures=4)
+    try:
+        job = stack.submit({"media": [image(srv.url)], "prompts": ["Please describe the image shortly."],
+                            "generation": GREEDY16})
+        done = stack.wait(job["id"], timeout=90)
+    finally:
+        srv.close()
+    assert done["status"] == "succeeded", (done, stack.logs())
+    assert done["attempts"] == 2 and srv.requests == 5
+    assert done["output"]["text"] == golden["E1_chat_one_tile_two_rounds"]["rounds"][0]["response"]
+
+
+def test_transient_fetch_errors_fail_after_the_last_attempt(stack: Stack) -> None:
+    srv = FlakyServer(b"", failures=10**6)
+    try:
+        job = stack.submit({"media": [image(srv.url)], "generation": GREEDY16})
+        done = stack.wait(job["id"], timeout=120)
+    finally:
+        srv.close()
+    assert done["status"] == "failed", (done, stack.logs())
+    assert done["attempts"] == stack.settings.max_attempts == 3
+    assert done["error"]["code"] == "transient" and done["error"]["retryable"] is True
