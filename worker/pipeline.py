@@ -97,7 +97,7 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
 
 def _run(rt: Runtime, claimed: ClaimedJob, watch: JobWatch) -> tuple[JobOutcome, list[PreparedItem], float]:
     req = claimed.request
-    watch.check()  # canceled between claim and now?
+    watch.check()  # a takeover looks for a cancel requested during the earlier attempt
     t0 = time.monotonic()
     items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
     prepare_seconds = time.monotonic() - t0
