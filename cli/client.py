@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,4 +164,4 @@ def cancel(
     _print(Api(api_url, api_key).request("POST", f"/v1/{_kind(resource_id)}/{resource_id}/cancel"))
 
 
-COMMANDS = {"submit": submit, "status": status, "wait": wait, "results": results, "cancel": cancel}
+COMMANDS: dict[str, Callable[..., None]] = {"submit": submit, "status": status, "wait": wait, "results": results, "cancel": cancel}

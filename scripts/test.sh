@@ -11,4 +11,5 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[dev]"
 bash scripts/services.sh
 ruff check .
+mypy
 python -m pytest -q -p no:cacheprovider "$@"
