@@ -248,9 +248,12 @@ class JobService:
 
     def _mark_canceled(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
                        attempt: int | None) -> bool:
+        # Only a job this worker still runs and whose cancel the client asked for: a job the
+        # sweeper requeued under a slow worker must not be canceled by that worker.
         applied = tx.apply(session, job_id, CANCEL, lambda seen: {
             "finished_at": now, "partial_text": None, "metrics": timing(seen, now),
-        }, expected_attempt=attempt)
+        }, expected_attempt=attempt,
+            extra_where=(Job.status == JobStatus.RUNNING.value, Job.cancel_requested.is_(True)))
         if applied is None:
             return False
         tx.after(session, applied, now, effects)

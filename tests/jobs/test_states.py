@@ -41,7 +41,9 @@ def test_transition_table():
 def test_repeated_and_out_of_order_transitions_are_noops(svc, tenant, make_request):
     job = _job(svc, tenant, make_request)
     assert svc.succeed(job.id, {"text": "early"}) is False  # not running yet
-    assert svc.mark_canceled(job.id) is True  # queued → canceled
+    # The worker's cancel record needs a job it runs whose cancel was asked for.
+    assert svc.mark_canceled(job.id) is False
+    assert svc.cancel(tenant, job.id).status == "canceled"  # a client's cancel of a queued job
     assert svc.start(job.id) is None and svc.mark_canceled(job.id) is False
     assert _row(svc, job.id).status == "canceled"
     job = _job(svc, tenant, make_request)
@@ -203,3 +205,17 @@ def test_webhook_messages_written_with_the_transition(svc, tenant, make_request)
     assert msgs[0].payload["status"] == "running" and msgs[1].payload["status"] == "succeeded"
     assert msgs[1].payload["output"] == {"text": "hi"} and msgs[1].payload["id"] == job.id
     assert pending == 0  # published after commit, then deleted
+
+
+def test_a_requeued_job_is_not_canceled_by_its_old_worker(svc, tenant, make_request):
+    job = _job(svc, tenant, make_request)
+    claimed = svc.start(job.id)
+    assert claimed is not None
+    assert svc.requeue(job.id, attempt=claimed.attempt) is True  # the sweeper took it back
+    assert svc.mark_canceled(job.id, attempt=claimed.attempt) is False
+    assert _row(svc, job.id).status == "queued"
+    again = svc.start(job.id)
+    assert again is not None and again.attempt == claimed.attempt + 1
+    assert svc.mark_canceled(job.id, attempt=again.attempt) is False  # no cancel was asked for
+    svc.cancel(tenant, job.id)
+    assert svc.mark_canceled(job.id, attempt=again.attempt) is True
