@@ -4,7 +4,6 @@ subprocess and the API (uvicorn) in a thread, both on the test PostgreSQL and Re
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from typing import IO, Any
 import httpx
 
 from core.settings import Settings
+from tests.api import helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,12 +80,6 @@ def start_worker(settings: Settings, log_path: Path, *, queues: str = "io", beat
     raise RuntimeError(f"worker not ready after {timeout} s:\n{w.log()[-3000:]}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class ApiServer:
     base_url: str
@@ -102,29 +96,6 @@ class ApiServer:
 
 
 def start_api(settings: Settings) -> ApiServer:
-    """The real app from ``api.app.create_app``, plus this package's router if the app does not
-    register it yet."""
-    import uvicorn
-
-    from api.app import create_app
-    from api.routes import webhook_deliveries
-
-    app = create_app(settings)
-    paths = {getattr(r, "path", None) for r in app.routes}
-    if "/v1/webhook-deliveries/{message_id}/redeliver" not in paths:
-        app.include_router(webhook_deliveries.router)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return ApiServer(base, server, thread)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("API server did not start")
+    """The real app from ``api.app.create_app`` on a free loopback port."""
+    live = helpers.start_server(settings)
+    return ApiServer(live.base_url, live.server, live.thread)

@@ -173,7 +173,6 @@ def build_stack(tmp: Path, *, redis_url: str | None = None, **settings_overrides
     settings = helpers.migrated(Settings(**values))
     key = helpers.new_tenant(settings, f"worker-tests-{os.getpid()}-{time.monotonic_ns()}")
     server = helpers.start_server(settings)
-    _register_events(server.app)
     return Stack(settings, bucket, server, key.api_key, key.tenant_id, tmp, pg)
 
 
@@ -190,7 +189,6 @@ def build_local_stack(tmp: Path, **settings_overrides: Any) -> Stack:
     assert settings.events_redis_url is None and settings.uses_local_broker
     key = helpers.new_tenant(settings, f"worker-local-{os.getpid()}")
     server = helpers.start_server(settings)
-    _register_events(server.app)
     return Stack(settings, None, server, key.api_key, key.tenant_id, tmp, None)
 
 
@@ -225,15 +223,6 @@ def private_redis(tmp: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _register_events(app: Any) -> None:
-    """The SSE route, unless the app already registers it."""
-    from api.routes.events import router
-
-    paths = {getattr(r, "path", None) for r in app.router.routes}
-    if "/v1/jobs/{job_id}/events" not in paths:
-        app.include_router(router)
 
 
 def destroy_stack(stack: Stack) -> None:
