@@ -106,22 +106,29 @@ def _status(job: Any) -> bytes:
     return sse("status", {"id": job.id, "status": job.status})
 
 
+def _changes(job: Any, last_status: str | None) -> list[bytes]:
+    """What a fresh look at the job adds to the stream: a ``status`` event when its status is
+    not ``last_status`` (None: the first look), and ``done`` when it is terminal."""
+    events = [] if job.status == last_status else [_status(job)]
+    if job.status in TERMINAL:
+        events.append(sse("done", job_to_dict(job)))
+    return events
+
+
 def _token(delta: str, round_index: int) -> bytes:
     return sse("token", {"text": delta, "round": round_index})
 
 
 async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job_id: str) -> AsyncIterator[bytes]:
     job = await _job(ctx, tenant_id, job_id)
-    status = job.status
-    yield _status(job)
+    status: str | None = None
     text = TextTracker()
     last_sent = time.monotonic()
     while True:
-        if job.status != status:
-            status = job.status
-            yield _status(job)
+        for change in _changes(job, status):
+            yield change
+        status = job.status
         if job.status in TERMINAL:
-            yield sse("done", job_to_dict(job))
             return
         if job.status == "running" and job.partial_text:
             delta = text.from_full(job.partial_text)
@@ -162,10 +169,10 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job_i
                 yield chunk
             return
         job = await _job(ctx, tenant_id, job_id)
+        for change in _changes(job, None):
+            yield change
         status = job.status
-        yield _status(job)
         if job.status in TERMINAL:
-            yield sse("done", job_to_dict(job))
             return
         text = TextTracker()
         if raw_text and job.status == "running":
@@ -198,11 +205,10 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job_i
             if check_db:
                 next_poll = time.monotonic() + DB_POLL_REDIS
                 job = await _job(ctx, tenant_id, job_id)
-                if job.status != status:
-                    status = job.status
-                    yield _status(job)
+                for change in _changes(job, status):
+                    yield change
+                status = job.status
                 if job.status in TERMINAL:
-                    yield sse("done", job_to_dict(job))
                     return
             if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
                 yield b": keep-alive\n\n"
