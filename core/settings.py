@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     # Context the API checks prompts against before the worker loads anything.
     max_context_tokens: int = 32768
     torch_threads: int | None = None
-    # Cross-job batching.
+    # Cross-job batching. A request reaching an idle engine starts at once; requests arriving
+    # while a batch runs form the next batch. ``batch_wait_ms`` applies only under load (requests
+    # were already waiting when the last batch ended): the engine then waits up to that long for
+    # more companions before running fewer than ``batch_max_requests``. A lone job never waits.
     batch_max_requests: int = 16
     batch_max_tokens: int = 32768
     batch_wait_ms: int = 20

@@ -14,10 +14,14 @@ time. The engine thread then repeatedly takes what is pending, in arrival order,
 - only requests with the same ``engine.batch_key`` (see Engine: requests whose rope could depend
   on a neighbour run alone). Per-row sampling settings, stops and seeds *can* share a batch:
   the generation loop applies them row by row, so nothing else needs to match;
-- when the queue holds fewer than ``max_requests``, it waits up to ``wait_ms`` for more.
+- a request that reaches an **idle** engine starts at once, alone: it never waits for company.
+  Requests arriving while a batch runs queue up and form the next batch together. Only under
+  load — requests were already waiting when the previous batch ended — and with ``wait_ms`` > 0
+  does the engine wait up to ``wait_ms`` for more before running fewer than ``max_requests``
+  (task threads whose jobs just finished are about to submit their next ones).
 
-Requests arriving while a batch runs join the next one. An :class:`OutOfMemory` on a batch
-splits it in halves and retries each half (down to single requests) instead of failing all.
+An :class:`OutOfMemory` on a batch splits it in halves and retries each half (down to single
+requests) instead of failing all.
 A request whose ``should_cancel()`` is already true when its batch forms, or whose future was
 cancelled, is completed without model work (finish_reason ``canceled``).
 """
@@ -112,11 +116,15 @@ class Batcher:
 
     def _take_batch(self) -> list[_Item] | None:
         with self._cond:
+            # Requests already waiting when the engine comes back for work arrived while the last
+            # batch ran: that is load, and a short wait may fill the batch. An idle engine (it had
+            # to wait for this request) runs it at once: waiting would only add latency.
+            under_load = bool(self._pending)
             while not self._pending and not self._closed:
                 self._cond.wait()
             if not self._pending:
                 return None  # closed and drained
-            deadline = time.monotonic() + self.wait_s
+            deadline = time.monotonic() + (self.wait_s if under_load else 0.0)
             while len(self._pending) < self.max_requests and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -144,3 +145,71 @@ def test_close_fails_pending_and_later_submits(engine: Engine) -> None:
     batcher.close()
     assert isinstance(pending.exception(timeout=5), EngineError)
     assert isinstance(batcher.submit(_reqs(1)[0]).exception(timeout=5), EngineError)
+
+
+class _Gated(_Recording):
+    """The real engine whose first batch holds until ``release`` is set, recording when each
+    batch started: requests submitted meanwhile arrive while a batch runs."""
+
+    started: list[float]
+    running: threading.Event
+    release: threading.Event
+
+    def generate_batch(self, requests: Sequence[ChatRequest | Prepared]) -> list[ChatResult]:
+        self.started.append(time.monotonic())
+        if len(self.started) == 1:
+            self.running.set()
+            assert self.release.wait(60)
+        return super().generate_batch(requests)
+
+
+def _gated(engine: Engine) -> _Gated:
+    rec = _recording(engine)
+    rec.__class__ = _Gated
+    assert isinstance(rec, _Gated)
+    rec.started, rec.running, rec.release = [], threading.Event(), threading.Event()
+    return rec
+
+
+def test_lone_request_on_idle_engine_does_not_wait(engine: Engine) -> None:
+    # wait_ms is far longer than the test may take: a lone request must not wait for company.
+    rec = _gated(engine)
+    rec.release.set()
+    with Batcher(rec, max_requests=16, wait_ms=60_000) as batcher:
+        for req in _reqs(3):  # one after another, each reaching an idle engine
+            submitted = time.monotonic()
+            assert batcher.submit(req).result(timeout=30).output_tokens > 0
+            assert rec.started[-1] - submitted < 5.0
+    assert rec.sizes == [1, 1, 1]
+
+
+def test_requests_arriving_during_a_batch_join_the_next_one(engine: Engine) -> None:
+    reqs = _reqs(4)
+    expected = [engine.generate_batch([r])[0].output_ids for r in reqs]
+    rec = _gated(engine)
+    with Batcher(rec, max_requests=16, wait_ms=0) as batcher:
+        first = batcher.submit(reqs[0])
+        assert rec.running.wait(30)  # the idle engine took it alone, at once
+        rest = [batcher.submit(r) for r in reqs[1:]]  # arrive while that batch runs
+        rec.release.set()
+        results = [f.result(timeout=60) for f in [first, *rest]]
+    assert rec.sizes == [1, 3]
+    assert [r.output_ids for r in results] == expected
+
+
+def test_under_load_wait_fills_the_next_batch(engine: Engine) -> None:
+    # Requests were waiting when the running batch ended: the engine waits (up to wait_ms) for
+    # more, and stops waiting as soon as the batch is full.
+    reqs = _reqs(4)
+    rec = _gated(engine)
+    with Batcher(rec, max_requests=3, wait_ms=60_000) as batcher:
+        first = batcher.submit(reqs[0])
+        assert rec.running.wait(30)
+        waiting = [batcher.submit(r) for r in reqs[1:3]]
+        rec.release.set()
+        first.result(timeout=60)
+        time.sleep(0.3)  # the engine is now waiting for a third companion
+        assert len(rec.sizes) == 1
+        late = batcher.submit(reqs[3])
+        assert all(f.result(timeout=30).output_tokens > 0 for f in [*waiting, late])
+    assert rec.sizes == [1, 3]
