@@ -8,7 +8,8 @@ ARG EXTRAS=""
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/models/hf \
-    CAPTIONQ_DATA_DIR=/var/lib/captionq
+    CAPTIONQ_DATA_DIR=/var/lib/captionq \
+    NUMBA_CACHE_DIR=/var/lib/captionq/numba-cache
 
 RUN if ! command -v python3 >/dev/null; then \
       apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv && \

@@ -34,7 +34,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models import pil_resize
+from models import pil_resize, tile_resize
 from models.errors import InvalidInput, MediaTooLarge, MediaUnreadable, UnsupportedMedia
 
 __all__ = [
@@ -268,17 +268,33 @@ def tiles_u8(img: Image.Image, *, min_num: int = 1, max_num: int = 12, image_siz
     grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
                      image_size=image_size, use_thumbnail=use_thumbnail)
     s = image_size
-    big = _rgb_array_resized(img, grid.resized_wh, workers)
+    if tile_resize.available():
+        src = _rgb_array(img)
+        n = pil_resize.default_workers() if workers is None else max(1, workers)
+        big = tile_resize.resize_u8(src, grid.resized_wh, n)
+        thumb = tile_resize.resize_u8(src, (s, s), n) if grid.has_thumbnail else None
+    else:
+        big = _rgb_array_resized(img, grid.resized_wh, workers)
+        thumb = _rgb_array(_resize(img, (s, s))) if grid.has_thumbnail else None
     out = np.empty((grid.num_tiles, s, s, 3), np.uint8)
     out[: grid.blocks] = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2).reshape(-1, s, s, 3)
-    if grid.has_thumbnail:
-        out[grid.blocks] = _rgb_array(_resize(img, (s, s)))
+    if thumb is not None:
+        out[grid.blocks] = thumb
     return out, grid
 
 
 @lru_cache(maxsize=8)
 def _constants(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mean, np.float32).reshape(3, 1, 1), np.asarray(std, np.float32).reshape(3, 1, 1)
+
+
+@lru_cache(maxsize=8)
+def _lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 [3, 256]: the normalised value of every byte per channel, computed with exactly
+    the operations of :func:`_normalise_into` (so a lookup equals the arithmetic bit for bit)."""
+    out = np.empty((1, 3, 1, 256), np.float32)
+    _normalise_into(out, np.arange(256, dtype=np.uint8).reshape(1, 1, 256, 1).repeat(3, axis=3), mean, std)
+    return out.reshape(3, 256)
 
 
 def _normalise_into(dst: np.ndarray, hwc: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
@@ -320,6 +336,50 @@ class PreprocessedImage:
     has_thumbnail: bool
 
 
+def _pixel_values_compiled(img: Image.Image, grid: TileGrid, workers: int) -> np.ndarray:
+    # models.tile_resize: Pillow's resize on compiled loops whose last pass writes normalised
+    # tiles directly; the thumbnail (independent, small) overlaps on the pool.
+    s, src, lut = grid.image_size, _rgb_array(img), _lut(IMAGENET_MEAN, IMAGENET_STD)
+    out = np.empty((grid.num_tiles, 3, s, s), np.float32)
+    wait_thumbnail = None
+    if grid.has_thumbnail:
+        thumb = out[grid.blocks:]
+        wait_thumbnail = pil_resize.in_background(
+            lambda: tile_resize.resize_into_tiles(src, (s, s), thumb, 1, lut, 1), workers)
+    tile_resize.resize_into_tiles(src, grid.resized_wh, out[: grid.blocks], grid.cols, lut, workers)
+    if wait_thumbnail is not None:
+        wait_thumbnail()
+    return out
+
+
+def _pixel_values(img: Image.Image, grid: TileGrid, workers: int | None) -> np.ndarray:
+    """float32 ``[num_tiles, 3, S, S]`` for an RGB image and its grid (the card's transform)."""
+    n = pil_resize.default_workers() if workers is None else max(1, workers)
+    if tile_resize.available():
+        return _pixel_values_compiled(img, grid, n)
+    s = grid.image_size
+    out = np.empty((grid.num_tiles, 3, s, s), np.float32)
+    wait_thumbnail = None
+    if grid.has_thumbnail:  # small, independent of the big resize: overlap it on the pool
+        def thumbnail() -> None:
+            _normalise_into(out[grid.blocks], _rgb_array(_resize(img, (s, s), 1)))
+
+        wait_thumbnail = pil_resize.in_background(thumbnail, n)
+    big = _rgb_array_resized(img, grid.resized_wh, n)
+    # [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile views in row-major order, no copy.
+    grid_view = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2)
+    step = -(-grid.blocks // n)
+
+    def normalise(first: int) -> None:  # a run of tiles; numpy releases the GIL in these loops
+        for t in range(first, min(first + step, grid.blocks)):
+            _normalise_into(out[t], grid_view[t // grid.cols, t % grid.cols])
+
+    pil_resize.map_parallel(normalise, range(0, grid.blocks, step), n)
+    if wait_thumbnail is not None:
+        wait_thumbnail()
+    return out
+
+
 def load_image(data_or_img: bytes | bytearray | memoryview | Image.Image, max_num: int = 12, *,
                min_num: int = 1, image_size: int = IMAGE_SIZE, use_thumbnail: bool = True,
                workers: int | None = None) -> PreprocessedImage:
@@ -332,24 +392,5 @@ def load_image(data_or_img: bytes | bytearray | memoryview | Image.Image, max_nu
         img = to_rgb(data_or_img)
     grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
                      image_size=image_size, use_thumbnail=use_thumbnail)
-    s = image_size
-    out = np.empty((grid.num_tiles, 3, s, s), np.float32)
-    wait_thumbnail = None
-    if grid.has_thumbnail:  # small, independent of the big resize: overlap it on the pool
-        def thumbnail() -> None:
-            _normalise_into(out[grid.blocks], _rgb_array(_resize(img, (s, s), 1)))
-
-        wait_thumbnail = pil_resize.in_background(thumbnail, workers)
-    big = _rgb_array_resized(img, grid.resized_wh, workers)
-    # [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile views in row-major order, no copy.
-    grid_view = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2)
-    step = -(-grid.blocks // (pil_resize.default_workers() if workers is None else max(1, workers)))
-
-    def normalise(first: int) -> None:  # a run of tiles; numpy releases the GIL in these loops
-        for t in range(first, min(first + step, grid.blocks)):
-            _normalise_into(out[t], grid_view[t // grid.cols, t % grid.cols])
-
-    pil_resize.map_parallel(normalise, range(0, grid.blocks, step), workers)
-    if wait_thumbnail is not None:
-        wait_thumbnail()
+    out = _pixel_values(img, grid, workers)
     return PreprocessedImage(out, (grid.cols, grid.rows), grid.num_tiles, img.size, grid.has_thumbnail)
