@@ -11,17 +11,13 @@ Accepted forms:
 - ``https://`` / ``http://``: host required, no ``user:pass@``, port 1..65535, IPv4 in any
   ``inet_aton`` spelling normalised to dotted decimal, IPv6 without zone ids, IDNA names.
   Address policy from :mod:`storage.addresses`.
-- ``data:<image|video>/<subtype>[;param=value]*;base64,<payload>``: strict base64 (standard
-  alphabet, padded, no whitespace), decoded size computed from the length before anything is
-  decoded, declared type checked against the first bytes.
+- ``data:<image|video>/<subtype>;base64,...``: see :mod:`storage.data_urls`.
 - ``file:///abs/path`` (or ``file://localhost/...``): only when local files are allowed, no ``..``
   segment, and the real path (symlinks resolved) under ``media_root``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 from dataclasses import dataclass
@@ -31,20 +27,15 @@ from urllib.parse import unquote, urlsplit
 
 from storage.addresses import IPAddress, Resolver, check_host, parse_ip_host
 from storage.config import StorageConfig
-from storage.errors import MediaTooLarge, UnsupportedMedia, UrlNotAllowed
-from storage.sniff import Kind, mime_kind, sniff
+from storage.data_urls import DataUrl, parse_data_url
+from storage.errors import UrlNotAllowed
+from storage.sniff import Kind
+from storage.url_syntax import FORBIDDEN_CHARS, MAX_URL_CHARS, check_basic, scheme_of
 
-MAX_URL_CHARS = 8192  # for every scheme but data:
-_FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _BUCKET_BAD_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BUCKET_BAD_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
-_TOKEN = r"[a-z0-9!#$&^_.+-]+"
-_MIME = re.compile(rf"{_TOKEN}/{_TOKEN}")
-_PARAM = re.compile(rf"{_TOKEN}=[^;,]*")
-_B64_BODY = re.compile(r"[A-Za-z0-9+/]*")
-_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
 @dataclass(frozen=True)
@@ -66,19 +57,6 @@ class HttpUrl:
 
 
 @dataclass(frozen=True)
-class DataUrl:
-    url: str
-    mime: str
-    kind: Kind
-    size: int  # decoded bytes
-    payload_start: int  # index in ``url`` where the base64 text begins
-    scheme: Literal["data"] = "data"
-
-    def decode(self) -> bytes:
-        return base64.b64decode(self.url[self.payload_start :], validate=True)
-
-
-@dataclass(frozen=True)
 class FileUrl:
     url: str
     path: Path  # real path, under the media root
@@ -87,19 +65,6 @@ class FileUrl:
 
 MediaUrl = S3Url | HttpUrl | DataUrl | FileUrl
 ObjectUrl = S3Url | FileUrl
-
-
-def _scheme_of(url: str) -> str:
-    head, sep, _ = url.partition(":")
-    return head.lower() if sep and head.isascii() and head.replace("+", "").isalnum() else ""
-
-
-def _check_basic(url: object) -> str:
-    if not isinstance(url, str) or not url:
-        raise UrlNotAllowed("URL must be a non-empty string")
-    if url != url.strip():
-        raise UrlNotAllowed("URL has leading or trailing whitespace")
-    return url
 
 
 # --- s3:// -------------------------------------------------------------------------------------
@@ -120,8 +85,8 @@ def check_bucket_name(bucket: str) -> None:
 def parse_s3_url(url: str, config: StorageConfig, *, prefix: bool = False) -> S3Url:
     """``s3://bucket/key``. With ``prefix=True`` (output locations) the key may be empty or end
     with ``/``; otherwise a key naming one object is required."""
-    url = _check_basic(url)
-    if _scheme_of(url) != "s3" or not url[3:5] == "//":
+    url = check_basic(url)
+    if scheme_of(url) != "s3" or not url[3:5] == "//":
         raise UrlNotAllowed(f"not an s3:// URL: {url[:40]!r}")
     if len(url) > MAX_URL_CHARS:
         raise UrlNotAllowed(f"URL longer than {MAX_URL_CHARS} characters")
@@ -172,13 +137,13 @@ def parse_http_url(
     """An ``https://`` or ``http://`` URL for media or a webhook. Literal addresses and
     special names are checked here; with ``resolve=True`` the name's addresses are checked too
     (the connection is checked again anyway, see :mod:`storage.netguard`)."""
-    url = _check_basic(url)
-    scheme = _scheme_of(url)
+    url = check_basic(url)
+    scheme = scheme_of(url)
     if scheme not in ("http", "https"):
         raise UrlNotAllowed(f"expected an https:// or http:// URL, got scheme {scheme or '(none)'!r}")
     if len(url) > MAX_URL_CHARS:
         raise UrlNotAllowed(f"URL longer than {MAX_URL_CHARS} characters")
-    if _FORBIDDEN_CHARS.search(url):
+    if FORBIDDEN_CHARS.search(url):
         raise UrlNotAllowed("URL contains whitespace, control characters or backslashes")
     try:
         parts = urlsplit(url)
@@ -235,74 +200,11 @@ def _split_netloc(netloc: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
-# --- data: ---------------------------------------------------------------------------------------
-def parse_data_url(url: str, *, max_bytes: int, kind: Kind | None = None) -> DataUrl:
-    """A base64 ``data:`` URI of an image or video, at most ``max_bytes`` once decoded."""
-    url = _check_basic(url)
-    if _scheme_of(url) != "data":
-        raise UrlNotAllowed("not a data: URI")
-    comma = url.find(",", 5, 5 + 1024)  # the header is short; never scan the payload for it
-    if comma < 0:
-        raise UrlNotAllowed("malformed data: URI: no ',' after the media type")
-    params = [p.strip() for p in url[5:comma].split(";")]
-    mime = params[0].lower()
-    if not mime:
-        raise UrlNotAllowed("data: URI has no media type (expected e.g. data:image/png;base64,...)")
-    if params[-1].lower() != "base64" or len(params) < 2:
-        raise UrlNotAllowed("data: URIs must be base64-encoded (';base64,' missing)")
-    if not _MIME.fullmatch(mime):
-        raise UrlNotAllowed(f"malformed media type {mime!r} in data: URI")
-    for p in params[1:-1]:
-        if not _PARAM.fullmatch(p.lower()):
-            raise UrlNotAllowed(f"malformed parameter {p!r} in data: URI")
-    declared = mime_kind(mime)
-    if declared is None:
-        raise UnsupportedMedia(f"data: URI media type {mime!r} is not image/* or video/*")
-    if kind is not None and declared != kind:
-        raise UnsupportedMedia(f"item type is {kind!r} but the data: URI declares {mime!r}")
-    start = comma + 1
-    n = len(url) - start
-    if n == 0:
-        raise UrlNotAllowed("data: URI has an empty payload")
-    # Size from the length alone: every 4 characters are 3 bytes, less the padding.
-    padding = 2 if url.endswith("==") else 1 if url.endswith("=") else 0
-    if n % 4:
-        raise UrlNotAllowed("invalid base64 in data: URI: length is not a multiple of 4 (padding missing?)")
-    size = n // 4 * 3 - padding
-    if size > max_bytes:
-        raise MediaTooLarge(f"data: URI holds {size} bytes, more than the limit of {max_bytes}")
-    # Validate the alphabet in place (no copy, no decode).
-    m = _B64_BODY.match(url, start)
-    if m is None or m.end() != len(url) - padding:
-        bad = m.end() if m else start
-        raise UrlNotAllowed(
-            f"invalid base64 in data: URI at payload offset {bad - start}: {url[bad:bad + 1]!r} "
-            "(only A-Z a-z 0-9 + / and final '=' padding are allowed; no whitespace, no URL-safe alphabet)"
-        )
-    if padding:
-        last = _B64_ALPHABET.index(url[len(url) - padding - 1])
-        if last % (16 if padding == 2 else 4):
-            raise UrlNotAllowed("invalid base64 in data: URI: non-zero bits in the final padding")
-    head_chars = min(n, 88)
-    try:
-        head = base64.b64decode(url[start : start + head_chars], validate=True)
-    except binascii.Error as e:
-        raise UrlNotAllowed(f"invalid base64 in data: URI: {e}") from None
-    found = sniff(head)
-    if found.kind is None:
-        raise UnsupportedMedia(
-            f"data: URI bytes are not a recognised image or video format (declared {mime})"
-        )
-    if found.kind != declared:
-        raise UnsupportedMedia(f"data: URI declares {mime} but its bytes are {found.mime}")
-    return DataUrl(url=url, mime=mime, kind=declared, size=size, payload_start=start)
-
-
 # --- file:// -------------------------------------------------------------------------------------
 def parse_file_url(url: str, *, media_root: Path, local_files_allowed: bool) -> FileUrl:
     """``file:///path`` under ``media_root`` (real paths compared, so symlinks cannot escape)."""
-    url = _check_basic(url)
-    if _scheme_of(url) != "file":
+    url = check_basic(url)
+    if scheme_of(url) != "file":
         raise UrlNotAllowed("not a file:// URL")
     if not local_files_allowed:
         raise UrlNotAllowed("file:// URLs are only accepted in the local mode (captionq up)")
@@ -344,8 +246,8 @@ def parse_media_url(
 ) -> MediaUrl:
     """Judge a media URL at submission. ``kind`` is the item's declared type (checked against a
     data: URI's media type and first bytes); ``resolve`` also checks the host's DNS addresses."""
-    url = _check_basic(url)
-    scheme = _scheme_of(url)
+    url = check_basic(url)
+    scheme = scheme_of(url)
     if scheme == "s3":
         return parse_s3_url(url, config)
     if scheme in ("http", "https"):
@@ -363,8 +265,8 @@ def parse_media_url(
 
 def parse_object_url(url: str, config: StorageConfig, *, prefix: bool = False) -> ObjectUrl:
     """Where manifests are read and results written: ``s3://`` or (local mode) ``file://``."""
-    url = _check_basic(url)
-    scheme = _scheme_of(url)
+    url = check_basic(url)
+    scheme = scheme_of(url)
     if scheme == "s3":
         return parse_s3_url(url, config, prefix=prefix)
     if scheme == "file":
