@@ -21,9 +21,7 @@ generates exactly that many). Both runs must produce identical token ids (checke
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -32,95 +30,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.checkpoint_writer import SUBJECTS, Dims, write_model, write_tokenizer  # noqa: E402
 from models.batcher import Batcher  # noqa: E402
 from models.engine import ChatRequest, Engine  # noqa: E402
 from models.generation import GenerationParams  # noqa: E402
 
-KIT_MODEL = ROOT / "tests" / "data" / "conformance" / "models" / "internvl2-internlm2"
-
-
-def write_tokenizer(folder: Path, toy: bool) -> int:
-    """A small byte-level BPE trained on the prompts' text, so that prompts have realistic token
-    counts (the kit's toy tokenizer spends one token per UTF-8 byte: ~170 for the Chinese system
-    message, where real InternVL2 tokenizers need a few dozen). Returns the vocabulary size."""
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(KIT_MODEL / name, folder / name)
-    if toy:
-        shutil.copy(KIT_MODEL / "tokenizer.json", folder / "tokenizer.json")
-        return 1024
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    from models.prompts import INTERNVL2_SYSTEM_MESSAGE
-
-    specials = ["<unk>", "<s>", "</s>", "<|im_end|>", "<|im_start|>", "<img>", "</img>", "<IMG_CONTEXT>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [INTERNVL2_SYSTEM_MESSAGE, "system\n", "user\n", "assistant\n", *SUBJECTS,
-              "Describe the picture in detail."] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=1024, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.save(str(folder / "tokenizer.json"))
-    return int(tok.get_vocab_size())
-
 
 def write_checkpoint(folder: Path, a: argparse.Namespace) -> int:
-    vocab = write_tokenizer(folder, a.toy_tokenizer)
-    cfg = json.loads((KIT_MODEL / "config.json").read_text())
-    v = cfg["vision_config"]
-    cfg["force_image_size"] = a.image_size
-    v.update(image_size=a.image_size, hidden_size=a.vit_hidden, num_hidden_layers=a.vit_layers,
-             num_attention_heads=a.vit_heads, intermediate_size=4 * a.vit_hidden)
-    llm = cfg["llm_config"]
-    llm.update(hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
-               num_key_value_heads=a.kv_heads, intermediate_size=a.intermediate, vocab_size=vocab,
-               max_position_embeddings=32768)
-    cfg["hidden_size"] = a.hidden
-    (folder / "config.json").write_text(json.dumps(cfg))
-    g = torch.Generator().manual_seed(0)
-
-    def r(*shape: int, scale: float = 0.02, base: float = 0.0) -> torch.Tensor:
-        return base + scale * torch.randn(*shape, generator=g)
-
-    c, n_patch, d = a.vit_hidden, (a.image_size // 14) ** 2 + 1, a.hidden // a.heads
-    w = {"vision_model.embeddings.class_embedding": r(1, 1, c),
-         "vision_model.embeddings.position_embedding": r(1, n_patch, c),
-         "vision_model.embeddings.patch_embedding.weight": r(c, 3, 14, 14),
-         "vision_model.embeddings.patch_embedding.bias": r(c)}
-    for i in range(a.vit_layers):
-        p = f"vision_model.encoder.layers.{i}."
-        w |= {p + "ls1": r(c, base=1), p + "ls2": r(c, base=1), p + "attn.qkv.weight": r(3 * c, c),
-              p + "attn.qkv.bias": r(3 * c), p + "attn.proj.weight": r(c, c), p + "attn.proj.bias": r(c),
-              p + "mlp.fc1.weight": r(4 * c, c), p + "mlp.fc1.bias": r(4 * c),
-              p + "mlp.fc2.weight": r(c, 4 * c), p + "mlp.fc2.bias": r(c),
-              p + "norm1.weight": r(c, base=1), p + "norm1.bias": r(c),
-              p + "norm2.weight": r(c, base=1), p + "norm2.bias": r(c)}
-    w |= {"mlp1.0.weight": r(4 * c, base=1), "mlp1.0.bias": r(4 * c), "mlp1.1.weight": r(a.hidden, 4 * c),
-          "mlp1.1.bias": r(a.hidden), "mlp1.3.weight": r(a.hidden, a.hidden), "mlp1.3.bias": r(a.hidden)}
-    lm = "language_model.model."
-    w |= {lm + "tok_embeddings.weight": r(vocab, a.hidden), lm + "norm.weight": r(a.hidden, base=1),
-          "language_model.output.weight": r(vocab, a.hidden, scale=0.08)}
-    for i in range(a.layers):
-        p = f"{lm}layers.{i}."
-        w |= {p + "attention.wqkv.weight": r((a.heads + 2 * a.kv_heads) * d, a.hidden),
-              p + "attention.wo.weight": r(a.hidden, a.heads * d),
-              p + "feed_forward.w1.weight": r(a.intermediate, a.hidden),
-              p + "feed_forward.w3.weight": r(a.intermediate, a.hidden),
-              p + "feed_forward.w2.weight": r(a.hidden, a.intermediate),
-              p + "attention_norm.weight": r(a.hidden, base=1), p + "ffn_norm.weight": r(a.hidden, base=1)}
-    save_file(w, str(folder / "model.safetensors"))
-    return sum(t.numel() for t in w.values())
-
-
-SUBJECTS = ["a harbour at dawn", "a red bicycle", "two cats on a sofa", "a mountain lake",
-            "a busy market", "an old library", "a snowy street", "a bowl of fruit"]
+    """The small float32 checkpoint of this benchmark (and bench_worker_batching.py) from the
+    size options in ``a``; returns the parameter count."""
+    dims = Dims(image_size=a.image_size, vit_hidden=a.vit_hidden, vit_layers=a.vit_layers,
+                vit_heads=a.vit_heads, vit_intermediate=4 * a.vit_hidden, hidden=a.hidden,
+                layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
+    return write_model(folder, dims, dtype=torch.float32, device="cpu", toy_tokenizer=a.toy_tokenizer)
 
 
 def make_requests(n: int, new_tokens: int, image_size: int = 448) -> list[ChatRequest]:
@@ -185,6 +111,10 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if not same:
         sys.exit(1)
+
+
+# bench_worker_batching.py imports write_checkpoint from here
+__all__ = ["SUBJECTS", "make_requests", "write_checkpoint", "write_tokenizer"]
 
 
 if __name__ == "__main__":
