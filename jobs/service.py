@@ -38,16 +38,18 @@ log = logging.getLogger(__name__)
 class ClaimedJob(dict[str, Any]):
     """What :meth:`JobService.start` returns: the job's normalised request (this dict itself:
     ``media``, ``prompts``, ``generation``…) plus ``job_id``, ``attempt`` (pass it back to
-    succeed/fail so a superseded attempt cannot record), ``tenant_id``, ``batch_id``."""
+    succeed/fail so a superseded attempt cannot record), ``tenant_id``, ``batch_id``,
+    ``created_at`` and ``started_at`` (this attempt's start)."""
 
     def __init__(self, request: dict[str, Any], *, job_id: str, attempt: int, tenant_id: str,
-                 batch_id: str | None, created_at: datetime) -> None:
+                 batch_id: str | None, created_at: datetime, started_at: datetime | None = None) -> None:
         super().__init__(request)
         self.job_id = job_id
         self.attempt = attempt
         self.tenant_id = tenant_id
         self.batch_id = batch_id
         self.created_at = created_at
+        self.started_at = started_at
 
     @property
     def request(self) -> dict[str, Any]:
@@ -140,6 +142,16 @@ class JobService:
 
     def _start(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
                redelivered: bool) -> ClaimedJob | None:
+        if not redelivered:
+            # The common case in one statement: a queued job, not expired, attempts left.
+            applied = tx.apply(session, job_id, START, {
+                "attempts": Job.attempts + 1, "started_at": now, "partial_text": None,
+            }, extra_where=[Job.attempts < self.settings.max_attempts,
+                            sa.or_(Job.expires_at.is_(None), Job.expires_at > now)])
+            if applied is not None:
+                return self._claimed(session, effects, now, applied)
+        # Otherwise read the row to say why not (expired, attempt cap) or to take over a job a
+        # dead worker left running (redelivered).
         row = session.execute(
             sa.select(Job.status, Job.attempts, Job.expires_at).where(Job.id == job_id)
         ).first()
@@ -162,10 +174,14 @@ class JobService:
         })
         if applied is None:
             return None
+        return self._claimed(session, effects, now, applied)
+
+    @staticmethod
+    def _claimed(session: Any, effects: tx.Effects, now: datetime, applied: tx.Applied) -> ClaimedJob:
         tx.after(session, applied, now, effects)
         job = applied.job
         return ClaimedJob(job.request, job_id=job.id, attempt=job.attempts, tenant_id=job.tenant_id,
-                          batch_id=job.batch_id, created_at=job.created_at)
+                          batch_id=job.batch_id, created_at=job.created_at, started_at=job.started_at)
 
     def set_partial_text(self, job_id: str, text: str) -> bool:
         """Store the text generated so far for the current round (while running). Returns False
@@ -187,22 +203,35 @@ class JobService:
         return row is None or row.status != JobStatus.RUNNING.value or bool(row.cancel_requested)
 
     def succeed(self, job_id: str, output: dict[str, Any], metrics: dict[str, Any] | None = None,
-                *, attempt: int | None = None) -> bool:
+                *, attempt: int | None = None, claim: ClaimedJob | None = None) -> bool:
         """running → succeeded with ``output`` (``text``, ``rounds``, ``boxes``…) and ``metrics``
         (``tiles``, ``frames``, ``input_tokens``, ``output_tokens``, ``model``…; ``queued_seconds``
         and ``run_seconds`` are added here). False if it did not apply (no-op)."""
-        return self._run(self._succeed, job_id, output, metrics or {}, attempt)  # type: ignore[no-any-return]
+        return self.succeed_job(job_id, output, metrics, attempt=attempt, claim=claim) is not None
+
+    def succeed_job(self, job_id: str, output: dict[str, Any], metrics: dict[str, Any] | None = None,
+                    *, attempt: int | None = None, claim: ClaimedJob | None = None) -> Job | None:
+        """:meth:`succeed`, returning the finished job (None: it did not apply). ``claim`` — the
+        :class:`ClaimedJob` of this attempt — stands for ``attempt`` and supplies the times the
+        metrics need, so the record is one ``UPDATE … RETURNING`` without reading the row first."""
+        return self._run(self._succeed, job_id, output, metrics or {}, attempt, claim)  # type: ignore[no-any-return]
 
     def _succeed(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
-                 output: dict[str, Any], metrics: dict[str, Any], attempt: int | None) -> bool:
-        applied = tx.apply(session, job_id, SUCCEED, lambda seen: {
-            "output": output, "metrics": timing(seen, now) | metrics, "finished_at": now,
-            "partial_text": None, "error": None,
-        }, expected_attempt=attempt)
+                 output: dict[str, Any], metrics: dict[str, Any], attempt: int | None,
+                 claim: ClaimedJob | None) -> Job | None:
+        def values(seen: Any) -> dict[str, Any]:
+            return {"output": output, "metrics": timing(seen, now) | metrics, "finished_at": now,
+                    "partial_text": None, "error": None}
+
+        if claim is not None and claim.started_at is not None:
+            # Same attempt ⇒ same started_at (only a claim sets it and bumps attempts).
+            applied = tx.apply(session, job_id, SUCCEED, values(claim), expected_attempt=claim.attempt)
+        else:
+            applied = tx.apply(session, job_id, SUCCEED, values, expected_attempt=attempt)
         if applied is None:
-            return False
+            return None
         tx.after(session, applied, now, effects)
-        return True
+        return applied.job
 
     def fail(self, job_id: str, code: str, message: str, retryable: bool = False, *,
              attempt: int | None = None, metrics: dict[str, Any] | None = None) -> str | None:

@@ -4,7 +4,9 @@
 the transition allows it, issues ``UPDATE jobs SET … WHERE id = ? AND status IN (sources) AND
 status = <seen> AND attempts = <seen>``. Zero rows means someone else changed the row in between:
 it reads again (a few times) and otherwise gives up; a transition that does not apply to the
-current status is a no-op returning None.
+current status is a no-op returning None. A transition from a single source status with values
+that do not depend on the row (the worker's claim and result) skips the read: its one
+``UPDATE … WHERE status = <source> … RETURNING`` is the whole decision.
 
 In the same transaction, :func:`after` adjusts the batch counters, finishes the batch when its
 last job ended, and writes webhook messages and outbox rows into ``effects``.
@@ -52,6 +54,8 @@ def apply(
     """Apply ``t`` to job ``job_id`` with extra column ``values`` (a dict, or a function of the
     row seen: ``status``, ``attempts``, ``created_at``, ``started_at``). None when it does not
     apply."""
+    if not callable(values) and len(t.sources) == 1:
+        return _apply_from_one_source(session, job_id, t, values, expected_attempt, extra_where)
     sources = [s.value for s in t.sources]
     for _ in range(retries):
         seen = session.execute(
@@ -74,6 +78,25 @@ def apply(
         if job is not None:
             return Applied(job, JobStatus(seen.status))
     return None
+
+
+def _apply_from_one_source(
+    session: Session, job_id: str, t: Transition, values: dict[str, Any], expected_attempt: int | None,
+    extra_where: Iterable[Any],
+) -> Applied | None:
+    """One round trip: with a single source status and values that do not depend on the row,
+    the conditional ``UPDATE … RETURNING`` alone decides (PostgreSQL re-checks its WHERE on the
+    locked row, SQLite serialises writers), and the previous status can only be that source."""
+    (source,) = t.sources
+    where = [Job.id == job_id, Job.status == source.value, *extra_where]
+    if expected_attempt is not None:
+        where.append(Job.attempts == expected_attempt)
+    stmt = (
+        sa.update(Job).where(*where).values(status=t.target.value, **values).returning(Job)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    job = session.execute(stmt).scalar_one_or_none()
+    return Applied(job, source) if job is not None else None
 
 
 def apply_bulk(

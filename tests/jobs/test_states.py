@@ -219,3 +219,22 @@ def test_a_requeued_job_is_not_canceled_by_its_old_worker(svc, tenant, make_requ
     assert svc.mark_canceled(job.id, attempt=again.attempt) is False  # no cancel was asked for
     svc.cancel(tenant, job.id)
     assert svc.mark_canceled(job.id, attempt=again.attempt) is True
+
+
+def test_claim_and_record_by_claim_in_one_statement_each(svc, tenant, make_request):
+    # The worker's path: the claim returns this attempt's start, the record passes the claim
+    # back (no read of the row first); a superseded claim records nothing.
+    job = _job(svc, tenant, make_request)
+    first = svc.start(job.id)
+    assert first is not None and first.started_at is not None and first.created_at == job.created_at
+    assert svc.requeue(job.id, attempt=first.attempt) is True
+    second = svc.start(job.id)
+    assert second is not None and second.attempt == 2 and second.started_at >= first.started_at
+    assert svc.succeed_job(job.id, {"text": "stale"}, claim=first) is None
+    done = svc.succeed_job(job.id, {"text": "fresh"}, {"model": "m"}, claim=second)
+    assert done is not None and done.status == "succeeded" and done.output == {"text": "fresh"}
+    assert svc.succeed_job(job.id, {"text": "again"}, claim=second) is None
+    row = _row(svc, job.id)
+    assert row.started_at == second.started_at and row.metrics["model"] == "m"
+    assert row.metrics["queued_seconds"] == round((second.started_at - job.created_at).total_seconds(), 3)
+    assert row.metrics["run_seconds"] == round((row.finished_at - second.started_at).total_seconds(), 3)
