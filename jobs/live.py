@@ -8,7 +8,8 @@ Per job, two Redis keys:
 
 - channel ``captionq:job:{id}:events`` (pub/sub): JSON ``{"event": "status"|"token"|"done",
   "data": {...}}``. ``token`` data is ``{"text": delta, "round": r, "offset": n}`` where ``offset``
-  is the length of round ``r``'s text before this delta.
+  is the length of round ``r``'s text before this delta; ``status`` and ``done`` data is
+  ``{"status": s}``, and ``done`` may carry ``"job"``: the final Job JSON, as committed.
 - string ``captionq:job:{id}:text``: JSON ``{"round": r, "text": full text of round r so far}``,
   written in the same MULTI/EXEC as each token publish.
 
@@ -60,11 +61,15 @@ class LivePublisher:
     def status(self, job_id: str, status: str) -> None:
         self._publish(job_id, "status", {"status": status})
 
-    def done(self, job_id: str, status: str) -> None:
-        """The job reached a terminal state (the SSE route reads the final Job from the database)."""
+    def done(self, job_id: str, status: str, job: dict[str, Any] | None = None) -> None:
+        """The job reached a terminal state. ``job``: the committed Job JSON (published after the
+        commit), which the SSE route sends as is; without it the route reads the database."""
+        data: dict[str, Any] = {"status": status}
+        if job is not None:
+            data["job"] = job
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.publish(channel(job_id), encode("done", {"status": status}))
+            pipe.publish(channel(job_id), encode("done", data))
             pipe.delete(text_key(job_id))
             pipe.execute()
         except Exception as exc:

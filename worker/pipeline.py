@@ -17,6 +17,7 @@
    Grounding runs one independent request per phrase (all submitted at once).
 4. **record** — ``succeed`` / ``fail`` / ``mark_canceled`` with this delivery's ``attempt``: a
    conditional UPDATE, so a redelivered message or a superseded attempt never writes twice.
+   Then the live ``done`` event (after the commit), carrying the finished job's JSON.
 
 No database session is open across the download or the inference: every ``JobService`` call is
 its own short transaction.
@@ -29,7 +30,9 @@ import time
 from typing import Any
 
 from core.errors import CaptionqError, InternalError
+from jobs.render import job_to_dict
 from jobs.service import ClaimedJob
+from jobs.tables import Job
 from models.engine import ChatRequest, ChatResult, GenerationParams
 from models.grounding import grounding_prompt, parse_grounding
 from worker.live import JobWatch, Stopped, StopReason
@@ -85,13 +88,14 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
         return _failed(rt, claimed, exc, retries)
     metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine.info.name, prepare_seconds=prepare_seconds)
-    if not rt.jobs.succeed(job_id, output_json(outcome), metrics, attempt=claimed.attempt):
+    job = rt.jobs.succeed_job(job_id, output_json(outcome), metrics, claim=claimed)
+    if job is None:
         log.info("job %s: result not recorded (the job changed meanwhile)", job_id)
         return "stopped"
     log.info("job %s succeeded in %.2f s (attempt %d, %d tiles, %d+%d tokens)", job_id,
              time.monotonic() - started, claimed.attempt, metrics["tiles"], metrics["input_tokens"],
              metrics["output_tokens"])
-    _done(rt, job_id, "succeeded")
+    _done(rt, job_id, "succeeded", job)
     return "succeeded"
 
 
@@ -136,7 +140,9 @@ def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: Gene
             pixel_values=pixel_values, num_patches_list=prep.num_patches_list, params=params,
             on_token=watch.on_token, should_cancel=watch.should_cancel,
         )
+        t0 = time.monotonic()
         result = watch.wait(rt.batcher.submit(request))
+        outcome.engine_seconds += time.monotonic() - t0
         if result.finish_reason == "canceled":
             raise Stopped(watch.reason or "cancel")
         outcome.rounds.append(_round_result(prompt, result))
@@ -150,6 +156,7 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
     once; boxes are parsed into pixels of each original (upright) image."""
     futures = []
     pixel_values = None
+    t0 = time.monotonic()
     for phrase in phrases:
         prep = layout(items, grounding_prompt(phrase), mode)
         if pixel_values is None:
@@ -162,7 +169,8 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
     if any(r.finish_reason == "canceled" for r in results):
         raise Stopped(watch.reason or "cancel")
     return JobOutcome(rounds=[_round_result(p, r) for p, r in zip(phrases, results, strict=True)],
-                      boxes=collect_boxes(phrases, [r.text for r in results], items))
+                      boxes=collect_boxes(phrases, [r.text for r in results], items),
+                      engine_seconds=time.monotonic() - t0)
 
 
 def collect_boxes(phrases: list[str], texts: list[str], items: list[PreparedItem]) -> list[dict[str, Any]]:
@@ -226,6 +234,8 @@ def _record_failure(rt: Runtime, claimed: ClaimedJob, code: str, message: str, *
     return status
 
 
-def _done(rt: Runtime, job_id: str, status: str) -> None:
+def _done(rt: Runtime, job_id: str, status: str, job: Job | None = None) -> None:
+    """Tell live listeners the job ended; with the committed row (``job``) they need not read it
+    back from the database."""
     if rt.live is not None:
-        rt.live.done(job_id, status)
+        rt.live.done(job_id, status, job_to_dict(job) if job is not None else None)

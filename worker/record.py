@@ -29,6 +29,9 @@ class RoundResult:
 class JobOutcome:
     rounds: list[RoundResult] = field(default_factory=list)
     boxes: list[dict[str, Any]] | None = None
+    # Seconds from handing requests to the batcher to their results (waiting for a batch + running
+    # it), summed over rounds: what a job's run_seconds spent in the model, the rest is service.
+    engine_seconds: float = 0.0
 
     @property
     def text(self) -> str:
@@ -60,6 +63,7 @@ def metrics_json(outcome: JobOutcome, *, tiles: int, frames: int, model: str,
     }
     if prepare_seconds is not None:
         m["prepare_seconds"] = round(prepare_seconds, 3)
+    m["engine_seconds"] = round(outcome.engine_seconds, 4)
     return m
 
 

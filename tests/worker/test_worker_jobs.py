@@ -255,6 +255,7 @@ def test_sse_streams_status_tokens_and_done(stack: Stack) -> None:
     assert kinds[0] == "status" and kinds[-1] == "done" and kinds.count("done") == 1
     final = events[-1][1]
     assert final["id"] == job["id"] and final["status"] == "succeeded"
+    assert final == stack.get(job["id"])  # the worker's done event carries the committed job
     tokens = [d for e, d in events if e == "token"]
     assert tokens, kinds
     by_round: dict[int, str] = {}

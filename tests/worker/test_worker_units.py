@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.routes.events import TextTracker, sse
+from api.routes.events import TextTracker, _live_changes, sse
 from core.errors import JobTimeout, TransientError
 from models import prompts
 from models.errors import ContextTooLong, OutOfMemory
@@ -138,12 +138,13 @@ def test_grounding_boxes_are_pixels_of_the_original_image() -> None:
 # --- records and errors -------------------------------------------------------------------------
 def test_output_and_metrics_json() -> None:
     out = JobOutcome(rounds=[RoundResult("a", "one", "length", 10, 4),
-                             RoundResult("b", "two", "stop", 20, 3)])
+                             RoundResult("b", "two", "stop", 20, 3)], engine_seconds=0.25)
     assert output_json(out) == {"text": "two", "rounds": [
         {"prompt": "a", "text": "one", "finish_reason": "length"},
         {"prompt": "b", "text": "two", "finish_reason": "stop"}]}
     m = metrics_json(out, tiles=13, frames=0, model="m")
     assert (m["input_tokens"], m["output_tokens"], m["tiles"], m["model"]) == (30, 7, 13, "m")
+    assert m["engine_seconds"] == 0.25
 
 
 def test_error_mapping() -> None:
@@ -195,6 +196,18 @@ def test_text_tracker_trims_overlap_and_follows_rounds() -> None:
     db = TextTracker()  # local mode: full texts without round numbers
     assert db.from_full("abc") == "abc" and db.from_full("abcde") == "de"
     assert db.from_full("x") == "x" and db.round == 1
+
+
+def test_live_status_and_done_need_no_database_read() -> None:
+    job = {"id": "job_1", "status": "succeeded", "output": {"text": "hi"}}
+    assert _live_changes("job_1", {"status": "running"}, "queued") == (
+        [sse("status", {"id": "job_1", "status": "running"})], "running")
+    assert _live_changes("job_1", {"status": "running"}, "running") == ([], "running")
+    assert _live_changes("job_1", {"status": "succeeded", "job": job}, "running") == (
+        [sse("status", {"id": "job_1", "status": "succeeded"}), sse("done", job)], "succeeded")
+    # A terminal status without the committed job (or a job that is not final): read the database.
+    assert _live_changes("job_1", {"status": "failed"}, "running") is None
+    assert _live_changes("job_1", {"status": "running", "job": {**job, "status": "running"}}, None) is None
 
 
 def test_sse_frame() -> None:
