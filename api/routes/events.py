@@ -8,9 +8,12 @@ Events, then the stream closes:
 - ``done`` — the final Job JSON (as ``GET /v1/jobs/{id}``).
 
 Sources: with Redis (``settings.events_redis_url``) the worker's live events (:mod:`jobs.live`),
-read gap-free (subscribe first, then read the round's text so far, then trim each delta by its
-``offset``); the database is polled too, every ``DB_POLL_REDIS`` seconds, so a state change the
-worker did not announce (a cancel of a queued job, the sweeper's expiry) still ends the stream.
+read gap-free (subscribe and wait for Redis to confirm it, then read the round's text so far and
+the job, then trim each delta by its ``offset``). A live ``status`` is passed on as announced; the
+worker's ``done`` carries the committed Job JSON, sent as the ``done`` event without reading the
+database (a ``done`` without it, or a terminal ``status``, is read from the database). The
+database is polled too, every ``DB_POLL_REDIS`` seconds, so a state change the worker did not
+announce (a cancel of a queued job, the sweeper's expiry) still ends the stream.
 Without Redis (local mode) the database alone, every ``DB_POLL_LOCAL`` seconds: ``status`` and the
 growth of ``partial_text`` (which the worker stores about twice a second).
 
@@ -42,6 +45,7 @@ Tenant = Annotated[str, Depends(tenant)]
 DB_POLL_REDIS = 1.0
 DB_POLL_LOCAL = 0.5
 KEEPALIVE_SECONDS = 15.0
+SUBSCRIBE_TIMEOUT = 2.0
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -90,10 +94,18 @@ class TextTracker:
                              "description": "events `status`, `token`, `done`, then the stream ends"}})
 async def job_events(request: Request, job_id: str, tenant_id: Tenant) -> StreamingResponse:
     ctx = get_ctx(request)
-    await to_thread.run_sync(ctx.service.get, tenant_id, job_id)  # 404 before the stream starts
     url = ctx.settings.events_redis_url
-    stream = _redis_stream(request, ctx, tenant_id, job_id, url) if url else \
-        _db_stream(request, ctx, tenant_id, job_id)
+    sub = await _subscribe(request, url, job_id) if url else None
+    try:
+        # One read, after subscribing (no gap), answers 404 before the stream starts and is the
+        # stream's first state.
+        job = await _job(ctx, tenant_id, job_id)
+    except BaseException:
+        if sub is not None:
+            await _close(sub[0])
+        raise
+    stream = _redis_stream(request, ctx, tenant_id, job, sub) if sub is not None else \
+        _db_stream(request, ctx, tenant_id, job)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -119,8 +131,7 @@ def _token(delta: str, round_index: int) -> bytes:
     return sse("token", {"text": delta, "round": round_index})
 
 
-async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job_id: str) -> AsyncIterator[bytes]:
-    job = await _job(ctx, tenant_id, job_id)
+async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any) -> AsyncIterator[bytes]:
     status: str | None = None
     text = TextTracker()
     last_sent = time.monotonic()
@@ -141,7 +152,7 @@ async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job_id: 
         await asyncio.sleep(DB_POLL_LOCAL)
         if await request.is_disconnected():
             return
-        job = await _job(ctx, tenant_id, job_id)
+        job = await _job(ctx, tenant_id, job.id)
 
 
 def _events_client(request: Request, url: str) -> Any:
@@ -156,19 +167,54 @@ def _events_client(request: Request, url: str) -> Any:
     return client
 
 
-async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job_id: str,
-                        url: str) -> AsyncIterator[bytes]:
+async def _subscribe(request: Request, url: str, job_id: str) -> tuple[Any, bytes | None] | None:
+    """Subscribe to the job's channel, wait until Redis confirms it (only then is every later
+    publish sure to reach us), then read the round's text so far. None when Redis is unavailable:
+    the database alone still gives a correct stream."""
     client = _events_client(request, url)
     pubsub = client.pubsub()
     try:
-        try:
-            await pubsub.subscribe(live.channel(job_id))
-            raw_text = await client.get(live.text_key(job_id))
-        except Exception:  # Redis unavailable: the database alone still gives a correct stream
-            async for chunk in _db_stream(request, ctx, tenant_id, job_id):
-                yield chunk
-            return
-        job = await _job(ctx, tenant_id, job_id)
+        await pubsub.subscribe(live.channel(job_id))
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
+        while True:
+            msg = await pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            if (msg is not None and msg.get("type") == "subscribe") or time.monotonic() >= deadline:
+                break
+        raw_text = await client.get(live.text_key(job_id))
+    except Exception:
+        await _close(pubsub)
+        return None
+    return pubsub, raw_text
+
+
+async def _close(pubsub: Any) -> None:
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
+
+
+def _live_changes(job_id: str, data: dict[str, Any],
+                  last_status: str | None) -> tuple[list[bytes], str] | None:
+    """What a live ``status``/``done`` event adds without a database read, and the status after
+    it: a non-terminal status as announced; a terminal one only with the committed Job JSON the
+    worker sends along. None: read the database instead."""
+    job = data.get("job")
+    if isinstance(job, dict):
+        status, final = job.get("status"), [sse("done", job)]
+        if status not in TERMINAL:
+            return None
+    else:
+        status, final = data.get("status"), []
+        if not isinstance(status, str) or status in TERMINAL:
+            return None
+    events = [] if status == last_status else [sse("status", {"id": job_id, "status": status})]
+    return [*events, *final], str(status)
+
+
+async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any,
+                        sub: tuple[Any, bytes | None]) -> AsyncIterator[bytes]:
+    pubsub, raw_text = sub
+    job_id = job.id
+    try:
         for change in _changes(job, None):
             yield change
         status = job.status
@@ -201,7 +247,15 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job_i
                             yield _token(delta, text.round)
                             last_sent = time.monotonic()
                     elif event in ("status", "done"):
-                        check_db = True
+                        live_changes = _live_changes(job_id, data, status)
+                        if live_changes is None:
+                            check_db = True
+                        else:
+                            events, status = live_changes
+                            for change in events:
+                                yield change
+                            if status in TERMINAL:
+                                return
             if check_db:
                 next_poll = time.monotonic() + DB_POLL_REDIS
                 job = await _job(ctx, tenant_id, job_id)
@@ -216,5 +270,4 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job_i
             if await request.is_disconnected():
                 return
     finally:
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()
+        await _close(pubsub)
