@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = 32 * 1024 * 1024
     max_batch_jobs_inline: int = 10_000
     sweep_interval_seconds: float = 10.0
+    # A batch puts at most about this many caption messages in the broker at once; each sweep
+    # refills it as jobs start (0 = no limit: all at submission). Keep it above
+    # 2 x (jobs started per second) x sweep_interval_seconds so the workers never run dry.
+    dispatch_window: int = 10_000
     outbox_grace_seconds: float = 30.0
     # A job still ``running`` this long after job_hard_time_limit has lost its worker: the sweeper
     # requeues it (or fails it with ``worker_lost`` once max_attempts deliveries are used).

@@ -12,6 +12,12 @@ pipelined chunks, and records its progress (the last ``seq`` sent, and a fresh `
 the sweeper leaves a dispatch in progress alone) after each chunk; the row is deleted at the end.
 If the process dies half-way, the sweeper resumes from the recorded position (a chunk may be sent
 twice: harmless). The dispatch row is handled here and never sent to the broker itself.
+
+A dispatch is bounded by ``settings.dispatch_window``: it sends only while fewer than that many of
+the batch's dispatched jobs are still waiting to start, and otherwise keeps its row, which every
+sweep tops up again (:func:`top_up_dispatches`). So a batch of millions of jobs holds at most
+about a window of messages in the broker (~0.8 KB each in Redis) instead of all of them; the
+rest wait in SQL, in order, where a canceled batch's jobs also never reach the broker.
 """
 
 from __future__ import annotations
@@ -68,10 +74,11 @@ def add(session: Session, messages: Sequence[Message], now: datetime | None = No
     return list(result.scalars())
 
 
-def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]) -> int:
-    """Send the given outbox rows (those still present) and delete them. Returns how many
-    messages were sent; on a broker error logs and returns what was done so far (the rest waits
-    for the sweeper)."""
+def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int], window: int = 0) -> int:
+    """Send the given outbox rows (those still present) and delete them (a batch dispatch row:
+    its first ``window`` messages, see :func:`dispatch_batch`). Returns how many messages were
+    sent; on a broker error logs and returns what was done so far (the rest waits for the
+    sweeper)."""
     if publisher is None:
         return 0
     sent = 0
@@ -93,21 +100,22 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
             sent += len(messages)
         for row_id, batch_id, after_seq in dispatches:
             try:
-                sent += dispatch_batch(db, publisher, row_id, batch_id, after_seq)
+                sent += dispatch_batch(db, publisher, row_id, batch_id, after_seq, window)
             except Exception as exc:
                 log.warning("dispatching batch %s stopped, sweeper resumes: %s", batch_id, exc)
                 return sent
     return sent
 
 
-def publish_messages(db: Database, publisher: Publisher | None, messages: Sequence[Message]) -> int:
+def publish_messages(db: Database, publisher: Publisher | None, messages: Sequence[Message],
+                     window: int = 0) -> int:
     """Send messages whose outbox rows (``outbox_id``) the caller just committed, then delete
     those rows. On a broker error the rows stay for the sweeper."""
     if publisher is None or not messages:
         return 0
     plain = [m for m in messages if m.task != DISPATCH_BATCH]
     if len(plain) != len(messages):  # a batch dispatch: take the general path
-        return publish(db, publisher, [m.outbox_id for m in messages if m.outbox_id is not None])
+        return publish(db, publisher, [m.outbox_id for m in messages if m.outbox_id is not None], window)
     try:
         publisher.send_many(plain, chunk=CHUNK)
     except Exception as exc:
@@ -126,17 +134,38 @@ def _delete(db: Database, ids: list[int]) -> None:
         session.execute(sa.delete(Outbox).where(Outbox.id.in_(ids)))
 
 
-def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: str, after_seq: int) -> int:
+def waiting_dispatched(session: Session, batch_id: str, after_seq: int, window: int) -> int:
+    """How many of the batch's jobs up to ``after_seq`` (dispatched) are still queued, i.e. have
+    a message waiting in the broker. Jobs start roughly in submission order, so only the last
+    ``2 * window`` dispatched are counted: a bounded index range, not the whole batch (an
+    older straggler is missed, which only lets the window overshoot by that much)."""
+    return int(session.scalar(
+        sa.select(sa.func.count()).select_from(Job).where(
+            Job.batch_id == batch_id, Job.seq > after_seq - 2 * window, Job.seq <= after_seq,
+            Job.status == JobStatus.QUEUED.value)
+    ) or 0)
+
+
+def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: str, after_seq: int,
+                   window: int = 0) -> int:
     """Publish the caption messages of ``batch_id``'s queued jobs after ``after_seq``, in
-    submission order, recording progress on outbox row ``row_id``; delete the row when done."""
+    submission order, recording progress on outbox row ``row_id``; delete the row when every
+    job is dispatched. With ``window`` > 0, stop once ``window`` dispatched jobs are waiting to
+    start and keep the row for the next top-up. Returns how many messages were sent."""
     sent = 0
     while True:
         with db.session() as session:
-            rows = session.execute(
+            limit = DISPATCH_CHUNK
+            if window > 0:
+                limit = min(limit, window - waiting_dispatched(session, batch_id, after_seq, window))
+            rows = [] if limit <= 0 else session.execute(
                 sa.select(Job.id, Job.seq, Job.priority)
                 .where(Job.batch_id == batch_id, Job.seq > after_seq, Job.status == JobStatus.QUEUED.value)
-                .order_by(Job.seq).limit(DISPATCH_CHUNK)
+                .order_by(Job.seq).limit(limit)
             ).all()
+            more = bool(rows) or (limit <= 0 and session.scalar(
+                sa.select(Job.id).where(Job.batch_id == batch_id, Job.seq > after_seq,
+                                        Job.status == JobStatus.QUEUED.value).limit(1)) is not None)
         if not rows:
             break
         publisher.send_many([caption_message(r.id, r.priority) for r in rows], chunk=CHUNK)
@@ -145,14 +174,38 @@ def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: st
         with db.session() as session:
             session.execute(sa.update(Outbox).where(Outbox.id == row_id)
                             .values(args=[batch_id, after_seq], created_at=utcnow()))
+    if not more:
+        with db.session() as session:
+            session.execute(sa.delete(Outbox).where(Outbox.id == row_id))
+    return sent
+
+
+def top_up_dispatches(db: Database, publisher: Publisher, window: int,
+                      older_than: datetime | None = None, limit: int = 1000) -> int:
+    """The sweeper's part for batch dispatches: each dispatch row (of any age when ``window`` >
+    0; else only those untouched since ``older_than``, i.e. abandoned) is continued, up to its
+    window. A dispatch in progress elsewhere may then send a chunk twice, which consumers
+    tolerate. Returns how many messages were sent."""
+    query = sa.select(Outbox.id, Outbox.args).where(Outbox.task == DISPATCH_BATCH)
+    if older_than is not None:
+        query = query.where(Outbox.created_at <= older_than)
     with db.session() as session:
-        session.execute(sa.delete(Outbox).where(Outbox.id == row_id))
+        rows = session.execute(query.order_by(Outbox.id).limit(limit)).all()
+    sent = 0
+    for row_id, args in rows:
+        try:
+            sent += dispatch_batch(db, publisher, row_id, args[0], int(args[1]), window)
+        except Exception as exc:
+            log.warning("dispatching batch %s stopped, next sweep resumes: %s", args[0], exc)
+            break
     return sent
 
 
 def pending_ids(session: Session, older_than: datetime, limit: int) -> list[int]:
+    """Plain message rows committed before ``older_than`` (batch dispatches: top_up_dispatches)."""
     return list(session.scalars(
-        sa.select(Outbox.id).where(Outbox.created_at <= older_than).order_by(Outbox.id).limit(limit)
+        sa.select(Outbox.id).where(Outbox.created_at <= older_than, Outbox.task != DISPATCH_BATCH)
+        .order_by(Outbox.id).limit(limit)
     ))
 
 
@@ -172,5 +225,5 @@ def _to_message(row: Outbox) -> Message:
 __all__ = [
     "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "Outbox", "add", "caption_message", "dispatch_batch",
     "dispatch_message", "finalize_message", "pending_ids", "publish", "publish_messages", "republish_stale",
-    "webhook_message",
+    "top_up_dispatches", "waiting_dispatched", "webhook_message",
 ]

@@ -65,7 +65,9 @@ class JobService:
     # --- plumbing -------------------------------------------------------------------------
     def publish(self, outbox_ids: list[int]) -> int:
         """Send outbox rows after their transaction committed (errors: left for the sweeper)."""
-        return outbox.publish(self.db, self.publisher, outbox_ids) if outbox_ids else 0
+        if not outbox_ids:
+            return 0
+        return outbox.publish(self.db, self.publisher, outbox_ids, self.settings.dispatch_window)
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(session, effects, now, …)`` in one transaction, then publish its outbox rows
@@ -77,7 +79,7 @@ class JobService:
             ids_ = outbox.add(session, effects.messages, now)
         if ids_:
             sent = [dataclasses.replace(m, outbox_id=i) for m, i in zip(effects.messages, ids_, strict=True)]
-            outbox.publish_messages(self.db, self.publisher, sent)
+            outbox.publish_messages(self.db, self.publisher, sent, self.settings.dispatch_window)
         return result
 
     # --- submission -----------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_batch_dispatch_survives_a_broker_outage(jobs_settings, tenant, svc):
     assert down.publish(outbox_ids) == 0
     with svc.db.session() as s:
         assert s.scalar(sa.select(Outbox.args).where(Outbox.id == outbox_ids[0])) == [batch.id, -1]
-    assert sweep(svc).republished == 30
+    assert sweep(svc).dispatched == 30
     got = [m["id"] for m in drain(jobs_settings, expect=30)]
     assert got == [line["job_id"] for line in svc.iter_batch_results(batch.id)]  # submission order
     assert _outbox_rows(svc, f"{batch.id}-dispatch") == 0
