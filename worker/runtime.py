@@ -74,6 +74,11 @@ class Runtime:
                     quantization=s.quantization, cache_dir=s.data_dir / "converted",
                     vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
                 )
+                # Compile (or load from numba's cache) and check the exact resize now, not in the
+                # first job: the first image would otherwise wait a few seconds for it.
+                from models import tile_resize
+
+                tile_resize.available()
                 max_requests = s.batch_max_requests if s.batching else 1
                 self._batcher = Batcher(engine, max_requests=max_requests, max_tokens=s.batch_max_tokens,
                                         wait_ms=s.batch_wait_ms)
