@@ -47,14 +47,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from models import prompts
+from models.chat_types import ChatRequest, ChatResult, EngineInfo, FinishReason, Prepared
 from models.checkpoint import open_checkpoint, parse_spec
 from models.checkpoint.loader import LoadStats, empty_model, load_weights
 from models.checkpoint.placement import (
@@ -70,113 +70,12 @@ from models.checkpoint.spec import ModelSpec
 from models.errors import ContextTooLong, EngineError, InvalidInput, OutOfMemory
 from models.generation import GenerationParams, Row
 from models.generation import generate as run_generation
+from models.text_stream import TextStream, safe_cancel
 from models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "canceled"]
 _RESERVED = (prompts.IMG_CONTEXT_TOKEN, prompts.IMG_START_TOKEN, prompts.IMG_END_TOKEN)
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    name: str
-    template: str
-    max_context: int  # max_position_embeddings of the LLM (the budget limit)
-    image_size: int
-    num_image_token: int  # LLM tokens per tile
-    max_dynamic_patch: int
-    use_thumbnail: bool
-    dtype: str
-    device: str
-    attn_implementation: str
-    quantization: str
-    llm_family: str
-    vocab_size: int
-
-
-@dataclass
-class ChatRequest:
-    """One chat() call. ``question``/``history`` exactly as ``chat()`` takes them; the prompts
-    module adds labels/prefixes. ``mode='batch_chat'`` applies batch_chat()'s prefix rule."""
-
-    question: str
-    history: Sequence[tuple[str, str]] | None = None
-    pixel_values: torch.Tensor | None = None
-    num_patches_list: Sequence[int] | None = None
-    params: GenerationParams = field(default_factory=GenerationParams)
-    on_token: Callable[[str], None] | None = None
-    should_cancel: Callable[[], bool] | None = None
-    system_message: str | None = None
-    mode: Literal["chat", "batch_chat"] = "chat"
-
-
-@dataclass
-class ChatResult:
-    text: str
-    prompt_tokens: int
-    output_tokens: int
-    finish_reason: FinishReason
-    output_ids: list[int]
-    history: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class Prepared:
-    """A validated request: its token ids and tiles (``tiles_used`` get an embedding)."""
-
-    request: ChatRequest
-    question: str  # after the automatic prefix: what goes into the history
-    input_ids: list[int]
-    num_context_tokens: int
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.input_ids)
-
-
-class _TextStream:
-    """Turns token ids into text deltas for ``on_token``: decodes everything so far, cuts at the
-    stop string, left-strips, and holds back a trailing U+FFFD (an incomplete UTF-8 sequence)."""
-
-    def __init__(self, tok: Tokenizer, stop_str: str, callback: Callable[[str], None]) -> None:
-        self.tok, self.stop_str, self.callback = tok, stop_str, callback
-        self.ids: list[int] = []
-        self.sent = ""
-
-    def __call__(self, token_id: int) -> None:
-        self.ids.append(token_id)
-        text = self.tok.decode(self.ids).split(self.stop_str)[0].lstrip()
-        if text.endswith("\ufffd") or not text.startswith(self.sent) or len(text) == len(self.sent):
-            return
-        self._emit(text)
-
-    def finish(self, final_text: str) -> None:
-        """Flush what was held back (a trailing U+FFFD) once the final text is known."""
-        if final_text.startswith(self.sent) and len(final_text) > len(self.sent):
-            self._emit(final_text)
-
-    def _emit(self, text: str) -> None:
-        delta, self.sent = text[len(self.sent):], text
-        try:
-            self.callback(delta)
-        except Exception:  # a broken listener must not break the batch
-            log.exception("on_token callback failed; streaming stopped for this request")
-            self.callback = lambda _d: None
-
-
-def _safe_cancel(check: Callable[[], bool] | None) -> Callable[[], bool] | None:
-    if check is None:
-        return None
-
-    def wrapped() -> bool:
-        try:
-            return bool(check())
-        except Exception:
-            log.exception("should_cancel check failed; treating the request as not canceled")
-            return False
-
-    return wrapped
 
 
 class Engine:
@@ -387,14 +286,14 @@ class Engine:
             req = p.request
             on_step = None
             if req.on_token is not None:
-                on_step = _TextStream(self.tokenizer, self.template.stop_str, req.on_token)
+                on_step = TextStream(self.tokenizer, self.template.stop_str, req.on_token)
             rows.append(Row(params=req.params, stop_ids=frozenset({self.stop_id}), on_step=on_step,
-                            should_cancel=_safe_cancel(req.should_cancel)))
+                            should_cancel=safe_cancel(req.should_cancel)))
         run_generation(self.model, embeds, mask, rows)
         out = []
         for p, row in zip(group, rows, strict=True):
             text = prompts.clean_response(self.template, self.tokenizer.decode(row.ids))
-            if isinstance(row.on_step, _TextStream):
+            if isinstance(row.on_step, TextStream):
                 row.on_step.finish(text)
             assert row.finish_reason is not None
             out.append(ChatResult(
@@ -405,4 +304,5 @@ class Engine:
         return out
 
 
-__all__ = ["ChatRequest", "ChatResult", "Engine", "EngineError", "EngineInfo", "GenerationParams", "Prepared"]
+__all__ = ["ChatRequest", "ChatResult", "Engine", "EngineError", "EngineInfo", "FinishReason",
+           "GenerationParams", "Prepared"]

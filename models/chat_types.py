@@ -1,0 +1,70 @@
+"""The values that cross the engine's boundary: what a caller asks (:class:`ChatRequest`), what it
+gets back (:class:`ChatResult`), a validated request (:class:`Prepared`) and what a loaded engine
+is (:class:`EngineInfo`). Shapes: see :mod:`models.engine`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from models.generation import FinishReason, GenerationParams
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    template: str
+    max_context: int  # max_position_embeddings of the LLM (the budget limit)
+    image_size: int
+    num_image_token: int  # LLM tokens per tile
+    max_dynamic_patch: int
+    use_thumbnail: bool
+    dtype: str
+    device: str
+    attn_implementation: str
+    quantization: str
+    llm_family: str
+    vocab_size: int
+
+
+@dataclass
+class ChatRequest:
+    """One chat() call. ``question``/``history`` exactly as ``chat()`` takes them; the prompts
+    module adds labels/prefixes. ``mode='batch_chat'`` applies batch_chat()'s prefix rule."""
+
+    question: str
+    history: Sequence[tuple[str, str]] | None = None
+    pixel_values: torch.Tensor | None = None
+    num_patches_list: Sequence[int] | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    on_token: Callable[[str], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    system_message: str | None = None
+    mode: Literal["chat", "batch_chat"] = "chat"
+
+
+@dataclass
+class ChatResult:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: FinishReason
+    output_ids: list[int]
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """A validated request: its token ids and tiles (``tiles_used`` get an embedding)."""
+
+    request: ChatRequest
+    question: str  # after the automatic prefix: what goes into the history
+    input_ids: list[int]
+    num_context_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
