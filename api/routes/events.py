@@ -104,10 +104,27 @@ async def job_events(request: Request, job_id: str, tenant_id: Tenant) -> Stream
         if sub is not None:
             await _close(sub[0])
         raise
-    stream = _redis_stream(request, ctx, tenant_id, job, sub) if sub is not None else \
-        _db_stream(request, ctx, tenant_id, job)
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if sub is None:
+        return StreamingResponse(_db_stream(request, ctx, tenant_id, job), media_type="text/event-stream",
+                                 headers=headers)
+    return _LiveStream(_redis_stream(request, ctx, tenant_id, job, sub), sub[0],
+                       media_type="text/event-stream", headers=headers)
+
+
+class _LiveStream(StreamingResponse):
+    """Closes the subscription however the response ends — also when the client left before the
+    stream's generator ever ran (its own ``finally`` would then never run)."""
+
+    def __init__(self, content: AsyncIterator[bytes], pubsub: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._pubsub = pubsub
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await _close(self._pubsub)
 
 
 async def _job(ctx: AppContext, tenant_id: str, job_id: str) -> Any:
