@@ -30,13 +30,17 @@ class Authenticator:
         self._cache: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
+    def _cached(self, digest: str) -> str | None:
+        with self._lock:
+            hit = self._cache.get(digest)
+        return hit[0] if hit and hit[1] > time.monotonic() else None
+
     def _lookup(self, key: str) -> str | None:
         digest = hashlib.sha256(key.encode()).hexdigest()
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
-            if hit and hit[1] > now:
-                return hit[0]
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
         with self.db.session() as session:
             tenant = authenticate(session, key)
         if tenant is not None:
@@ -56,7 +60,9 @@ class Authenticator:
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise Unauthorized("the Authorization header must be 'Bearer <api key>'")
-        tenant = await to_thread.run_sync(self._lookup, key)
+        # A cached key needs no thread hop (most requests); a miss reads the database on a thread.
+        tenant = self._cached(hashlib.sha256(key.encode()).hexdigest()) or \
+            await to_thread.run_sync(self._lookup, key)
         if tenant is None:
             raise Unauthorized("invalid API key")
         return tenant
