@@ -21,8 +21,9 @@ in parallel; its last pass writes the normalised float32 tiles directly through 
 table (no uint8 image, no crops, no per-tile tensors). The thumbnail overlaps it on the pool.
 
 Decoding (:func:`decode_image`, in :mod:`models.decode`, re-exported here) is the official
-``Image.open(f).convert('RGB')`` with typed errors; EXIF orientation is *not* applied (the official code does not, QUIRKS 10) — the service
-calls :func:`apply_exif_orientation` itself, outside the engine, when it wants upright images.
+``Image.open(f).convert('RGB')`` with typed errors; EXIF orientation is *not* applied (the
+official code does not, QUIRKS 10) — the service calls :func:`apply_exif_orientation` itself,
+outside the engine, when it wants upright images.
 """
 
 from __future__ import annotations
