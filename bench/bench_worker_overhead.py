@@ -168,8 +168,15 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch threads of the worker and of the engine-alone run (default: the worker's "
                          "default, every core on a CPU device)")
+    ap.add_argument("--pg-synchronous-commit", choices=["on", "off"], default="on",
+                    help="a measurement aid, never a service setting: 'off' (through PGOPTIONS, for this "
+                         "benchmark's connections only) shows what the WAL flush of the job's three "
+                         "durable commits costs on this disk")
     a = ap.parse_args()
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+    if a.pg_synchronous_commit == "off":
+        os.environ["PGOPTIONS"] = (os.environ.get("PGOPTIONS", "") + " -c synchronous_commit=off").strip()
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; PostgreSQL "
+          f"synchronous_commit={a.pg_synchronous_commit}", flush=True)
     from tests.worker.stack import private_redis
 
     with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp)) as url:
