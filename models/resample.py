@@ -90,6 +90,20 @@ def _clip8(acc: np.int32) -> np.uint8:
     return np.uint8(0 if v < 0 else (255 if v > 255 else v))
 
 
+@njit(cache=True, nogil=True)
+def _accumulate(rows: np.ndarray, first: int, taps: int, weights: np.ndarray, acc: np.ndarray,
+                n: int) -> None:
+    # acc[:n] = 2**21 + sum_j weights[j] * rows[first + j][:n]: one weight per whole row, so the
+    # inner loop is a plain multiply-add over contiguous bytes, which LLVM vectorises.
+    for i in range(n):
+        acc[i] = _HALF
+    for j in range(taps):
+        k = weights[j]
+        row = rows[first + j]
+        for i in range(n):
+            acc[i] += np.int32(row[i]) * k
+
+
 _BLOCK_ROWS = 16  # rows per width-pass block: 48 int32 accumulators, a few vector registers
 
 
@@ -114,14 +128,7 @@ def horizontal(src: np.ndarray, bounds: np.ndarray, kk: np.ndarray, out: np.ndar
                 buf[x, r * 3 + 1] = row[x, 1]
                 buf[x, r * 3 + 2] = row[x, 2]
         for xx in range(out.shape[1]):
-            for i in range(n):
-                acc[i] = _HALF
-            xmin = bounds[xx, 0]
-            for x in range(bounds[xx, 1]):
-                k = kk[xx, x]
-                col = buf[xmin + x]
-                for i in range(n):
-                    acc[i] += np.int32(col[i]) * k
+            _accumulate(buf, bounds[xx, 0], bounds[xx, 1], kk[xx], acc, n)
             for r in range(rows):
                 o = out[yb + r, xx]
                 o[0] = _clip8(acc[r * 3])
@@ -132,18 +139,9 @@ def horizontal(src: np.ndarray, bounds: np.ndarray, kk: np.ndarray, out: np.ndar
 @njit(cache=True, nogil=True)
 def _vertical_row(src: np.ndarray, bounds: np.ndarray, kk: np.ndarray, yy: int,
                   acc: np.ndarray, dst: np.ndarray) -> None:
-    # One output row of the height pass over flattened rows (W*3 bytes): the weight is the same
-    # along the row, so the inner loops are plain vectorisable multiply-adds.
-    n = acc.shape[0]
-    for i in range(n):
-        acc[i] = _HALF
-    ymin = bounds[yy, 0]
-    for y in range(bounds[yy, 1]):
-        k = kk[yy, y]
-        row = src[ymin + y]
-        for i in range(n):
-            acc[i] += np.int32(row[i]) * k
-    for i in range(n):
+    # One output row of the height pass over flattened rows (W*3 bytes).
+    _accumulate(src, bounds[yy, 0], bounds[yy, 1], kk[yy], acc, acc.shape[0])
+    for i in range(acc.shape[0]):
         dst[i] = _clip8(acc[i])
 
 
