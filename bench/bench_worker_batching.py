@@ -106,7 +106,7 @@ def run_batch(stack: Stack, body: dict[str, Any], timeout: float, limit: float |
                 done, t_done = b["counts"]["succeeded"], now
             if b["status"] in ("completed", "canceled"):
                 break
-            if limit is not None and now >= limit and done > 0:
+            if limit is not None and now >= limit and 0 < done < b["counts"]["total"]:
                 partial = True
                 c.post(f"/v1/batches/{bid}/cancel")
                 break
@@ -144,6 +144,9 @@ def run_mode(stack: Stack, urls: list[str], a: argparse.Namespace, batching: boo
             killed = True
         lines = r["lines"]
         metrics = [stack.get(ln["job_id"])["metrics"] for ln in lines[: min(len(lines), 50)]]
+    except BaseException:
+        print(f"--- worker log (batching={batching}), its end ---\n{w.text()[-6000:]}", flush=True)
+        raise
     finally:
         if not killed:
             stack.stop_worker(w)
