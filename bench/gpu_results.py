@@ -38,15 +38,22 @@ def row(s: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def append_row(path: Path, s: dict[str, Any]) -> None:
+def write_results(path: Path, header: str, latest: str, columns: list[str], new_row: str) -> None:
+    """Rewrite ``path`` as ``header``, the latest run's details and every dated row so far plus
+    ``new_row`` (rows are the lines starting with "| 20")."""
     old = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     history = [ln for ln in old if ln.startswith("| 20")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([
+        header, latest, "", "## All runs", "",
+        "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
+        *history, new_row, "",
+    ]), encoding="utf-8")
+
+
+def append_row(path: Path, s: dict[str, Any]) -> None:
     ckpt = "reused" if s["reused"] else f"written in {s['write_s']:.0f} s"
     latest = (f"Latest run: {s['device_name']}, Python {s['python']}; checkpoint {ckpt}, loaded in "
               f"{s['load_s']:.0f} s; ~{s['prompt_tokens']:.0f} prompt tokens per request on average; "
               f"batched: {s['batches']}; mean shared token prefix between the modes {s['prefix']:.1%}.")
-    path.write_text("\n".join([
-        HEADER, latest, "", "## All runs", "",
-        "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS),
-        *history, row(s), "",
-    ]), encoding="utf-8")
+    write_results(path, HEADER, latest, COLUMNS, row(s))

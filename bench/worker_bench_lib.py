@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from bench.checkpoint_writer import INTERNVL2_8B, Dims, checkpoint_bytes, existing_checkpoint, write_model
+from bench.gpu_results import write_results
 
 _T0 = time.perf_counter()
 
@@ -122,16 +123,9 @@ def row(s: dict[str, Any]) -> str:
 
 def append_row(path: Path, s: dict[str, Any]) -> None:
     """Rewrite ``path`` as the fixed header, the latest run's details and every dated row."""
-    old = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    history = [ln for ln in old if ln.startswith("| 20")]
     ckpt = "reused" if s["reused"] else f"written in {s['write_s']:.0f} s"
     latest = (f"Latest run: {s['device_name']}, Python {s['python']}; {count(s['params'])} parameters, "
               f"checkpoint {ckpt}; worker ready in {s['on']['ready_s']:.0f} s (batching on) / "
               f"{s['off']['ready_s']:.0f} s (off); {s['concurrency']} task threads; job run_seconds p50 "
               f"{s['on']['run_p50']:.2f} s on / {s['off']['run_p50']:.2f} s off.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join([
-        HEADER, latest, "", "## All runs", "",
-        "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS),
-        *history, row(s), "",
-    ]), encoding="utf-8")
+    write_results(path, HEADER, latest, COLUMNS, row(s))
