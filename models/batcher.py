@@ -72,6 +72,11 @@ class Batcher:
         if start:
             self._thread.start()
 
+    def start(self) -> None:
+        """Start the engine thread of a batcher made with ``start=False`` (requests submitted
+        before this all wait; the first batch takes as many of them as fit)."""
+        self._thread.start()
+
     # --- callers ----------------------------------------------------------------------------
     def submit(self, request: ChatRequest) -> Future[ChatResult]:
         future: Future[ChatResult] = Future()

@@ -76,7 +76,7 @@ def test_out_of_memory_splits_in_halves(engine: Engine) -> None:
     rec = _recording(engine, oom_above=2)
     batcher = Batcher(rec, max_requests=8, wait_ms=0, start=False)
     futures = [batcher.submit(r) for r in reqs]
-    batcher._thread.start()  # everything queued first: one batch of 8, then halves
+    batcher.start()  # everything queued first: one batch of 8, then halves
     try:
         assert [f.result(timeout=60).output_ids for f in futures] == expected
     finally:
@@ -132,7 +132,7 @@ def test_different_batch_keys_never_share_a_batch(engine: Engine) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Engine, "generate_batch", spy)
         futures = [batcher.submit(r) for r in reqs]
-        batcher._thread.start()
+        batcher.start()
         for f in futures:
             f.result(timeout=60)
         batcher.close()
