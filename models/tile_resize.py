@@ -35,21 +35,26 @@ def _strips(n: int, workers: int, fn: Callable[[int, int], None]) -> None:
         w()
 
 
-def _first_pass(src: np.ndarray, size: tuple[int, int], workers: int) -> np.ndarray:
-    """Pillow's first pass when both dimensions change; returns the uint8 intermediate."""
+def _pass_u8(src: np.ndarray, size: tuple[int, int], workers: int) -> np.ndarray:
+    """One Pillow pass (``size`` differs from ``src``'s in one dimension): the uint8 result."""
     from models import resample as R
 
     (h, w), (tw, th) = src.shape[:2], size
-    if pil_resize.vertical_first((w, h), size):
+    out = np.empty((th, tw, 3), np.uint8)
+    if th != h:
         bounds, kk = R.coefficients(h, th)
-        mid = np.empty((th, w, 3), np.uint8)
-        flat_in, flat_out = src.reshape(h, -1), mid.reshape(th, -1)
+        flat_in, flat_out = src.reshape(h, -1), out.reshape(th, -1)
         _strips(th, workers, lambda a, b: R.vertical(flat_in, bounds, kk, flat_out, a, b))
     else:
         bounds, kk = R.coefficients(w, tw)
-        mid = np.empty((h, tw, 3), np.uint8)
-        _strips(h, workers, lambda a, b: R.horizontal(src, bounds, kk, mid, a, b))
-    return mid
+        _strips(h, workers, lambda a, b: R.horizontal(src, bounds, kk, out, a, b))
+    return out
+
+
+def _first_pass(src: np.ndarray, size: tuple[int, int], workers: int) -> np.ndarray:
+    """Pillow's first pass when both dimensions change; returns the uint8 intermediate."""
+    (h, w), (tw, th) = src.shape[:2], size
+    return _pass_u8(src, (w, th) if pil_resize.vertical_first((w, h), size) else (tw, h), workers)
 
 
 def resize_into_tiles(src: np.ndarray, size: tuple[int, int], tiles: np.ndarray, cols: int,
@@ -75,23 +80,12 @@ def resize_into_tiles(src: np.ndarray, size: tuple[int, int], tiles: np.ndarray,
 
 def resize_u8(src: np.ndarray, size: tuple[int, int], workers: int = 1) -> np.ndarray:
     """``np.asarray(Image.fromarray(src).resize(size))`` for uint8 ``[H, W, 3]``."""
-    from models import resample as R
-
     src = np.ascontiguousarray(src)
     (h, w), (tw, th) = src.shape[:2], size
     if (tw, th) == (w, h):
         return src.copy()
     mid = _first_pass(src, size, workers) if tw != w and th != h else src
-    mh, mw = mid.shape[:2]
-    out = np.empty((th, tw, 3), np.uint8)
-    if mh != th:
-        bounds, kk = R.coefficients(mh, th)
-        flat_in, flat_out = mid.reshape(mh, -1), out.reshape(th, -1)
-        _strips(th, workers, lambda a, b: R.vertical(flat_in, bounds, kk, flat_out, a, b))
-    else:
-        bounds, kk = R.coefficients(mw, tw)
-        _strips(th, workers, lambda a, b: R.horizontal(mid, bounds, kk, out, a, b))
-    return out
+    return _pass_u8(mid, size, workers)
 
 
 # Sizes chosen to cover both pass orders, single passes, up- and down-scaling by large factors,
