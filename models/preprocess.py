@@ -154,9 +154,17 @@ def dynamic_preprocess(img: Image.Image, *, min_num: int = 1, max_num: int = 12,
 
 
 # --- tiling -------------------------------------------------------------------------------------
+def _workers(workers: int | None) -> int:
+    return pil_resize.default_workers() if workers is None else max(1, workers)
+
+
 def _rgb_array_resized(img: Image.Image, size: tuple[int, int], workers: int | None) -> np.ndarray:
+    """``np.asarray(img.resize(size))`` for an RGB image: on the compiled loops when they are
+    available (:mod:`models.tile_resize`), else Pillow's own resize in threaded strips."""
     if img.mode != "RGB":
         raise InvalidInput(f"expected an 8-bit RGB image, got mode {img.mode}")
+    if tile_resize.available():
+        return tile_resize.resize_u8(_rgb_array(img), size, _workers(workers))
     return pil_resize.resize_array(img, size, workers)
 
 
@@ -175,18 +183,11 @@ def tiles_u8(img: Image.Image, *, min_num: int = 1, max_num: int = 12, image_siz
     grid = tile_grid(img.width, img.height, min_num=min_num, max_num=max_num,
                      image_size=image_size, use_thumbnail=use_thumbnail)
     s = image_size
-    if tile_resize.available():
-        src = _rgb_array(img)
-        n = pil_resize.default_workers() if workers is None else max(1, workers)
-        big = tile_resize.resize_u8(src, grid.resized_wh, n)
-        thumb = tile_resize.resize_u8(src, (s, s), n) if grid.has_thumbnail else None
-    else:
-        big = _rgb_array_resized(img, grid.resized_wh, workers)
-        thumb = _rgb_array(_resize(img, (s, s))) if grid.has_thumbnail else None
+    big = _rgb_array_resized(img, grid.resized_wh, workers)
     out = np.empty((grid.num_tiles, s, s, 3), np.uint8)
     out[: grid.blocks] = big.reshape(grid.rows, s, grid.cols, s, 3).swapaxes(1, 2).reshape(-1, s, s, 3)
-    if thumb is not None:
-        out[grid.blocks] = thumb
+    if grid.has_thumbnail:
+        out[grid.blocks] = _rgb_array_resized(img, (s, s), workers)
     return out, grid
 
 
@@ -261,7 +262,7 @@ def _pixel_values_compiled(img: Image.Image, grid: TileGrid, workers: int) -> np
 
 def _pixel_values(img: Image.Image, grid: TileGrid, workers: int | None) -> np.ndarray:
     """float32 ``[num_tiles, 3, S, S]`` for an RGB image and its grid (the card's transform)."""
-    n = pil_resize.default_workers() if workers is None else max(1, workers)
+    n = _workers(workers)
     if tile_resize.available():
         return _pixel_values_compiled(img, grid, n)
     s = grid.image_size
