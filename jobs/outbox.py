@@ -154,30 +154,28 @@ def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: st
     start and keep the row for the next top-up. Returns how many messages were sent."""
     sent = 0
     while True:
+        undispatched = (sa.select(Job.id, Job.seq, Job.priority)
+                        .where(Job.batch_id == batch_id, Job.seq > after_seq,
+                               Job.status == JobStatus.QUEUED.value)
+                        .order_by(Job.seq))
         with db.session() as session:
-            limit = DISPATCH_CHUNK
+            room = DISPATCH_CHUNK
             if window > 0:
-                limit = min(limit, window - waiting_dispatched(session, batch_id, after_seq, window))
-            rows = [] if limit <= 0 else session.execute(
-                sa.select(Job.id, Job.seq, Job.priority)
-                .where(Job.batch_id == batch_id, Job.seq > after_seq, Job.status == JobStatus.QUEUED.value)
-                .order_by(Job.seq).limit(limit)
-            ).all()
-            more = bool(rows) or (limit <= 0 and session.scalar(
-                sa.select(Job.id).where(Job.batch_id == batch_id, Job.seq > after_seq,
-                                        Job.status == JobStatus.QUEUED.value).limit(1)) is not None)
-        if not rows:
-            break
+                room = min(room, window - waiting_dispatched(session, batch_id, after_seq, window))
+            # With no room, one row still says whether anything is left for a later top-up.
+            rows = session.execute(undispatched.limit(max(room, 1))).all()
+        if not rows:  # every job dispatched (or no longer queued): the dispatch is done
+            with db.session() as session:
+                session.execute(sa.delete(Outbox).where(Outbox.id == row_id))
+            return sent
+        if room <= 0:  # the window is full: the row stays for the next top-up
+            return sent
         publisher.send_many([caption_message(r.id, r.priority) for r in rows], chunk=CHUNK)
         sent += len(rows)
         after_seq = rows[-1].seq
         with db.session() as session:
             session.execute(sa.update(Outbox).where(Outbox.id == row_id)
                             .values(args=[batch_id, after_seq], created_at=utcnow()))
-    if not more:
-        with db.session() as session:
-            session.execute(sa.delete(Outbox).where(Outbox.id == row_id))
-    return sent
 
 
 def top_up_dispatches(db: Database, publisher: Publisher, window: int,
