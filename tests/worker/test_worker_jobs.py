@@ -126,13 +126,7 @@ def test_e4_batch_equals_official_batch_chat(stack: Stack, urls: dict[str, str],
     with stack.client() as c:
         r = c.post("/v1/batches", json=body)
         assert r.status_code == 202, r.text
-        batch = r.json()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            batch = c.get(f"/v1/batches/{batch['id']}").json()
-            if batch["status"] in ("completed", "canceled"):
-                break
-            time.sleep(0.2)
+        batch = stack.wait_batch(r.json()["id"])
         assert batch["status"] == "completed", batch
         lines = [json.loads(x) for x in c.get(f"/v1/batches/{batch['id']}/results").text.splitlines()]
     assert [ln["custom_id"] for ln in lines] == ["row-0", "row-1"]
