@@ -22,6 +22,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
+from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
 from jobs.requests import RequestLimits
 from jobs.service import JobService
@@ -54,7 +55,13 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.auth == "disabled":
             await to_thread.run_sync(_ensure_local_tenant, db)
+        service.cleaner = OutboxCleaner(db)  # published rows are deleted after the response
         yield
+        await to_thread.run_sync(service.cleaner.close)
+        service.cleaner = None
+        hub = getattr(_app.state, "captionq_live_hub", None)  # SSE's shared pub/sub, if used
+        if hub is not None:
+            await hub.close()
         publisher.close()
         db.dispose()
 

@@ -4,7 +4,7 @@
 worker pipeline, batcher, engine, live events) and SQLAlchemy's statement and commit hooks, and
 appends ``<label> <pid> <thread> <time>`` lines to ``$CAPTIONQ_TRACE_FILE``. Times are
 ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux: comparable across processes). Nothing in the
-service imports this; the worker subprocess gets it through ``bench/jobtrace_site`` on
+service imports this; the worker subprocess gets it through ``bench/bench_site`` on
 ``PYTHONPATH`` (a ``sitecustomize``).
 """
 
@@ -91,7 +91,7 @@ def install_api() -> None:
     _wrap(JobService, "submit", "api:submit")
     _wrap(JobService, "get", "api:get")
     _wrap(Publisher, "send_many", "api:send")
-    _wrap(outbox, "_delete", "api:outbox_delete")
+    _wrap(outbox, "delete_rows", "api:outbox_delete")
     _wrap(events, "_job", "sse:job")
     _wrap(live, "decode", "sse:pubsub_msg")
     _wrap(events, "_events_client", "sse:client")

@@ -30,6 +30,8 @@ import jobtrace  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--model", choices=["instant", "tiny"], default="instant",
+                    help="as in bench_worker_overhead.py")
     ap.add_argument("--batch-wait-ms", type=int, default=None)
     ap.add_argument("--torch-threads", type=int, default=None)
     ap.add_argument("--dump", type=int, default=None, help="also print every point of job K")
@@ -41,7 +43,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.txt"
         os.environ["CAPTIONQ_TRACE_FILE"] = str(trace)
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench" / "jobtrace_site"), str(ROOT)])
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench" / "bench_site"), str(ROOT)])
+        if a.model == "instant":
+            import instant_model
+
+            os.environ.update(instant_model.instant_env())
         jobtrace.install("api")
         body = {"prompts": ["Hi"], "generation": {"max_new_tokens": 1}}
         extra = {} if a.batch_wait_ms is None else {"batch_wait_ms": a.batch_wait_ms}

@@ -7,6 +7,7 @@ the sweeper (separate processes in local mode) can share one file.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -77,15 +78,53 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_IDLE_SINCE = "captionq_idle_since"
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only when it sat in the pool for ``idle_seconds``.
+
+    ``pool_pre_ping`` costs a round trip on every checkout — three of them on one job's critical
+    path. What it protects against is a connection that died while idle in the pool (database
+    restart or failover, an idle timeout in a proxy or firewall, ``pg_terminate_backend``). Each
+    of those takes a connection that has been idle for longer than a second or so: a restart
+    takes seconds, and while the server is down a fresh connection fails as well, so skipping the
+    ping for a connection checked in within the last ``idle_seconds`` hands out no connection
+    that the ping would have saved — except one terminated individually in that second, which
+    fails its request as any connection dying mid-request would. A failed ping raises
+    ``DisconnectionError``, on which the pool discards that connection and checks out another
+    (SQLAlchemy's pessimistic-disconnect recipe), so the caller still never sees a dead one.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # a new connection, or one in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)  # the same ping pool_pre_ping sends
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+
+
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    opts: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    idle = float(settings.db_ping_idle_seconds)
+    opts: dict[str, Any] = {"pool_pre_ping": idle <= 0, "pool_size": 10, "max_overflow": 20}
     opts.update(kwargs)
-    return sa.create_engine(url, **opts)
+    engine = sa.create_engine(url, **opts)
+    if idle > 0 and not opts["pool_pre_ping"]:
+        ping_when_idle(engine, idle)
+    return engine
 
 
 class Database:

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     # Redis used for live events (SSE, partial text). Defaults to the broker when that is Redis;
     # without Redis (local mode) events are read from the database instead.
     redis_url: str | None = None
+    # A pooled PostgreSQL connection idle for longer than this is pinged before use (a dead one is
+    # replaced, not handed out); one used more recently goes straight to work. 0 = ping on every
+    # checkout. See core.db.ping_when_idle for why 1 s loses nothing that pinging always saves.
+    db_ping_idle_seconds: float = 1.0
     data_dir: Path = Path("./.captionq")
     local_mode: bool = False
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -33,6 +34,9 @@ from core.db import Database, utcnow
 from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, TASK_FINALIZE, TASK_WEBHOOK, Message, Publisher
 from jobs.states import JobStatus
 from jobs.tables import Job, Outbox
+
+if TYPE_CHECKING:
+    from jobs.outbox_cleaner import OutboxCleaner
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,7 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
             log.warning("publishing %d outbox messages failed, sweeper retries: %s", len(messages), exc)
             return sent
         if messages:
-            _delete(db, [m.outbox_id for m in messages if m.outbox_id is not None])
+            delete_rows(db, [m.outbox_id for m in messages if m.outbox_id is not None])
             sent += len(messages)
         for row_id, batch_id, after_seq in dispatches:
             try:
@@ -108,9 +112,10 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
 
 
 def publish_messages(db: Database, publisher: Publisher | None, messages: Sequence[Message],
-                     window: int = 0) -> int:
+                     window: int = 0, cleaner: OutboxCleaner | None = None) -> int:
     """Send messages whose outbox rows (``outbox_id``) the caller just committed, then delete
-    those rows. On a broker error the rows stay for the sweeper."""
+    those rows (through ``cleaner``, off the caller's path, when given). On a broker error the
+    rows stay for the sweeper."""
     if publisher is None or not messages:
         return 0
     plain = [m for m in messages if m.task != DISPATCH_BATCH]
@@ -121,11 +126,15 @@ def publish_messages(db: Database, publisher: Publisher | None, messages: Sequen
     except Exception as exc:
         log.warning("publishing %d outbox messages failed, sweeper retries: %s", len(plain), exc)
         return 0
-    _delete(db, [m.outbox_id for m in plain if m.outbox_id is not None])
+    done = [m.outbox_id for m in plain if m.outbox_id is not None]
+    if cleaner is not None:
+        cleaner.discard(done)
+    else:
+        delete_rows(db, done)
     return len(plain)
 
 
-def _delete(db: Database, ids: list[int]) -> None:
+def delete_rows(db: Database, ids: list[int]) -> None:
     """Forget published rows. Not worth an fsync: losing this commit in a crash only means the
     sweeper sends those messages once more, which every consumer tolerates."""
     with db.session() as session:

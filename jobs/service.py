@@ -18,7 +18,7 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -31,6 +31,9 @@ from jobs.queue import Publisher
 from jobs.render import result_line
 from jobs.states import CANCEL, EXPIRE, FAIL, REQUEUE, RESTART, START, SUCCEED, JobStatus
 from jobs.tables import Batch, Job
+
+if TYPE_CHECKING:
+    from jobs.outbox_cleaner import OutboxCleaner
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +60,14 @@ class ClaimedJob(dict[str, Any]):
 
 
 class JobService:
-    def __init__(self, db: Database, settings: Settings, publisher: Publisher | None = None) -> None:
+    def __init__(self, db: Database, settings: Settings, publisher: Publisher | None = None,
+                 cleaner: OutboxCleaner | None = None) -> None:
         self.db = db
         self.settings = settings
         self.publisher = publisher
+        # Long-running processes (API, worker) pass one so that deleting published outbox rows
+        # does not hold up the caller; without it they are deleted before returning.
+        self.cleaner = cleaner
 
     # --- plumbing -------------------------------------------------------------------------
     def publish(self, outbox_ids: list[int]) -> int:
@@ -79,7 +86,8 @@ class JobService:
             ids_ = outbox.add(session, effects.messages, now)
         if ids_:
             sent = [dataclasses.replace(m, outbox_id=i) for m, i in zip(effects.messages, ids_, strict=True)]
-            outbox.publish_messages(self.db, self.publisher, sent, self.settings.dispatch_window)
+            outbox.publish_messages(self.db, self.publisher, sent, self.settings.dispatch_window,
+                                    self.cleaner)
         return result
 
     # --- submission -----------------------------------------------------------------------

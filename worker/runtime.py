@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from core.db import Database
 from core.settings import Settings
 from jobs.live import LivePublisher
+from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
 from jobs.service import JobService
 from storage.config import StorageConfig
@@ -50,7 +51,7 @@ class Runtime:
         self.db = Database(settings)
         self.storage = StorageConfig.from_settings(settings)
         self.publisher = Publisher.from_settings(settings, celery_app)
-        self.jobs = JobService(self.db, settings, self.publisher)
+        self.jobs = JobService(self.db, settings, self.publisher, OutboxCleaner(self.db))
         url = settings.events_redis_url
         self.live: LivePublisher | None = LivePublisher(url) if url else None
         self._lock = threading.Lock()
@@ -113,6 +114,8 @@ class Runtime:
                 self._batcher.close(cancel_pending=True, timeout=30)
         if self.live is not None:
             self.live.close()
+        if self.jobs.cleaner is not None:
+            self.jobs.cleaner.close()
         self.publisher.close()
         self.db.dispose()
 

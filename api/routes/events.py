@@ -34,6 +34,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.context import AppContext, get_ctx, tenant
+from api.live_hub import LOST, LiveHub, Subscription
 from jobs import live
 from jobs.render import job_to_dict
 from jobs.states import TERMINAL
@@ -96,19 +97,24 @@ async def job_events(request: Request, job_id: str, tenant_id: Tenant) -> Stream
     ctx = get_ctx(request)
     url = ctx.settings.events_redis_url
     sub = await _subscribe(request, url, job_id) if url else None
+    raw_text: bytes | None = None
     try:
         # One read, after subscribing (no gap), answers 404 before the stream starts and is the
-        # stream's first state.
-        job = await _job(ctx, tenant_id, job_id)
+        # stream's first state; the round's text so far is read from Redis meanwhile.
+        if sub is not None and url:
+            job, raw_text = await asyncio.gather(_job(ctx, tenant_id, job_id),
+                                                 _text_so_far(request, url, job_id))
+        else:
+            job = await _job(ctx, tenant_id, job_id)
     except BaseException:
         if sub is not None:
-            await _close(sub[0])
+            await _close(sub)
         raise
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if sub is None:
         return StreamingResponse(_db_stream(request, ctx, tenant_id, job), media_type="text/event-stream",
                                  headers=headers)
-    return _LiveStream(_redis_stream(request, ctx, tenant_id, job, sub), sub[0],
+    return _LiveStream(_redis_stream(request, ctx, tenant_id, job, sub, raw_text), sub,
                        media_type="text/event-stream", headers=headers)
 
 
@@ -116,15 +122,15 @@ class _LiveStream(StreamingResponse):
     """Closes the subscription however the response ends — also when the client left before the
     stream's generator ever ran (its own ``finally`` would then never run)."""
 
-    def __init__(self, content: AsyncIterator[bytes], pubsub: Any, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncIterator[bytes], sub: Subscription, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
-        self._pubsub = pubsub
+        self._sub = sub
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await _close(self._pubsub)
+            await _close(self._sub)
 
 
 async def _job(ctx: AppContext, tenant_id: str, job_id: str) -> Any:
@@ -172,41 +178,37 @@ async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any
         job = await _job(ctx, tenant_id, job.id)
 
 
-def _events_client(request: Request, url: str) -> Any:
-    """One asyncio Redis client per app (pub/sub takes its own connection from its pool)."""
-    import redis.asyncio as aioredis
-
+def _events_hub(request: Request, url: str) -> LiveHub:
+    """The app's one shared pub/sub connection (:mod:`api.live_hub`), made on first use."""
     state = request.app.state
-    client = getattr(state, "captionq_events_redis", None)
-    if client is None:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
-        state.captionq_events_redis = client
-    return client
+    hub = getattr(state, "captionq_live_hub", None)
+    if hub is None:
+        hub = LiveHub(url, confirm_timeout=SUBSCRIBE_TIMEOUT)
+        state.captionq_live_hub = hub
+    return hub
 
 
-async def _subscribe(request: Request, url: str, job_id: str) -> tuple[Any, bytes | None] | None:
-    """Subscribe to the job's channel, wait until Redis confirms it (only then is every later
-    publish sure to reach us), then read the round's text so far. None when Redis is unavailable:
-    the database alone still gives a correct stream."""
-    client = _events_client(request, url)
-    pubsub = client.pubsub()
+async def _subscribe(request: Request, url: str, job_id: str) -> Subscription | None:
+    """Subscribe to the job's channel; returns once Redis confirmed it (only then is every later
+    publish sure to reach us). None when Redis is unavailable: the database alone still gives a
+    correct stream."""
     try:
-        await pubsub.subscribe(live.channel(job_id))
-        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
-        while True:
-            msg = await pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if (msg is not None and msg.get("type") == "subscribe") or time.monotonic() >= deadline:
-                break
-        raw_text = await client.get(live.text_key(job_id))
+        return await _events_hub(request, url).subscribe(live.channel(job_id))
     except Exception:
-        await _close(pubsub)
         return None
-    return pubsub, raw_text
 
 
-async def _close(pubsub: Any) -> None:
+async def _text_so_far(request: Request, url: str, job_id: str) -> bytes | None:
+    """The round's text so far (read after subscribing: no gap)."""
+    try:
+        return await _events_hub(request, url).get(live.text_key(job_id))
+    except Exception:
+        return None
+
+
+async def _close(sub: Subscription) -> None:
     with contextlib.suppress(Exception):
-        await pubsub.aclose()
+        await sub.close()
 
 
 def _live_changes(job_id: str, data: dict[str, Any],
@@ -228,8 +230,7 @@ def _live_changes(job_id: str, data: dict[str, Any],
 
 
 async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any,
-                        sub: tuple[Any, bytes | None]) -> AsyncIterator[bytes]:
-    pubsub, raw_text = sub
+                        sub: Subscription, raw_text: bytes | None) -> AsyncIterator[bytes]:
     job_id = job.id
     try:
         for change in _changes(job, None):
@@ -247,14 +248,12 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job: 
         next_poll = time.monotonic() + DB_POLL_REDIS
         last_sent = time.monotonic()
         while True:
-            try:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            except Exception:
-                msg = None
-                await asyncio.sleep(0.5)
+            payload = await sub.next(timeout=0.5)
             check_db = time.monotonic() >= next_poll
-            if msg is not None and msg.get("type") == "message":
-                decoded = live.decode(msg["data"])
+            if payload is LOST:
+                check_db = True  # the subscription is gone: the database polling carries on
+            elif payload is not None:
+                decoded = live.decode(payload)
                 if decoded is not None:
                     event, data = decoded
                     if event == "token":
@@ -287,4 +286,4 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job: 
             if await request.is_disconnected():
                 return
     finally:
-        await _close(pubsub)
+        await _close(sub)

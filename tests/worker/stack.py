@@ -117,6 +117,39 @@ class Stack:
         with helpers.client(self.server.base_url, self.api_key) as c:
             yield c
 
+    @contextmanager
+    def api_process(self, timeout: float = 60.0) -> Iterator[str]:
+        """``captionq serve`` as its own process (as in production) on a free port, with the
+        stack's settings; yields its base URL. The in-thread server of :attr:`server` shares this
+        process's GIL with the test's HTTP client, which a latency benchmark must not measure."""
+        port = helpers.free_port()
+        log = self.tmp / f"api-{port}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=ROOT, env=self.worker_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    text = log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"captionq serve did not come up:\n{text}")
+                time.sleep(0.1)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.client() as c:
             r = c.post("/v1/jobs", json=body)

@@ -1,0 +1,45 @@
+"""An instant model for the queue-overhead benchmark only (issue #4: "a job with an instant
+model"): the engine's network call is replaced by an answer that costs nothing, so what is left
+of a job's latency is the service's own path.
+
+Everything around the network stays real: the checkpoint is loaded, ``Engine.prepare`` builds
+and tokenises the prompt and checks the token budget, the batcher forms the batch on its thread,
+streaming callbacks and the result/history bookkeeping run. Only ``Engine._run_group_unsafe``
+(embed, ViT, LLM decode loop) becomes "every row answers the stop token at once".
+
+Nothing in the service imports this. The benchmark's worker subprocess gets it through
+``bench/bench_site/sitecustomize.py`` when ``CAPTIONQ_BENCH_INSTANT_MODEL=1``; tests and the
+conformance checks never see it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENV = "CAPTIONQ_BENCH_INSTANT_MODEL"
+
+
+def install() -> None:
+    from models import prompts
+    from models.chat_types import ChatResult, Prepared
+    from models.engine import Engine
+    from models.text_stream import TextStream
+
+    def instant_group(self: Engine, group: list[Prepared]) -> list[ChatResult]:
+        out = []
+        for p in group:
+            req = p.request
+            text = ""
+            if req.on_token is not None:
+                TextStream(self.tokenizer, self.template.stop_str, req.on_token).finish(text)
+            out.append(ChatResult(
+                text=text, prompt_tokens=p.prompt_tokens, output_tokens=1, finish_reason="stop",
+                output_ids=[self.stop_id], history=prompts.next_history(req.history, p.question, text),
+            ))
+        return out
+
+    setattr(Engine, "_run_group_unsafe", instant_group)  # noqa: B010
+
+
+def instant_env() -> dict[str, Any]:
+    return {ENV: "1"}
