@@ -59,10 +59,12 @@ class Subscription:
 
 
 class LiveHub:
-    def __init__(self, url: str, *, confirm_timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, confirm_timeout: float = 2.0, client_name: str = "captionq-api-events",
+                 ) -> None:
         import redis.asyncio as aioredis
 
-        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+        # Named, so that an operator can tell its connections apart in CLIENT LIST.
+        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, client_name=client_name)
         self.confirm_timeout = confirm_timeout
         self._lock = asyncio.Lock()
         self._pubsub: Any = None
@@ -199,3 +201,15 @@ class LiveHub:
             self._stale.clear()
         with contextlib.suppress(Exception):
             await pubsub.aclose()
+
+
+def hub_for(request: Any, url: str | None) -> LiveHub | None:
+    """The app's one hub (made on first use), or None without a Redis for live events."""
+    if not url:
+        return None
+    state = request.app.state
+    hub = getattr(state, "captionq_live_hub", None)
+    if hub is None:
+        hub = LiveHub(url)
+        state.captionq_live_hub = hub
+    return hub  # type: ignore[no-any-return]

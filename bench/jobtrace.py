@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 _fd: int | None = None
+_role = "w"  # prefixes the labels of the shared SQL hooks: "api" or "w"
 
 
 def mark(label: str) -> None:
@@ -58,20 +59,20 @@ def _sql_hooks() -> None:
 
     @event.listens_for(sa.engine.Engine, "before_cursor_execute")
     def _before(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
-        mark("sql:" + statement.split(None, 1)[0].upper() + ">")
+        mark(f"{_role}:sql:" + statement.split(None, 1)[0].upper() + ">")
 
     @event.listens_for(sa.engine.Engine, "after_cursor_execute")
     def _after(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
-        mark("sql:" + statement.split(None, 1)[0].upper() + "<")
+        mark(f"{_role}:sql:" + statement.split(None, 1)[0].upper() + "<")
 
-    _wrap(Session, "commit", "commit")
+    _wrap(Session, "commit", f"{_role}:commit")
     from sqlalchemy.engine.default import DefaultDialect
 
-    _wrap(DefaultDialect, "do_ping", "ping")
+    _wrap(DefaultDialect, "do_ping", f"{_role}:ping")
     try:
         from sqlalchemy.dialects.postgresql._psycopg_common import _PGDialect_common_psycopg
 
-        _wrap(_PGDialect_common_psycopg, "do_ping", "ping")
+        _wrap(_PGDialect_common_psycopg, "do_ping", f"{_role}:ping")
     except ImportError:
         pass
 
@@ -94,8 +95,16 @@ def install_api() -> None:
     _wrap(outbox, "delete_rows", "api:outbox_delete")
     _wrap(events, "_job", "sse:job")
     _wrap(live, "decode", "sse:pubsub_msg")
-    _wrap(events, "_events_client", "sse:client")
+    _wrap(events, "_subscribe", "sse:subscribe")
     _wrap(events, "_changes", "sse:changes")
+    import api.routes.jobs as jobs_routes
+    import api.waiting as waiting
+    from api.live_hub import LiveHub
+
+    _wrap(jobs_routes, "create_once", "api:create_once")
+    _wrap(waiting, "wait_terminal", "api:wait_terminal")
+    _wrap(waiting, "subscribe", "api:subscribe")
+    _wrap(LiveHub, "_dispatch", "api:hub_dispatch")
 
 
 def install_worker() -> None:
@@ -124,11 +133,12 @@ def install_worker() -> None:
 
 
 def install(role: str) -> None:
-    global _fd
+    global _fd, _role
     path = os.environ.get("CAPTIONQ_TRACE_FILE")
     if not path:
         return
     _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    _role = "api" if role == "api" else "w"
     _sql_hooks()
     if role == "api":
         install_api()

@@ -34,9 +34,13 @@ def main() -> None:
                     help="as in bench_worker_overhead.py")
     ap.add_argument("--batch-wait-ms", type=int, default=None)
     ap.add_argument("--torch-threads", type=int, default=None)
+    ap.add_argument("--api", choices=["process", "thread"], default="process",
+                    help="as in bench_worker_overhead.py")
+    ap.add_argument("--client", choices=["sse", "wait"], default="sse",
+                    help="sse: POST then the SSE stream until done; wait: POST with Prefer: wait")
     ap.add_argument("--dump", type=int, default=None, help="also print every point of job K")
     a = ap.parse_args()
-    from bench_worker_overhead import sse_until_done
+    from bench_worker_overhead import api_client, run_job
 
     from tests.worker.stack import build_stack, destroy_stack, private_redis
 
@@ -58,13 +62,11 @@ def main() -> None:
             stack = build_stack(Path(tmp), redis_url=url, **extra)
             try:
                 stack.start_worker(queues="gpu,io")
-                with stack.client() as c:
+                with api_client(stack, a.api) as c:
                     for i in range(a.n + 5):
                         t0 = time.perf_counter()
-                        jobtrace.mark("client:post>")
-                        r = c.post("/v1/jobs", json=body)
-                        jobtrace.mark("client:post<")
-                        job = sse_until_done(c, r.json()["id"])
+                        jobtrace.mark("client:start")
+                        job = run_job(c, body, a.client)
                         jobtrace.mark("client:done")
                         t1 = time.perf_counter()
                         assert job["status"] == "succeeded", job
@@ -78,10 +80,8 @@ def main() -> None:
     rel: dict[str, list[float]] = defaultdict(list)
     for t0, t1 in windows:
         seen: dict[str, int] = defaultdict(int)
-        for t, label, pid, _thread in events:
+        for t, label, _pid, _thread in events:
             if t0 - 1e-4 <= t <= t1 + 1e-4:
-                if label.startswith(("sql:", "commit", "ping")):
-                    label = f"{'api' if int(pid) == os.getpid() else 'w'}:{label}"
                 seen[label] += 1
                 key = f"{label}#{seen[label]}"
                 rel[key].append(1000 * (t - t0))
@@ -89,8 +89,7 @@ def main() -> None:
         t0, t1 = windows[a.dump]
         for t, label, pid, thread in events:
             if t0 - 1e-4 <= t <= t1 + 1e-4:
-                role = "api" if int(pid) == os.getpid() else "worker"
-                print(f"{1000 * (t - t0):8.2f} ms  {label:<28} {role} {thread}")
+                print(f"{1000 * (t - t0):8.2f} ms  {label:<28} pid {pid} {thread}")
     rows = sorted(rel, key=lambda key: statistics.median(rel[key]))
     total = statistics.median([1000 * (t1 - t0) for t0, t1 in windows])
     print(f"{len(windows)} jobs, median POST -> done {total:.2f} ms")

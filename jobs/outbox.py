@@ -72,9 +72,9 @@ def add(session: Session, messages: Sequence[Message], now: datetime | None = No
          "priority": m.priority, "created_at": now}
         for m in messages
     ]
-    result = session.execute(
-        sa.insert(Outbox).returning(Outbox.id, sort_by_parameter_order=True), rows
-    )
+    # A Core INSERT on the table: the ORM's bulk-insert machinery adds ~0.3 ms to every submit.
+    table: sa.Table = Outbox.__table__  # type: ignore[assignment]
+    result = session.execute(sa.insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
     return list(result.scalars())
 
 

@@ -34,7 +34,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.context import AppContext, get_ctx, tenant
-from api.live_hub import LOST, LiveHub, Subscription
+from api.live_hub import LOST, LiveHub, Subscription, hub_for
 from jobs import live
 from jobs.render import job_to_dict
 from jobs.states import TERMINAL
@@ -46,7 +46,6 @@ Tenant = Annotated[str, Depends(tenant)]
 DB_POLL_REDIS = 1.0
 DB_POLL_LOCAL = 0.5
 KEEPALIVE_SECONDS = 15.0
-SUBSCRIBE_TIMEOUT = 2.0
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -180,11 +179,8 @@ async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any
 
 def _events_hub(request: Request, url: str) -> LiveHub:
     """The app's one shared pub/sub connection (:mod:`api.live_hub`), made on first use."""
-    state = request.app.state
-    hub = getattr(state, "captionq_live_hub", None)
-    if hub is None:
-        hub = LiveHub(url, confirm_timeout=SUBSCRIBE_TIMEOUT)
-        state.captionq_live_hub = hub
+    hub = hub_for(request, url)
+    assert hub is not None
     return hub
 
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
-import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from api import waiting
 from api.body import read_json
 from api.context import AppContext, get_ctx, tenant
 from api.openapi import body_schema
-from jobs import idempotency, lists
+from jobs import idempotency, ids, lists
 from jobs.render import job_to_dict
 from jobs.requests import normalize_job_request
-from jobs.states import TERMINAL
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -28,41 +26,74 @@ async def run_idempotent(
     create: Any, load: Any,
 ) -> JSONResponse:
     """Run ``create()`` (→ (id, json)) once per Idempotency-Key; replay with ``load(id)``."""
+    _id, data, replayed = await create_once(request, ctx, tenant_id, endpoint, body, create, load)
+    if replayed:
+        return JSONResponse(data, status_code=200, headers={"Idempotent-Replayed": "true"})
+    return JSONResponse(data, status_code=202)
+
+
+async def create_once(
+    request: Request, ctx: AppContext, tenant_id: str, endpoint: str, body: Any,
+    create: Any, load: Any,
+) -> tuple[str, dict[str, Any], bool]:
+    """:func:`run_idempotent`'s work: (resource id, its JSON, whether it is a replay)."""
     key = request.headers.get("idempotency-key")
     if key is None:
-        _id, data = await to_thread.run_sync(create)
-        return JSONResponse(data, status_code=202)
+        resource_id, data = await to_thread.run_sync(create)
+        return resource_id, data, False
     body_hash = idempotency.request_hash(endpoint, body)
     existing = await to_thread.run_sync(
         lambda: idempotency.claim(ctx.db, tenant_id, key, endpoint, body_hash,
                                   ctx.settings.idempotency_ttl_seconds))
     if existing is not None:
-        data = await to_thread.run_sync(load, existing)
-        return JSONResponse(data, status_code=200, headers={"Idempotent-Replayed": "true"})
+        return existing, await to_thread.run_sync(load, existing), True
     try:
         resource_id, data = await to_thread.run_sync(create)
     except BaseException:
         await to_thread.run_sync(idempotency.release, ctx.db, tenant_id, key)
         raise
     await to_thread.run_sync(idempotency.complete, ctx.db, tenant_id, key, resource_id)
-    return JSONResponse(data, status_code=202)
+    return resource_id, data, False
 
 
 @router.post("/jobs", status_code=202, summary="Submit a job",
              openapi_extra=body_schema("JobRequest"), responses={202: {"description": "The Job"}})
 async def submit_job(request: Request, tenant_id: Tenant) -> JSONResponse:
+    """``Prefer: wait=N`` (RFC 7240, an extension of API.md): answer when the job has ended or
+    after N seconds (at most 60), whichever comes first; the status code is 202 either way and
+    ``Preference-Applied`` says the wait was honoured."""
     ctx = get_ctx(request)
     body = await read_json(request)
+    wait = waiting.prefer_wait(request.headers.get("prefer"))
+    new_id = ids.job_id()
+    # Listen before the job exists: its ``done`` cannot be published before we are subscribed.
+    sub = await waiting.subscribe(request, ctx, new_id) if wait else None
 
     def create() -> tuple[str, dict[str, Any]]:
         req = normalize_job_request(body, ctx.checker, ctx.limits)
-        job = ctx.service.submit(tenant_id, req)
+        job = ctx.service.submit(tenant_id, req, job_id=new_id)
         return job.id, job_to_dict(job)
 
     def load(job_id: str) -> dict[str, Any]:
         return job_to_dict(ctx.service.get(tenant_id, job_id))
 
-    return await run_idempotent(request, ctx, tenant_id, "POST /v1/jobs", body, create, load)
+    try:
+        job_id, data, replayed = await create_once(request, ctx, tenant_id, "POST /v1/jobs", body,
+                                                   create, load)
+    except BaseException:
+        if sub is not None:
+            await sub.close()
+        raise
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    if wait is None:
+        return JSONResponse(data, status_code=200 if replayed else 202, headers=headers)
+    if replayed and sub is not None:  # listening to another id: the replayed job subscribes itself
+        await sub.close()
+        sub = None
+    data = await waiting.wait_terminal(request, ctx, tenant_id, job_id, wait, sub=sub,
+                                       known=None if replayed else data)
+    headers["Preference-Applied"] = f"wait={wait:g}"
+    return JSONResponse(data, status_code=200 if replayed else 202, headers=headers)
 
 
 @router.get("/jobs/{job_id}", summary="Get a job (optionally long-polling until it ends)")
@@ -71,15 +102,9 @@ async def get_job(
     wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a terminal status")] = 0,
 ) -> dict[str, Any]:
     ctx = get_ctx(request)
-    deadline = time.monotonic() + wait
-    delay = 0.05
-    while True:
-        job = await to_thread.run_sync(ctx.service.get, tenant_id, job_id)
-        left = deadline - time.monotonic()
-        if job.status in TERMINAL or left <= 0 or await request.is_disconnected():
-            return job_to_dict(job)
-        await anyio.sleep(min(delay, left))
-        delay = min(delay * 1.5, 0.5)
+    if wait <= 0:
+        return job_to_dict(await to_thread.run_sync(ctx.service.get, tenant_id, job_id))
+    return await waiting.wait_terminal(request, ctx, tenant_id, job_id, wait)
 
 
 @router.get("/jobs", summary="List jobs, newest first")

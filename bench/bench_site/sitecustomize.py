@@ -16,7 +16,7 @@ if os.environ.get("CAPTIONQ_TRACE_FILE") or os.environ.get("CAPTIONQ_BENCH_INSTA
 if os.environ.get("CAPTIONQ_TRACE_FILE"):
     import jobtrace
 
-    jobtrace.install("worker")
+    jobtrace.install("api" if "serve" in sys.argv else "worker")  # `captionq serve` or a worker
 if os.environ.get("CAPTIONQ_BENCH_INSTANT_MODEL") == "1":
     import instant_model
 

@@ -108,6 +108,18 @@ def test_e3_text_only_equals_official_chat(stack: Stack, golden: dict[str, Any])
     assert done["metrics"]["tiles"] == 0
 
 
+def test_prefer_wait_answers_with_the_finished_job(stack: Stack, golden: dict[str, Any]) -> None:
+    e3 = golden["E3_chat_text_only"]
+    with stack.client() as c:
+        r = c.post("/v1/jobs", json={"prompts": [e3["question"]], "generation": GREEDY16},
+                   headers={"Prefer": "wait=60"})
+        assert r.status_code == 202 and r.headers["preference-applied"] == "wait=60"
+        done = r.json()
+        assert done["status"] == "succeeded", (done, stack.logs())
+        assert done["output"]["text"] == e3["rounds"][0]["response"]
+        assert c.get(f"/v1/jobs/{done['id']}").json() == done  # the committed job, as stored
+
+
 def test_e4_batch_equals_official_batch_chat(stack: Stack, urls: dict[str, str],
                                              golden: dict[str, Any]) -> None:
     """The two rows of batch_chat() as two jobs of one batch (run together by the batcher when

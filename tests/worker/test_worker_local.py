@@ -58,3 +58,11 @@ def test_sse_without_redis_polls_the_database(stack: Stack) -> None:
     streamed = "".join(d["text"] for e, d in events if e == "token")
     assert streamed, kinds  # partial_text grew while the job ran (stored about twice a second)
     assert final["output"]["text"].startswith(streamed)
+
+
+def test_prefer_wait_without_redis_polls_the_database(stack: Stack) -> None:
+    with stack.client() as c:
+        r = c.post("/v1/jobs", json={"prompts": ["Hi"], "generation": {"max_new_tokens": 2}},
+                   headers={"Prefer": "wait=60"})
+    assert r.status_code == 202 and r.headers["preference-applied"] == "wait=60"
+    assert r.json()["status"] == "succeeded", (r.json(), stack.logs())
