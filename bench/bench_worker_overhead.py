@@ -3,16 +3,20 @@
 
     python bench/bench_worker_overhead.py [--n 100]
 
-Three measurements, each ``--n`` times, one at a time (latency, not throughput), on a
-redis-server of the benchmark's own:
+One request at a time (latency, not throughput), on a redis-server of the benchmark's own, the
+kinds below taking turns (a raw round trip, then a job of each client mode, in rotating order) so
+that the machine's drifting load hits them alike:
 
 1. **raw Celery**: ``echo.apply_async().get()`` on a threads-pool Celery worker process
    (Redis broker and result backend): the floor any Celery-based service starts from.
-2. **captionq job**: ``POST /v1/jobs`` (text only, ``max_new_tokens`` 1), then
-   ``GET /v1/jobs/{id}/events`` until the ``done`` event — through the real API (uvicorn in this
-   process), PostgreSQL, the outbox, Redis, one ``captionq worker --queues gpu,io`` process
-   (claim, tokenise, the batcher, the model, record) and the live-event path back. Also the
-   server-side ``finished_at - created_at``.
+2. **captionq job**, text only, ``max_new_tokens`` 1, through the real API (``captionq serve``
+   in its own process, as deployed; ``--api thread`` runs it in this process instead),
+   PostgreSQL, the outbox, Redis, one ``captionq worker --queues gpu,io`` process (claim,
+   tokenise, the batcher, the model, record) and the live-event path back, learnt two ways:
+   ``sse`` — ``POST /v1/jobs``, then ``GET /v1/jobs/{id}/events`` until the ``done`` event;
+   ``wait`` — one ``POST /v1/jobs`` with ``Prefer: wait=30``, answered with the finished job
+   (the counterpart of ``apply_async().get()``). Also the server-side ``finished_at -
+   created_at``.
 3. **engine alone**: the same request through ``Engine.chat`` in this process — the part of (2)
    that is model work, so (2) - (3) is the service's overhead.
 
@@ -79,7 +83,10 @@ def summary(name: str, xs: list[float]) -> str:
             f"mean {1000 * statistics.fmean(xs):7.1f} ms   (n={len(xs)})")
 
 
-def bench_raw(n: int, url: str) -> list[float]:
+@contextmanager
+def raw_celery(url: str) -> Iterator[Any]:
+    """A threads-pool Celery worker process for ``bench.echo``; yields ``one(i)``, one
+    ``apply_async().get()`` round trip."""
     env = {**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
     log = open(Path(tempfile.gettempdir()) / "bench-raw-celery.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -88,16 +95,13 @@ def bench_raw(n: int, url: str) -> list[float]:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     app = make_raw_app(url)
     echo = app.tasks["bench.echo"]
+
+    def one(i: int) -> None:
+        assert echo.apply_async((i,)).get(timeout=10) == i
+
     try:
         echo.apply_async((0,)).get(timeout=120)  # worker up
-        for i in range(5):
-            echo.apply_async((i,)).get(timeout=10)
-        out = []
-        for i in range(n):
-            t0 = time.perf_counter()
-            assert echo.apply_async((i,)).get(timeout=10) == i
-            out.append(time.perf_counter() - t0)
-        return out
+        yield one
     finally:
         proc.terminate()
         proc.wait(30)
@@ -148,9 +152,12 @@ Samples = dict[str, tuple[list[float], list[float], list[float]]]
 
 
 def bench_jobs(n: int, url: str, batch_wait_ms: int | None, torch_threads: int | None,
-               api: str = "process") -> Samples:
-    """``n`` jobs per client mode, the modes taking turns job by job (so drift in the machine's
-    load hits both alike): client-side seconds, server-side seconds, engine seconds."""
+               api: str = "process", order: str = "interleaved") -> tuple[list[float], Samples]:
+    """``n`` raw Celery round trips and ``n`` jobs per client mode. ``interleaved``: taking turns
+    (a raw round trip, then a job of each mode, in rotating order), so that drift in the
+    machine's load hits all alike; ``blocks``: all raw round trips back to back first, then the
+    jobs (each kind in its own tight loop, as earlier stops measured). Returns the raw seconds
+    and, per mode, client-side seconds, server-side seconds and engine seconds."""
     from tests.worker.stack import build_stack, destroy_stack
 
     body = {"prompts": ["Hi"], "generation": {"max_new_tokens": 1}}
@@ -158,14 +165,26 @@ def bench_jobs(n: int, url: str, batch_wait_ms: int | None, torch_threads: int |
     if torch_threads:
         extra["torch_threads"] = torch_threads
     out: Samples = {mode: ([], [], []) for mode in CLIENTS}
-    with tempfile.TemporaryDirectory() as tmp:
+    raw: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp, raw_celery(url) as raw_one:
         stack = build_stack(Path(tmp), redis_url=url, **extra)
         try:
             stack.start_worker(queues="gpu,io")
             with api_client(stack, api) as c:
-                for i in range(n + 5):
-                    for mode in CLIENTS:
+                kinds = ["raw", *CLIENTS]
+                if order == "blocks":
+                    plan = [[kind] for kind in kinds for _ in range(n + 5)]
+                else:
+                    plan = [kinds[i % 3:] + kinds[:i % 3] for i in range(n + 5)]
+                for step, turn in enumerate(plan):
+                    i = step % (n + 5)
+                    for mode in turn:
                         t0 = time.perf_counter()
+                        if mode == "raw":
+                            raw_one(i)
+                            if i >= 5:
+                                raw.append(time.perf_counter() - t0)
+                            continue
                         job = run_job(c, body, mode)
                         dt = time.perf_counter() - t0
                         assert job["status"] == "succeeded", job
@@ -176,7 +195,7 @@ def bench_jobs(n: int, url: str, batch_wait_ms: int | None, torch_threads: int |
                         server_side.append((datetime.fromisoformat(job["finished_at"])
                                             - datetime.fromisoformat(job["created_at"])).total_seconds())
                         in_engine.append(float(job["metrics"]["engine_seconds"]))
-            return out
+            return raw, out
         finally:
             destroy_stack(stack)
 
@@ -225,6 +244,9 @@ def main() -> None:
     ap.add_argument("--api", choices=["process", "thread"], default="process",
                     help="process (default): `captionq serve` in its own process, as deployed; thread: "
                          "uvicorn in a thread of the benchmark process (shares the client's GIL)")
+    ap.add_argument("--order", choices=["interleaved", "blocks"], default="interleaved",
+                    help="interleaved (default): raw round trips and jobs take turns; blocks: each kind "
+                         "in its own tight loop (the raw figure is then measured on a busy-warm machine)")
     ap.add_argument("--batch-wait-ms", type=int, default=None,
                     help="CAPTIONQ_BATCH_WAIT_MS for the worker (default: the setting's default, 20): "
                          "how long the batcher waits for company before running a lone request")
@@ -241,13 +263,14 @@ def main() -> None:
     if a.model == "instant":
         use_instant_model()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; model {a.model}; "
-          f"API in a {a.api}; PostgreSQL synchronous_commit={a.pg_synchronous_commit}", flush=True)
+          f"order {a.order}; API in a {a.api}; PostgreSQL synchronous_commit={a.pg_synchronous_commit}",
+          flush=True)
     from tests.worker.stack import private_redis
 
     with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp)) as url:
-        raw = bench_raw(a.n, url)
-        print(summary("raw Celery round trip", raw), flush=True)
-        samples = bench_jobs(a.n, url, a.batch_wait_ms, a.torch_threads, a.api)
+        raw, samples = bench_jobs(a.n, url, a.batch_wait_ms, a.torch_threads, a.api,
+                                  a.order)
+    print(summary("raw Celery round trip", raw), flush=True)
     engine = bench_engine(a.n, a.torch_threads)
     model = statistics.median(engine)
     raw_p50 = statistics.median(raw)

@@ -127,6 +127,7 @@ def install_worker() -> None:
     _wrap(LivePublisher, "status", "w:live_status")
     _wrap(LivePublisher, "done", "w:live_done")
     _wrap(LivePublisher, "tokens", "w:live_tokens")
+    _wrap(LivePublisher, "_send_done", "w:live_done_sent")
     _wrap(Batcher, "submit", "w:batcher_submit")
     _wrap(Engine, "prepare", "w:engine_prepare")
     _wrap(Engine, "generate_batch", "w:generate")

@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -51,15 +53,25 @@ def decode(raw: bytes | str) -> tuple[str, dict[str, Any]] | None:
 
 
 class LivePublisher:
-    """Publishes live events for jobs. Never raises: a Redis hiccup must not fail a job."""
+    """Publishes live events for jobs. Never raises: a Redis hiccup must not fail a job.
+
+    The calls return at once: the Redis commands run on one thread of the publisher's own, in
+    the order of the calls (so a job's ``status``, ``token`` and ``done`` events keep their
+    order), and a job's task thread does not wait for a round trip to Redis before it goes on
+    to the model. :meth:`close` sends what is still queued."""
 
     def __init__(self, redis_url: str) -> None:
         import redis
 
         self.client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-events")
+
+    def _later(self, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # closed: the process is stopping
+            self._sender.submit(fn, *args)
 
     def status(self, job_id: str, status: str) -> None:
-        self._publish(job_id, "status", {"status": status})
+        self._later(self._publish, job_id, "status", {"status": status})
 
     def done(self, job_id: str, status: str, job: dict[str, Any] | None = None) -> None:
         """The job reached a terminal state. ``job``: the committed Job JSON (published after the
@@ -67,6 +79,9 @@ class LivePublisher:
         data: dict[str, Any] = {"status": status}
         if job is not None:
             data["job"] = job
+        self._later(self._send_done, job_id, data)
+
+    def _send_done(self, job_id: str, data: dict[str, Any]) -> None:
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.publish(channel(job_id), encode("done", data))
@@ -76,6 +91,9 @@ class LivePublisher:
             log.debug("live event for %s not published: %s", job_id, exc)
 
     def tokens(self, job_id: str, round_index: int, offset: int, delta: str, full_text: str) -> None:
+        self._later(self._send_tokens, job_id, round_index, offset, delta, full_text)
+
+    def _send_tokens(self, job_id: str, round_index: int, offset: int, delta: str, full_text: str) -> None:
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.set(text_key(job_id), json.dumps({"round": round_index, "text": full_text}),
@@ -93,5 +111,6 @@ class LivePublisher:
             log.debug("live event for %s not published: %s", job_id, exc)
 
     def close(self) -> None:
+        self._sender.shutdown(wait=True)
         with contextlib.suppress(Exception):
             self.client.close()

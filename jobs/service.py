@@ -154,7 +154,14 @@ class JobService:
     def _start(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
                redelivered: bool) -> ClaimedJob | None:
         if not redelivered:
-            # The common case in one statement: a queued job, not expired, attempts left.
+            # The common case in one statement: a queued job, not expired, attempts left. Its
+            # commit does not wait for the WAL flush (~0.5 ms, a third of a short job's service
+            # time): the job's result commits synchronously later in the same WAL, which makes
+            # the claim durable too. Only a PostgreSQL crash while the job runs can lose it; the
+            # job is then back to queued with the previous attempt count, which the worker
+            # notices when recording (``claim_lost``) and answers with a redelivery.
+            if self.db.dialect == "postgresql":
+                session.execute(sa.text("SET LOCAL synchronous_commit = off"))
             applied = tx.claim(session, job_id, now, self.settings.max_attempts)
             if applied is not None:
                 return self._claimed(session, effects, now, applied)
@@ -190,6 +197,14 @@ class JobService:
         job = applied.job
         return ClaimedJob(job.request, job_id=job.id, attempt=job.attempts, tenant_id=job.tenant_id,
                           batch_id=job.batch_id, created_at=job.created_at, started_at=job.started_at)
+
+    def claim_lost(self, job_id: str, attempt: int) -> bool:
+        """True when attempt ``attempt``'s claim is gone: the job is queued again with the
+        attempt count from before it (a database crash lost the claim's asynchronous commit; a
+        requeue by the sweeper keeps the count). Its message must be delivered again."""
+        with self.db.session() as session:
+            row = session.execute(sa.select(Job.status, Job.attempts).where(Job.id == job_id)).first()
+        return row is not None and row.status == JobStatus.QUEUED.value and row.attempts == attempt - 1
 
     def set_partial_text(self, job_id: str, text: str) -> bool:
         """Store the text generated so far for the current round (while running). Returns False

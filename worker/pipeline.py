@@ -29,7 +29,7 @@ import logging
 import time
 from typing import Any
 
-from core.errors import CaptionqError, InternalError
+from core.errors import CaptionqError, InternalError, TransientError
 from jobs.render import job_to_dict
 from jobs.service import ClaimedJob
 from jobs.tables import Job
@@ -90,8 +90,7 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
                            model=rt.engine.info.name, prepare_seconds=prepare_seconds)
     job = rt.jobs.succeed_job(job_id, output_json(outcome), metrics, claim=claimed)
     if job is None:
-        log.info("job %s: result not recorded (the job changed meanwhile)", job_id)
-        return "stopped"
+        return _not_recorded(rt, claimed, "result")
     log.info("job %s succeeded in %.2f s (attempt %d, %d tiles, %d+%d tokens)", job_id,
              time.monotonic() - started, claimed.attempt, metrics["tiles"], metrics["input_tokens"],
              metrics["output_tokens"])
@@ -203,8 +202,7 @@ def _stopped(rt: Runtime, claimed: ClaimedJob, reason: StopReason) -> str:
         log.info("job %s canceled", job_id)
         _done(rt, job_id, "canceled")
         return "canceled"
-    log.info("job %s stopped (%s); nothing recorded", job_id, reason)
-    return "stopped"
+    return _not_recorded(rt, claimed, f"stop ({reason})")
 
 
 def _cancel_was_requested(rt: Runtime, claimed: ClaimedJob) -> bool:
@@ -226,12 +224,24 @@ def _failed(rt: Runtime, claimed: ClaimedJob, exc: BaseException, retries: int) 
 def _record_failure(rt: Runtime, claimed: ClaimedJob, code: str, message: str, *, retryable: bool) -> str:
     status = rt.jobs.fail(claimed.job_id, code, message, retryable, attempt=claimed.attempt)
     if status is None:
-        log.info("job %s: failure %s not recorded (the job changed meanwhile)", claimed.job_id, code)
-        return "stopped"
+        return _not_recorded(rt, claimed, f"failure {code}")
     log.info("job %s %s: %s: %s", claimed.job_id, status, code, message)
     if status != "queued":
         _done(rt, claimed.job_id, status)
     return status
+
+
+def _not_recorded(rt: Runtime, claimed: ClaimedJob, what: str) -> str:
+    """The outcome did not apply: the job changed meanwhile (canceled, requeued or failed by the
+    sweeper — nothing to do) or its claim was lost (see ``JobService.claim_lost``) — then this
+    message is delivered again, so that the queued job runs once more instead of waiting for a
+    message that no longer exists."""
+    if rt.jobs.claim_lost(claimed.job_id, claimed.attempt):
+        log.warning("job %s: its claim (attempt %d) was lost by the database; delivering it again",
+                    claimed.job_id, claimed.attempt)
+        raise RetryLater(TransientError("the job's claim was lost by the database"), 1.0)
+    log.info("job %s: %s not recorded (the job changed meanwhile)", claimed.job_id, what)
+    return "stopped"
 
 
 def _done(rt: Runtime, job_id: str, status: str, job: Job | None = None) -> None:

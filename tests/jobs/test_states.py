@@ -238,3 +238,34 @@ def test_claim_and_record_by_claim_in_one_statement_each(svc, tenant, make_reque
     assert row.started_at == second.started_at and row.metrics["model"] == "m"
     assert row.metrics["queued_seconds"] == round((second.started_at - job.created_at).total_seconds(), 3)
     assert row.metrics["run_seconds"] == round((row.finished_at - second.started_at).total_seconds(), 3)
+
+
+def test_claim_commits_without_the_wal_flush_and_a_lost_claim_is_recognised(svc, tenant, make_request):
+    import sqlalchemy as sa
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_a):  # type: ignore[no-untyped-def]
+        statements.append(" ".join(statement.split())[:60])
+
+    event.listen(svc.db.engine, "before_cursor_execute", seen)
+    try:
+        job = _job(svc, tenant, make_request)
+        statements.clear()
+        claimed = svc.start(job.id)
+    finally:
+        event.remove(svc.db.engine, "before_cursor_execute", seen)
+    assert claimed is not None and claimed.attempt == 1
+    # The claim's transaction: SET LOCAL, then the one conditional UPDATE.
+    assert statements[0] == "SET LOCAL synchronous_commit = off", statements
+    assert statements[1].startswith("UPDATE jobs SET status=") and len(statements) == 2, statements
+    assert svc.claim_lost(job.id, claimed.attempt) is False  # running: nothing lost
+    with svc.db.session() as s:  # what a crash before the WAL flush would leave behind
+        s.execute(sa.text("UPDATE jobs SET status = 'queued', attempts = 0 WHERE id = :id"), {"id": job.id})
+    assert svc.succeed_job(job.id, {"text": "x"}, claim=claimed) is None
+    assert svc.claim_lost(job.id, claimed.attempt) is True
+    again = svc.start(job.id)
+    assert again is not None and again.attempt == 1
+    assert svc.requeue(job.id, attempt=again.attempt) is True  # the sweeper's requeue keeps the count
+    assert svc.claim_lost(job.id, again.attempt) is False

@@ -115,3 +115,28 @@ def test_io_worker_runs_the_scheduler_without_a_model(stack: Stack) -> None:
         assert "gpu worker serving" not in log and "models.engine" not in log  # no model in an io worker
     finally:
         assert stack.stop_worker(w) == 0
+
+
+def test_a_claim_lost_by_the_database_is_delivered_again(stack: Stack) -> None:
+    """The claim commits without waiting for the WAL flush; if PostgreSQL crashed before the
+    flush, the job would come back queued with the attempt count from before. The worker running
+    it notices (it is no longer running) and has its message delivered again: the job runs once
+    more and ends once."""
+    if not any(w.alive() for w in stack.workers):
+        stack.start_worker(queues="gpu,io")
+    job = stack.submit({"prompts": ["Hello, who are you?"], "generation": WORK})
+    seen = stack.wait_for(job["id"], lambda j: j["status"] == "running" and j["partial_text"], every=0.02)
+    assert seen["status"] == "running" and seen["attempts"] == 1, seen
+    db = Database(stack.settings)
+    try:
+        with db.session() as s:  # the state a crash recovery would leave behind
+            s.execute(sa.text("UPDATE jobs SET status = 'queued', attempts = 0, started_at = NULL, "
+                              "partial_text = NULL WHERE id = :id"), {"id": job["id"]})
+    finally:
+        db.dispose()
+    done = stack.wait(job["id"], timeout=90)
+    assert done["status"] == "succeeded", (done, stack.logs())
+    assert done["attempts"] == 1 and len(done["output"]["text"]) > 0
+    assert "was lost by the database; delivering it again" in stack.logs(tail=200_000)
+    time.sleep(1.0)
+    assert stack.get(job["id"])["status"] == "succeeded"
