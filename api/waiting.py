@@ -12,8 +12,10 @@ Without Redis (local mode) it polls the database, 50 ms at first, backing off to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
+import threading
 import time
 from typing import Any
 
@@ -29,6 +31,7 @@ from jobs.states import TERMINAL
 
 MAX_WAIT_SECONDS = 60.0
 DB_RECHECK = 1.0
+CONFIRM_TIMEOUT = 2.0  # LiveHub's default: how long Redis gets to confirm a subscription
 
 
 def prefer_wait(header: str | None) -> float | None:
@@ -60,6 +63,41 @@ async def subscribe(request: Request, ctx: AppContext, job_id: str) -> Subscript
         return await hub.subscribe(live.channel(job_id))
     except Exception:
         return None
+
+
+class Listener:
+    """A subscription to a job's events made while the job is being created.
+
+    Made on the event loop (it starts subscribing at once); the thread that creates the job calls
+    :meth:`wait_ready` after its commit and before publishing the job's message, so the
+    subscription is confirmed before the job can run — without adding the subscribe round trip
+    to the request when it completes during the insert, as it does. :meth:`subscription` then
+    gives it (None: no Redis, the wait polls the database)."""
+
+    def __init__(self, request: Request, ctx: AppContext, job_id: str) -> None:
+        self._ready = threading.Event()
+        self._task = asyncio.create_task(self._subscribe(request, ctx, job_id))
+
+    async def _subscribe(self, request: Request, ctx: AppContext, job_id: str) -> Subscription | None:
+        try:
+            return await subscribe(request, ctx, job_id)
+        finally:
+            self._ready.set()
+
+    def wait_ready(self) -> None:
+        """On the creating thread: block until subscribed (or given up: the hub's own timeout)."""
+        self._ready.wait(CONFIRM_TIMEOUT + 1.0)
+
+    async def subscription(self) -> Subscription | None:
+        return await self._task
+
+    async def close(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(BaseException):
+            sub = await self._task
+            if sub is not None:
+                await sub.close()
 
 
 async def _read(ctx: AppContext, tenant_id: str, job_id: str) -> dict[str, Any]:

@@ -159,7 +159,8 @@ class Publisher:
     def send_many(self, messages: Sequence[Message], chunk: int = 1000) -> None:
         """Send all of ``messages``. Raises on failure.
 
-        A few messages go through ``send_task``. Many (a batch dispatch) are built from a per-task
+        A few messages go through ``send_task`` (on Redis: the template path below, one by one).
+        Many (a batch dispatch) are built from a per-task
         template that Celery's own ``amqp.as_task_v2`` made (so the wire format is Celery's
         protocol 2, byte for byte but the per-message fields), and published through one producer
         in pipelined chunks: Celery's per-call routing and repr work dominates otherwise
@@ -172,7 +173,12 @@ class Publisher:
                 producer = conn.Producer(auto_declare=False)
                 if len(messages) <= self.FEW or getattr(producer, "batch", None) is None:
                     for m in messages:
-                        self._send(m, producer)
+                        # On Redis the template path for single messages too (~0.15 ms less per
+                        # submitted job); other transports keep send_task's own routing.
+                        if self.redis_priorities:
+                            self._publish_fast(m, producer)
+                        else:
+                            self._send(m, producer)
                     return
                 for start in range(0, len(messages), chunk):
                     with producer.batch(max_size=chunk + 1):

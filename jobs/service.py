@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -76,14 +76,18 @@ class JobService:
             return 0
         return outbox.publish(self.db, self.publisher, outbox_ids, self.settings.dispatch_window)
 
-    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _run(self, fn: Any, *args: Any, before_publish: Callable[[], object] | None = None,
+             relaxed: bool = False, **kwargs: Any) -> Any:
         """Run ``fn(session, effects, now, …)`` in one transaction, then publish its outbox rows
-        (already in hand: no need to read them back)."""
+        (already in hand: no need to read them back); ``before_publish()`` runs in between.
+        ``relaxed``: commit without waiting for the WAL flush (``Database.relaxed_session``)."""
         now = utcnow()
         effects = tx.Effects()
-        with self.db.session() as session:
+        with (self.db.relaxed_session() if relaxed else self.db.session()) as session:
             result = fn(session, effects, now, *args, **kwargs)
             ids_ = outbox.add(session, effects.messages, now)
+        if before_publish is not None:
+            before_publish()
         if ids_:
             sent = [dataclasses.replace(m, outbox_id=i) for m, i in zip(effects.messages, ids_, strict=True)]
             outbox.publish_messages(self.db, self.publisher, sent, self.settings.dispatch_window,
@@ -91,9 +95,13 @@ class JobService:
         return result
 
     # --- submission -----------------------------------------------------------------------
-    def submit(self, tenant_id: str, request: dict[str, Any], *, job_id: str | None = None) -> Job:
-        """Insert one queued job (``request`` already normalised) and enqueue it."""
-        return self._run(self._submit, tenant_id, request, job_id)  # type: ignore[no-any-return]
+    def submit(self, tenant_id: str, request: dict[str, Any], *, job_id: str | None = None,
+               before_publish: Callable[[], object] | None = None) -> Job:
+        """Insert one queued job (``request`` already normalised) and enqueue it;
+        ``before_publish()`` runs after the commit and before its message goes to the broker
+        (the API waits there for its subscription to the job's live events)."""
+        return self._run(self._submit, tenant_id, request, job_id,  # type: ignore[no-any-return]
+                         before_publish=before_publish)
 
     def _submit(self, session: Any, effects: tx.Effects, now: datetime, tenant_id: str,
                 request: dict[str, Any], job_id: str | None) -> Job:
@@ -149,24 +157,26 @@ class JobService:
         in ``running`` is taken over too. When the attempt cap (``settings.max_attempts``) is
         already used up the job fails with ``worker_lost`` and None is returned.
         """
-        return self._run(self._start, job_id, redelivered)  # type: ignore[no-any-return]
-
-    def _start(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
-               redelivered: bool) -> ClaimedJob | None:
         if not redelivered:
-            # The common case in one statement: a queued job, not expired, attempts left. Its
+            # The common case, in one statement: a queued job, not expired, attempts left. Its
             # commit does not wait for the WAL flush (~0.5 ms, a third of a short job's service
             # time): the job's result commits synchronously later in the same WAL, which makes
             # the claim durable too. Only a PostgreSQL crash while the job runs can lose it; the
             # job is then back to queued with the previous attempt count, which the worker
             # notices when recording (``claim_lost``) and answers with a redelivery.
-            if self.db.dialect == "postgresql":
-                session.execute(sa.text("SET LOCAL synchronous_commit = off"))
-            applied = tx.claim(session, job_id, now, self.settings.max_attempts)
-            if applied is not None:
-                return self._claimed(session, effects, now, applied)
-        # Otherwise read the row to say why not (expired, attempt cap) or to take over a job a
-        # dead worker left running (redelivered).
+            claimed = self._run(self._claim, job_id, relaxed=True)
+            if claimed is not None:
+                return claimed  # type: ignore[no-any-return]
+        return self._run(self._start, job_id, redelivered)  # type: ignore[no-any-return]
+
+    def _claim(self, session: Any, effects: tx.Effects, now: datetime, job_id: str) -> ClaimedJob | None:
+        applied = tx.claim(session, job_id, now, self.settings.max_attempts)
+        return self._claimed(session, effects, now, applied) if applied is not None else None
+
+    def _start(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
+               redelivered: bool) -> ClaimedJob | None:
+        # Not claimable in one statement: read the row to say why not (expired, attempt cap) or
+        # to take over a job a dead worker left running (redelivered).
         row = session.execute(
             sa.select(Job.status, Job.attempts, Job.expires_at).where(Job.id == job_id)
         ).first()

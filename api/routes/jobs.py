@@ -66,12 +66,14 @@ async def submit_job(request: Request, tenant_id: Tenant) -> JSONResponse:
     body = await read_json(request)
     wait = waiting.prefer_wait(request.headers.get("prefer"))
     new_id = ids.job_id()
-    # Listen before the job exists: its ``done`` cannot be published before we are subscribed.
-    sub = await waiting.subscribe(request, ctx, new_id) if wait else None
+    # With a wait, listen to the job's events before its message reaches the broker (no ``done``
+    # can be missed), subscribing while the job is validated and inserted.
+    listening = waiting.Listener(request, ctx, new_id) if wait else None
 
     def create() -> tuple[str, dict[str, Any]]:
         req = normalize_job_request(body, ctx.checker, ctx.limits)
-        job = ctx.service.submit(tenant_id, req, job_id=new_id)
+        job = ctx.service.submit(tenant_id, req, job_id=new_id,
+                                 before_publish=listening.wait_ready if listening else None)
         return job.id, job_to_dict(job)
 
     def load(job_id: str) -> dict[str, Any]:
@@ -80,9 +82,10 @@ async def submit_job(request: Request, tenant_id: Tenant) -> JSONResponse:
     try:
         job_id, data, replayed = await create_once(request, ctx, tenant_id, "POST /v1/jobs", body,
                                                    create, load)
+        sub = await listening.subscription() if listening else None
     except BaseException:
-        if sub is not None:
-            await sub.close()
+        if listening is not None:
+            await listening.close()
         raise
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if wait is None:

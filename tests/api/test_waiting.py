@@ -65,9 +65,8 @@ def test_prefer_wait_answers_with_the_finished_job(api, api_settings, monkeypatc
     t, ids = _finish_later(api_settings, 0.3, announce=True)
     real = JobService.submit
 
-    def submit(self: JobService, tenant_id: str, request: dict[str, Any], *,
-               job_id: str | None = None) -> Any:
-        job = real(self, tenant_id, request, job_id=job_id)
+    def submit(self: JobService, tenant_id: str, request: dict[str, Any], **kwargs: Any) -> Any:
+        job = real(self, tenant_id, request, **kwargs)
         ids.append(job.id)
         return job
 
