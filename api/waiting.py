@@ -100,6 +100,16 @@ class Listener:
                 await sub.close()
 
 
+async def announce_cancel(request: Request, ctx: AppContext, job_id: str) -> None:
+    """Tell the workers (``jobs.live.CANCEL_CHANNEL``) that a running job's cancel was recorded;
+    best effort — a worker that misses it finds the flag at its next database poll."""
+    hub = hub_for(request, ctx.settings.events_redis_url)
+    if hub is None:
+        return
+    with contextlib.suppress(Exception):
+        await hub.client.publish(live.CANCEL_CHANNEL, job_id)
+
+
 async def _read(ctx: AppContext, tenant_id: str, job_id: str) -> dict[str, Any]:
     return await to_thread.run_sync(lambda: job_to_dict(ctx.service.get(tenant_id, job_id)))
 

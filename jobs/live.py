@@ -30,6 +30,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TEXT_TTL_SECONDS = 3600
+# The API announces each cancel of a running job here (payload: the job id); every worker process
+# listens (worker/cancels.py). SQL's ``cancel_requested`` stays the truth; this only makes it fast.
+CANCEL_CHANNEL = "captionq:cancels"
 
 
 def channel(job_id: str) -> str:

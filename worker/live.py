@@ -27,6 +27,7 @@ from typing import Literal, TypeVar
 
 from jobs.live import LivePublisher
 from jobs.service import JobService
+from worker.cancels import POLL_WITH_PUSH, CancelListener
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,12 @@ class JobWatch:
     """One job's live state; shared by its task thread and (through the callbacks) the engine."""
 
     def __init__(self, job_id: str, jobs: JobService, live: LivePublisher | None, *, deadline: float,
-                 poll_now: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+                 poll_now: bool = False, clock: Callable[[], float] = time.monotonic,
+                 cancels: CancelListener | None = None) -> None:
         self.job_id = job_id
         self.jobs = jobs
         self.live = live
+        self.cancels = cancels
         self.deadline = deadline
         self.clock = clock
         self.reason: StopReason | None = None
@@ -67,7 +70,18 @@ class JobWatch:
         # The claim just saw the job running without a cancel (a cancel of a queued job cancels
         # it at once), so the first look is due after one interval — unless this delivery took
         # over an earlier attempt, during which a cancel may have been requested.
-        self._next_cancel = 0.0 if poll_now else clock() + CANCEL_INTERVAL
+        self._next_cancel = 0.0 if poll_now else clock() + self._poll_interval()
+        if cancels is not None:
+            cancels.register(job_id, self)
+
+    def close(self) -> None:
+        """The job is over on this worker: no more cancel announcements for it."""
+        if self.cancels is not None:
+            self.cancels.unregister(self.job_id)
+
+    def _poll_interval(self) -> float:
+        # Cancels announced on Redis stop the job at once; the poll is then only the safety net.
+        return POLL_WITH_PUSH if self.cancels is not None and self.cancels.connected else CANCEL_INTERVAL
 
     # --- engine-thread callbacks (memory only) ------------------------------------------------
     def on_token(self, delta: str) -> None:
@@ -122,7 +136,7 @@ class JobWatch:
     def _poll(self, now: float) -> None:
         if now < self._next_cancel or self._stop.is_set():
             return
-        self._next_cancel = now + CANCEL_INTERVAL
+        self._next_cancel = now + self._poll_interval()
         try:
             if self.jobs.is_cancel_requested(self.job_id):
                 self.stop("cancel")

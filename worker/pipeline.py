@@ -78,7 +78,7 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     if rt.live is not None:
         rt.live.status(job_id, "running")
     watch = JobWatch(job_id, rt.jobs, rt.live, deadline=time.monotonic() + rt.settings.job_soft_time_limit,
-                     poll_now=redelivered)
+                     poll_now=redelivered, cancels=rt.cancels)
     started = time.monotonic()
     try:
         outcome, items, prepare_seconds = _run(rt, claimed, watch)
@@ -86,6 +86,8 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
         return _stopped(rt, claimed, stop.reason)
     except Exception as exc:
         return _failed(rt, claimed, exc, retries)
+    finally:
+        watch.close()
     metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine.info.name, prepare_seconds=prepare_seconds)
     job = rt.jobs.succeed_job(job_id, output_json(outcome), metrics, claim=claimed)

@@ -25,6 +25,7 @@ from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
 from jobs.service import JobService
 from storage.config import StorageConfig
+from worker.cancels import CancelListener
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -54,6 +55,8 @@ class Runtime:
         self.jobs = JobService(self.db, settings, self.publisher, OutboxCleaner(self.db))
         url = settings.events_redis_url
         self.live: LivePublisher | None = LivePublisher(url) if url else None
+        # Only a gpu worker runs jobs; the listener starts with the model (load_model).
+        self.cancels: CancelListener | None = None
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._batcher: Batcher | None = None
@@ -80,6 +83,8 @@ class Runtime:
                 from models import tile_resize
 
                 tile_resize.available()
+                if self.settings.events_redis_url:
+                    self.cancels = CancelListener(self.settings.events_redis_url)
                 max_requests = s.batch_max_requests if s.batching else 1
                 self._batcher = Batcher(engine, max_requests=max_requests, max_tokens=s.batch_max_tokens,
                                         wait_ms=s.batch_wait_ms)
@@ -114,6 +119,8 @@ class Runtime:
                 self._batcher.close(cancel_pending=True, timeout=30)
         if self.live is not None:
             self.live.close()
+        if self.cancels is not None:
+            self.cancels.close()
         if self.jobs.cleaner is not None:
             self.jobs.cleaner.close()
         self.publisher.close()

@@ -142,4 +142,6 @@ def _time(value: str | None, name: str) -> Any:
 async def cancel_job(request: Request, job_id: str, tenant_id: Tenant) -> JSONResponse:
     ctx = get_ctx(request)
     job = await to_thread.run_sync(ctx.service.cancel, tenant_id, job_id)
+    if job.status == "running" and job.cancel_requested:
+        await waiting.announce_cancel(request, ctx, job_id)  # the worker stops at its next step
     return JSONResponse(job_to_dict(job), status_code=202)

@@ -235,6 +235,8 @@ def test_cancel_while_running(stack: Stack) -> None:
     done = stack.wait(job["id"])
     assert done["status"] == "canceled", done
     assert done["output"] is None and done["partial_text"] is None
+    # The API announced it on Redis and the worker stopped at once, not at its next poll.
+    assert f"job {job['id']}: cancel announced" in stack.logs(tail=200_000)
 
 
 def sse_events(stack: Stack, job_id: str, out: list[tuple[str, Any]]) -> None:
