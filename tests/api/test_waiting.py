@@ -130,3 +130,32 @@ def test_get_wait_for_another_tenants_job_is_404(api, api_b) -> None:  # type: i
     job = api.post("/v1/jobs", json={"media": [IMAGE]}).json()
     r = api_b.get(f"/v1/jobs/{job['id']}", params={"wait": 5})
     assert r.status_code == 404 and problem_of(r)["code"] == "not_found"
+
+
+def test_many_concurrent_waits_share_one_subscriber(api, api_settings, server, tenant_a) -> None:  # type: ignore[no-untyped-def]
+    """Twelve waits on four jobs at once (three per job, so channels are shared and released in
+    any order): each ends on its job's live event."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [api.post("/v1/jobs", json={"media": [IMAGE]}).json()["id"] for _ in range(4)]
+
+    def wait(job_id: str) -> tuple[str, str, float]:
+        with helpers.client(server.base_url, tenant_a.api_key) as c:
+            t0 = time.monotonic()
+            r = c.get(f"/v1/jobs/{job_id}", params={"wait": 30})
+            return job_id, r.json()["status"], time.monotonic() - t0
+
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(wait, j) for j in jobs for _ in range(3)]
+        time.sleep(0.5)  # every wait is subscribed by now
+        threads = []
+        for j in jobs:
+            t, ids = _finish_later(api_settings, 0.0, announce=True)
+            ids.append(j)
+            threads.append(t)
+        results = [f.result(timeout=30) for f in futures]
+    for t in threads:
+        t.join()
+    assert sorted(j for j, _, _ in results) == sorted(jobs * 3)
+    assert all(status == "succeeded" for _, status, _ in results), results
+    assert max(elapsed for _, _, elapsed in results) < 5.0
