@@ -95,7 +95,6 @@ def install_api() -> None:
     _wrap(outbox, "delete_rows", "api:outbox_delete")
     _wrap(events, "_job", "sse:job")
     _wrap(live, "decode", "sse:pubsub_msg")
-    _wrap(events, "_subscribe", "sse:subscribe")
     _wrap(events, "_changes", "sse:changes")
     import api.routes.jobs as jobs_routes
     import api.waiting as waiting

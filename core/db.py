@@ -128,6 +128,18 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     return engine
 
 
+@contextmanager
+def _transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session from ``factory`` that commits when the block ends normally, else rolls back."""
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
 class Database:
     """An engine plus a session factory. One per process, made at the entry point."""
 
@@ -150,13 +162,8 @@ class Database:
         Calling ``session.commit()`` inside the block is allowed (it ends that transaction and a
         new one begins on next use).
         """
-        with self.sessionmaker() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with _transaction(self.sessionmaker) as session:
+            yield session
 
     @contextmanager
     def relaxed_session(self) -> Iterator[Session]:
@@ -165,17 +172,9 @@ class Database:
         elsewhere the same as :meth:`session`). Only for a transaction whose loss in a database
         crash is noticed and repaired — the worker's claim (see ``JobService.start``). Later
         synchronous commits on the server flush it too."""
-        if self.dialect != "postgresql":
-            with self.session() as session:
-                yield session
-            return
-        with self._relaxed_sessionmaker()() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        factory = self._relaxed_sessionmaker() if self.dialect == "postgresql" else self.sessionmaker
+        with _transaction(factory) as session:
+            yield session
 
     def _relaxed_sessionmaker(self) -> sessionmaker[Session]:
         with self._relaxed_lock:

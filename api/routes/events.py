@@ -33,8 +33,9 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from api import waiting
 from api.context import AppContext, get_ctx, tenant
-from api.live_hub import LOST, LiveHub, Subscription, hub_for
+from api.live_hub import LOST, Subscription, hub_for
 from jobs import live
 from jobs.render import job_to_dict
 from jobs.states import TERMINAL
@@ -95,7 +96,7 @@ class TextTracker:
 async def job_events(request: Request, job_id: str, tenant_id: Tenant) -> StreamingResponse:
     ctx = get_ctx(request)
     url = ctx.settings.events_redis_url
-    sub = await _subscribe(request, url, job_id) if url else None
+    sub = await waiting.subscribe(request, ctx, job_id) if url else None
     raw_text: bytes | None = None
     try:
         # One read, after subscribing (no gap), answers 404 before the stream starts and is the
@@ -177,27 +178,12 @@ async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any
         job = await _job(ctx, tenant_id, job.id)
 
 
-def _events_hub(request: Request, url: str) -> LiveHub:
-    """The app's one shared pub/sub connection (:mod:`api.live_hub`), made on first use."""
-    hub = hub_for(request, url)
-    assert hub is not None
-    return hub
-
-
-async def _subscribe(request: Request, url: str, job_id: str) -> Subscription | None:
-    """Subscribe to the job's channel; returns once Redis confirmed it (only then is every later
-    publish sure to reach us). None when Redis is unavailable: the database alone still gives a
-    correct stream."""
-    try:
-        return await _events_hub(request, url).subscribe(live.channel(job_id))
-    except Exception:
-        return None
-
-
 async def _text_so_far(request: Request, url: str, job_id: str) -> bytes | None:
-    """The round's text so far (read after subscribing: no gap)."""
+    """The round's text so far, through the app's shared Redis connection (read after
+    subscribing: no gap)."""
+    hub = hub_for(request, url)
     try:
-        return await _events_hub(request, url).get(live.text_key(job_id))
+        return await hub.get(live.text_key(job_id)) if hub is not None else None
     except Exception:
         return None
 
