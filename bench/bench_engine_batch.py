@@ -26,8 +26,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -39,6 +41,8 @@ from models.batcher import Batcher  # noqa: E402
 from models.engine import ChatRequest, Engine  # noqa: E402
 from models.generation import GenerationParams  # noqa: E402
 
+T = TypeVar("T")
+
 
 def write_checkpoint(folder: Path, a: argparse.Namespace) -> int:
     """The small float32 checkpoint of this benchmark (and bench_worker_batching.py) from the
@@ -47,6 +51,15 @@ def write_checkpoint(folder: Path, a: argparse.Namespace) -> int:
                 vit_heads=a.vit_heads, vit_intermediate=4 * a.vit_hidden, hidden=a.hidden,
                 layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
     return write_model(folder, dims, dtype=torch.float32, device="cpu", toy_tokenizer=a.toy_tokenizer)
+
+
+def on_own_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on a thread that ends with it. On the CPU, OpenMP keeps a thread team per thread
+    that ran torch, and a team left by a thread that is still alive (this main thread) makes every
+    other thread's torch about 2x slower on 2 cores; so the main thread never runs torch here, and
+    the batcher's engine thread is the only one alive that has, as in the worker (models.batcher)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
 
 
 def make_requests(n: int, new_tokens: int, image_size: int = 448) -> list[ChatRequest]:
@@ -78,10 +91,14 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        n_params = write_checkpoint(Path(tmp), a)
-        engine = Engine.load(tmp, device="cpu", dtype="float32")
-    reqs = make_requests(a.requests, a.new_tokens, a.image_size)
+
+    def load() -> tuple[int, Engine, list[ChatRequest]]:
+        with tempfile.TemporaryDirectory() as tmp:
+            n_params = write_checkpoint(Path(tmp), a)
+            engine = Engine.load(tmp, device="cpu", dtype="float32")
+        return n_params, engine, make_requests(a.requests, a.new_tokens, a.image_size)
+
+    n_params, engine, reqs = on_own_thread(load)
     prompt = engine.prepare(reqs[0]).prompt_tokens
     print(f"model: random InternViT(hidden {a.vit_hidden}, {a.vit_layers} layers) + "
           f"InternLM2(hidden {a.hidden}, {a.layers} layers, {a.heads}/{a.kv_heads} heads, "
@@ -90,11 +107,11 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     print(f"requests: {a.requests} x (1 tile {a.image_size}px = {engine.info.num_image_token} image tokens, "
           f"~{prompt} prompt tokens, {a.new_tokens} new tokens, greedy)")
-    engine.generate_batch(reqs[:2])  # warm-up
+    on_own_thread(lambda: engine.generate_batch(reqs[:2]))  # warm-up
     singles, batches, same = [], [], True
     for _ in range(a.repeat):  # alternate, so that a noisy neighbour hits both modes alike
         t0 = time.perf_counter()
-        single = [engine.generate_batch([r])[0] for r in reqs]
+        single = on_own_thread(lambda: [engine.generate_batch([r])[0] for r in reqs])
         singles.append(time.perf_counter() - t0)
         # The batcher starts an idle engine on the first request it gets; to time a batch of
         # --requests (what this benchmark compares), every request is submitted before its

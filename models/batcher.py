@@ -20,6 +20,12 @@ time. The engine thread then repeatedly takes what is pending, in arrival order,
   does the engine wait up to ``wait_ms`` for more before running fewer than ``max_requests``
   (task threads whose jobs just finished are about to submit their next ones).
 
+``Batcher.loading(load, ...)`` makes the engine thread load the engine itself before serving
+(``batcher.engine`` waits for it): then one thread does all of the model's torch work. On the CPU
+this is worth about 2x: OpenMP keeps a thread team per calling thread, and a model loaded (or
+run) on a thread that stays alive — Celery's main thread — leaves a second team that slows every
+parallel region of the engine thread (measured in BENCHMARKS.md, "one thread for torch").
+
 An :class:`OutOfMemory` on a batch splits it in halves and retries each half (down to single
 requests) instead of failing all.
 A request whose ``should_cancel()`` is already true when its batch forms, or whose future was
@@ -32,7 +38,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -48,6 +54,7 @@ class BatcherStats:
     requests: int = 0
     largest_batch: int = 0
     oom_splits: int = 0
+    busy_seconds: float = 0.0  # time spent in engine.generate_batch
 
 
 @dataclass
@@ -58,9 +65,15 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, *, max_requests: int = 16, max_tokens: int = 32768,
-                 wait_ms: float = 20.0, start: bool = True) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine | None, *, max_requests: int = 16, max_tokens: int = 32768,
+                 wait_ms: float = 20.0, start: bool = True,
+                 load: Callable[[], Engine] | None = None) -> None:
+        if (engine is None) == (load is None):
+            raise ValueError("give an engine or a load function, not both")
+        self._load = load
+        self._loaded: Future[Engine] = Future()
+        if engine is not None:
+            self._loaded.set_result(engine)
         self.max_requests = max(1, int(max_requests))
         self.max_tokens = max(1, int(max_tokens))
         self.wait_s = max(0.0, float(wait_ms) / 1000.0)
@@ -72,6 +85,17 @@ class Batcher:
         if start:
             self._thread.start()
 
+    @classmethod
+    def loading(cls, load: Callable[[], Engine], *, max_requests: int = 16, max_tokens: int = 32768,
+                wait_ms: float = 20.0) -> Batcher:
+        """A batcher whose engine thread first runs ``load()`` (see the module doc for why)."""
+        return cls(None, load=load, max_requests=max_requests, max_tokens=max_tokens, wait_ms=wait_ms)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine; waits for the load of a :meth:`loading` batcher and raises its error."""
+        return self._loaded.result()
+
     def start(self) -> None:
         """Start the engine thread of a batcher made with ``start=False`` (requests submitted
         before this all wait; the first batch takes as many of them as fit)."""
@@ -81,7 +105,12 @@ class Batcher:
     def submit(self, request: ChatRequest) -> Future[ChatResult]:
         future: Future[ChatResult] = Future()
         try:
-            prepared = self.engine.prepare(request)
+            engine = self.engine  # a loading batcher: waits for the load
+        except Exception as exc:
+            future.set_exception(EngineError(f"the model failed to load: {exc}"))
+            return future
+        try:
+            prepared = engine.prepare(request)
         except EngineError as exc:
             future.set_exception(exc)
             return future
@@ -89,7 +118,7 @@ class Batcher:
             if self._closed:
                 future.set_exception(EngineError("the engine is shutting down"))
                 return future
-            self._pending.append(_Item(prepared, future, self.engine.batch_key(prepared)))
+            self._pending.append(_Item(prepared, future, engine.batch_key(prepared)))
             self._cond.notify()
         return future
 
@@ -150,6 +179,15 @@ class Batcher:
             return batch
 
     def _loop(self) -> None:
+        if self._load is not None:
+            try:
+                self._loaded.set_result(self._load())
+            except BaseException as exc:  # the caller of .engine gets it; pending requests fail
+                self._loaded.set_exception(exc)
+                self.close(cancel_pending=True)
+                return
+            finally:
+                self._load = None
         while True:
             batch = self._take_batch()
             if batch is None:
@@ -176,6 +214,7 @@ class Batcher:
         return True
 
     def _run(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
         try:
             results = self.engine.generate_batch([item.prepared for item in batch])
         except OutOfMemory as exc:
@@ -196,6 +235,9 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        took = time.perf_counter() - started
+        log.debug("batch of %d ran in %.2f s", len(batch), took)
+        self.stats.busy_seconds += took
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))

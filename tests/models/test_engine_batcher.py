@@ -213,3 +213,48 @@ def test_under_load_wait_fills_the_next_batch(engine: Engine) -> None:
         late = batcher.submit(reqs[3])
         assert all(f.result(timeout=30).output_tokens > 0 for f in [*waiting, late])
     assert rec.sizes == [1, 3]
+
+
+def test_a_loading_batcher_loads_on_its_engine_thread(engine: Engine) -> None:
+    threads: list[threading.Thread] = []
+    gate = threading.Event()
+
+    def load() -> Engine:
+        threads.append(threading.current_thread())
+        gate.wait(10)
+        return engine
+
+    batcher = Batcher.loading(load, wait_ms=0)
+    try:
+        with ThreadPoolExecutor(1) as pool:  # a submit during the load waits for it
+            early = pool.submit(batcher.submit, _reqs(1)[0])
+            time.sleep(0.1)
+            assert not early.done()
+            gate.set()
+            assert early.result(timeout=60).result(timeout=60).finish_reason == "length"
+        assert batcher.engine is engine
+        assert threads == [batcher._thread] and threads[0] is not threading.current_thread()
+    finally:
+        batcher.close()
+
+
+def test_a_failed_load_reaches_the_caller_and_every_submit() -> None:
+    def load() -> Engine:
+        raise FileNotFoundError("no checkpoint at /nowhere")
+
+    batcher = Batcher.loading(load)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _ = batcher.engine
+    fut = batcher.submit(_reqs(1)[0])
+    with pytest.raises(EngineError, match="failed to load: no checkpoint"):
+        fut.result(timeout=5)
+    batcher._thread.join(5)
+    assert not batcher._thread.is_alive()
+    batcher.close()
+
+
+def test_an_engine_or_a_load_function_not_both(engine: Engine) -> None:
+    with pytest.raises(ValueError):
+        Batcher(engine, load=lambda: engine)
+    with pytest.raises(ValueError):
+        Batcher(None)
