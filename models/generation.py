@@ -107,12 +107,13 @@ def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
 
     ``step_logits`` (conformance only) collects each step's raw logits, float32 [B_active, V]
     (rows in their original order while none has finished)."""
-    from transformers import DynamicCache
+    from models.kv_cache import reserved_cache
 
     if inputs_embeds.shape[0] != len(rows):
         raise InvalidInput("one Row per batch row is required")
     mask = attention_mask.to(inputs_embeds.device, torch.long)
-    cache = DynamicCache(config=model.config.get_text_config())
+    most_new = max((row.params.max_new_tokens for row in rows), default=1)
+    cache = reserved_cache(model.config.get_text_config(), inputs_embeds.shape[1] + most_new)
     active = list(range(len(rows)))
     for i in active:
         rows[i].params.validate()

@@ -1,0 +1,90 @@
+"""A key/value cache that reserves its storage once per generation instead of growing by copies.
+
+transformers' ``DynamicLayer`` appends each step's keys and values with ``torch.cat``, which copies
+the whole cache of every layer at every step: for a batch of 16 one-tile prompts on the CPU that is
+about a tenth of a decoding step (BENCHMARKS.md, "reserved KV cache"). :class:`ReservedLayer`
+writes the new states into a buffer sized for the whole generation (prompt + the largest
+``max_new_tokens``) and hands attention a view of its filled part, so a step copies only its own
+token. The values attention sees are the same numbers in the same layout (``[B, H, T, D]``, the
+last dimension contiguous); only the stride between heads differs.
+
+Anything that replaces ``keys``/``values`` from outside (``batch_select_indices`` when a row
+finishes, ``crop``, ``reset``) is noticed at the next update, which re-seeds the buffer from them,
+so every base-class operation stays correct without being re-implemented here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class ReservedLayer(DynamicLayer):
+    """``DynamicLayer`` with storage for ``capacity`` positions reserved at the first update
+    (doubling if a generation ever outgrows it)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = max(1, int(capacity))
+        self._k: torch.Tensor | None = None  # [B, H, capacity, D]
+        self._v: torch.Tensor | None = None
+        self._view: torch.Tensor | None = None  # the keys view handed out last
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """key/value_states ``[B, H_kv, T_new, D]``; returns views ``[B, H_kv, T_cached + T_new, D]``."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None
+        if self._k is None or keys is not self._view:  # first update, or replaced from outside
+            self._reseed(keys, values)
+        assert self._k is not None and self._v is not None
+        n = keys.shape[-2] if keys.numel() else 0
+        end = n + key_states.shape[-2]
+        if self._k.shape[:2] != key_states.shape[:2]:
+            self._allocate(key_states, max(self.capacity, end), n)
+        elif end > self._k.shape[-2]:
+            self._allocate(key_states, max(2 * self._k.shape[-2], end), n)
+        self._k[..., n:end, :].copy_(key_states)
+        self._v[..., n:end, :].copy_(value_states)
+        self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
+        self._view = self.keys
+        return self.keys, self.values
+
+    def _reseed(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Adopt ``keys``/``values`` (empty at the start) as the filled part of new buffers."""
+        if not keys.numel():
+            self._k, self._v = keys.new_empty(0, 0, 0, 0), values.new_empty(0, 0, 0, 0)
+            return
+        *lead, t, d = keys.shape
+        self._k = keys.new_empty(*lead, max(self.capacity, t), d)
+        self._v = values.new_empty(*lead, max(self.capacity, t), values.shape[-1])
+        self._k[..., :t, :].copy_(keys)
+        self._v[..., :t, :].copy_(values)
+
+    def _allocate(self, like: torch.Tensor, size: int, keep: int) -> None:
+        """New buffers of ``size`` positions shaped like ``like`` (batch, heads, head dim), with the
+        first ``keep`` positions copied over."""
+        assert self._k is not None and self._v is not None
+        b, h, _, d = like.shape
+        k, v = like.new_empty(b, h, size, d), like.new_empty(b, h, size, d)
+        if keep:
+            k[..., :keep, :].copy_(self._k[..., :keep, :])
+            v[..., :keep, :].copy_(self._v[..., :keep, :])
+        self._k, self._v = k, v
+
+
+def reserved_cache(text_config: Any, capacity: int) -> DynamicCache:
+    """A ``DynamicCache`` for ``text_config`` whose full-attention layers reserve ``capacity``
+    positions (sliding-window layers, if the model has any, stay as transformers makes them)."""
+    cache = DynamicCache(config=text_config)
+    cache.layers = [ReservedLayer(capacity) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
+
+
+__all__ = ["ReservedLayer", "reserved_cache"]
