@@ -1,12 +1,20 @@
 """A key/value cache that reserves its storage once per generation instead of growing by copies.
 
-transformers' ``DynamicLayer`` appends each step's keys and values with ``torch.cat``, which copies
-the whole cache of every layer at every step: for a batch of 16 one-tile prompts on the CPU that is
-about a tenth of a decoding step (BENCHMARKS.md, "reserved KV cache"). :class:`ReservedLayer`
-writes the new states into a buffer sized for the whole generation (prompt + the largest
-``max_new_tokens``) and hands attention a view of its filled part, so a step copies only its own
-token. The values attention sees are the same numbers in the same layout (``[B, H, T, D]``, the
-last dimension contiguous); only the stride between heads differs.
+transformers' ``DynamicLayer`` appends each step's keys and values with ``torch.cat``: every step
+allocates a new cache for every layer and copies the old one into it, so the memory a batch needs
+grows (with a transient second copy per layer) until its last token. :class:`ReservedLayer`
+allocates what the whole generation needs (prompt + the largest ``max_new_tokens``) at the
+prefill, writes each step's states into it and hands attention a view of the filled part:
+
+- the footprint is fixed when the batch starts, which is what the batcher's token budget counts
+  (``batch x (longest prompt + max_new_tokens)``), so running out of memory shows up at the
+  prefill, where the batcher splits the batch, not halfway through an answer already streamed;
+- a step copies only its own token. On the CPU this is no measurable speed-up
+  (``bench/bench_kv_cache.py``: 1.04x median, within noise, BENCHMARKS.md).
+
+The values attention sees are the same numbers in the same layout (``[B, H, T, D]``, the last
+dimension contiguous; only the stride between heads differs), and the token ids are identical
+(tests, conformance).
 
 Anything that replaces ``keys``/``values`` from outside (``batch_select_indices`` when a row
 finishes, ``crop``, ``reset``) is noticed at the next update, which re-seeds the buffer from them,
