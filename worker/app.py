@@ -6,8 +6,10 @@ One worker process per GPU. Why the ``threads`` pool, also for the gpu queue:
   before the consumer starts, so nothing is taken off the queue until the model can run it).
   Nothing ever forks after torch was imported and used: the prefork pool would either load the
   model N times or fork children from a parent that ran torch, and those can hang on torch's
-  thread pools. The embedded beat also runs as a thread here (:class:`ThreadedBeat`), not as
-  Celery's forked beat process;
+  thread pools. Within the process only the batcher's engine thread ever runs torch: it loads
+  the model itself (``Batcher.loading``), because on the CPU a thread team left by another
+  live thread (this main thread) slows every batch by up to 2x. The embedded beat also runs as
+  a thread here (:class:`ThreadedBeat`), not as Celery's forked beat process;
 - many task threads (default ``2 x batch_max_requests``) each download, decode and tile their
   job and hand it to the one :class:`models.batcher.Batcher`, so the batcher always has enough
   jobs in flight to fill a batch while the next ones are being prepared.
