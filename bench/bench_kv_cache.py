@@ -2,8 +2,8 @@
 
     python bench/bench_kv_cache.py [--requests 16] [--new-tokens 128] [--repeat 6]
 
-The model is bench_engine_batch.py's CPU model with the worker benchmark's sizes (InternLM2 hidden
-512 x 8 layers, 8/2 heads, one 448 px tile per request, ~290-token prompts). One batch of
+The model is the worker benchmark's ``small`` layout (bench/worker_bench_lib.py: InternLM2 hidden
+512 x 8 layers, 8/2 heads; one 448 px tile per request, ~290-token prompts). One batch of
 ``--requests`` runs through ``Engine.generate_batch`` with each cache in turn, ``--repeat`` times,
 alternating so that a noisy neighbour hits both alike; the token ids must be identical. The
 DynamicCache side swaps :func:`models.kv_cache.reserved_cache` for a plain ``DynamicCache``
@@ -24,7 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_engine_batch import make_requests, on_own_thread, write_checkpoint  # noqa: E402
+from bench.bench_engine_batch import make_requests, on_own_thread  # noqa: E402
+from bench.worker_bench_lib import prepare_checkpoint  # noqa: E402
 from models import kv_cache  # noqa: E402
 from models.engine import Engine  # noqa: E402
 
@@ -41,14 +42,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=6)
     a = ap.parse_args()
-    dims = argparse.Namespace(image_size=448, vit_hidden=64, vit_layers=2, vit_heads=4, hidden=512, layers=8,
-                              heads=8, kv_heads=2, intermediate=1536, toy_tokenizer=False)
     reserved = kv_cache.reserved_cache
 
     def run() -> dict[str, list[float]]:
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), dims)
-            engine = Engine.load(tmp, device="cpu", dtype="float32")
+            ckpt = prepare_checkpoint("small", Path(tmp) / "ckpt", "cpu")[0]
+            engine = Engine.load(ckpt, device="cpu", dtype="float32")
         reqs = make_requests(a.requests, a.new_tokens)
         engine.generate_batch(reqs[:2])  # warm-up
         times: dict[str, list[float]] = {"dynamic": [], "reserved": []}
@@ -76,6 +75,7 @@ def main() -> None:
     print(f"{a.requests} requests x {a.new_tokens} new tokens; reserved is {ratio:.2f}x (median), "
           f"{best:.2f}x (best); identical ids: True; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs")
+
 
 if __name__ == "__main__":
     main()

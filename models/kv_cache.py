@@ -48,31 +48,20 @@ class ReservedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         keys, values = self.keys, self.values
         assert keys is not None and values is not None
-        if self._k is None or keys is not self._view:  # first update, or replaced from outside
-            self._reseed(keys, values)
-        assert self._k is not None and self._v is not None
+        if self._k is None or self._v is None or keys is not self._view:
+            # First update, or keys/values replaced from outside: adopt them as a full buffer,
+            # so that the allocation below gives them room (with no copy for an empty start).
+            self._k, self._v = keys, values
         n = keys.shape[-2] if keys.numel() else 0
         end = n + key_states.shape[-2]
-        if self._k.shape[:2] != key_states.shape[:2]:
-            self._allocate(key_states, max(self.capacity, end), n)
-        elif end > self._k.shape[-2]:
-            self._allocate(key_states, max(2 * self._k.shape[-2], end), n)
+        room = self._k.shape[-2] if self._k.shape[:2] == key_states.shape[:2] else 0
+        if end > room:
+            self._allocate(key_states, self.capacity if end <= self.capacity else max(2 * room, end), n)
         self._k[..., n:end, :].copy_(key_states)
         self._v[..., n:end, :].copy_(value_states)
         self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
         self._view = self.keys
         return self.keys, self.values
-
-    def _reseed(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Adopt ``keys``/``values`` (empty at the start) as the filled part of new buffers."""
-        if not keys.numel():
-            self._k, self._v = keys.new_empty(0, 0, 0, 0), values.new_empty(0, 0, 0, 0)
-            return
-        *lead, t, d = keys.shape
-        self._k = keys.new_empty(*lead, max(self.capacity, t), d)
-        self._v = values.new_empty(*lead, max(self.capacity, t), values.shape[-1])
-        self._k[..., :t, :].copy_(keys)
-        self._v[..., :t, :].copy_(values)
 
     def _allocate(self, like: torch.Tensor, size: int, keep: int) -> None:
         """New buffers of ``size`` positions shaped like ``like`` (batch, heads, head dim), with the

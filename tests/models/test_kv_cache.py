@@ -46,6 +46,13 @@ def test_outgrowing_the_reservation_doubles_it() -> None:
     assert res.get_seq_length() == 11
 
 
+def test_a_prefill_longer_than_the_reservation() -> None:
+    ref, res = DynamicLayer(), ReservedLayer(capacity=2)
+    for t in (5, 1):
+        kv = _kv(2, t)
+        _same(ref.update(*kv), res.update(*kv))
+
+
 def test_crop_and_reset_are_followed() -> None:
     ref, res = DynamicLayer(), ReservedLayer(capacity=16)
     for layer in (ref, res):

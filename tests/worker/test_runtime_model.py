@@ -41,7 +41,7 @@ def test_the_model_loads_on_the_engine_thread(kit_dir: Path, tmp_path: Path,
         rt.close()
 
 
-def test_a_model_that_fails_to_load_raises_in_the_caller(kit_dir: Path, tmp_path: Path) -> None:
+def test_a_model_that_fails_to_load_raises_in_the_caller(tmp_path: Path) -> None:
     rt = Runtime(_settings(tmp_path, tmp_path / "no-such-checkpoint"))
     try:
         with pytest.raises(Exception, match="no-such-checkpoint"):
