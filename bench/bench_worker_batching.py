@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import statistics
 import sys
@@ -160,7 +161,25 @@ def run_mode(stack: Stack, urls: list[str], a: argparse.Namespace, batching: boo
         "jobs_per_s": len(lines) / r["elapsed"], "ready_s": ready_s,
         "texts": {ln["custom_id"]: ln["output"]["text"] for ln in lines},
         "run_p50": statistics.median(m["run_seconds"] for m in metrics),
+        "prepare_p50": statistics.median(m.get("prepare_seconds", 0.0) for m in metrics),
+        "engine_p50": statistics.median(m.get("engine_seconds", 0.0) for m in metrics),
+        "engine": engine_summary(w.text()),
     }
+
+
+_SERVED = re.compile(r"engine served (\d+) requests in (\d+) batches \(mean [\d.]+, largest (\d+)\), "
+                     r"busy ([\d.]+) s")
+
+
+def engine_summary(worker_log: str) -> str:
+    """The batcher's closing line from the worker's log (absent when the worker was killed):
+    how full the batches were and how long the engine was busy, warm-up included."""
+    m = _SERVED.search(worker_log)
+    if m is None:
+        return "engine summary not logged (worker killed)"
+    requests, batches, largest, busy = int(m[1]), int(m[2]), int(m[3]), float(m[4])
+    return (f"engine: {requests} requests in {batches} batches (mean {requests / batches:.1f}, "
+            f"largest {largest}), busy {busy:.1f} s = {busy / batches:.2f} s a batch")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -187,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r = run_mode(stack, urls, a, batching, last=not batching)
                 results.append(r)
                 print(f"batching={'on ' if batching else 'off'}: {r['elapsed']:.1f} s for {r['done']} jobs = "
-                      f"{r['jobs_per_s']:.2f} jobs/s; job run_seconds p50 {r['run_p50']:.2f} s; "
+                      f"{r['jobs_per_s']:.2f} jobs/s; job p50: run {r['run_p50']:.2f} s, prepare "
+                      f"{r['prepare_p50']:.3f} s, engine {r['engine_p50']:.2f} s; {r['engine']}; "
                       f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
                       + (f"\n  STOPPED at the time limit after {r['done']} of {a.jobs} jobs: rate from "
                          f"those; all {a.jobs} would take ~{a.jobs / r['jobs_per_s']:.0f} s (extrapolated)"

@@ -135,6 +135,10 @@ class Batcher:
             self._cond.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        st = self.stats
+        if st.batches:  # what the worker's operator (and bench/bench_worker_batching.py) reads
+            log.info("engine served %d requests in %d batches (mean %.1f, largest %d), busy %.1f s",
+                     st.requests, st.batches, st.requests / st.batches, st.largest_batch, st.busy_seconds)
 
     def __enter__(self) -> Batcher:
         return self

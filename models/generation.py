@@ -100,6 +100,21 @@ def _process(scores: torch.Tensor, row: Row) -> int:
     return int(torch.multinomial(probs, 1, generator=row.generator))
 
 
+def _plain_greedy(p: GenerationParams) -> bool:
+    return not p.do_sample and p.repetition_penalty == 1.0
+
+
+def next_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
+    """The next token of each row from one step's raw logits [B, V] (float32, row b = rows[b]).
+
+    Plain greedy rows (the default) share one batched argmax and one device-to-host copy per
+    step: picking row by row costs a kernel launch and a wait for the device per row. The argmax
+    of a row is the same either way (the first maximal index)."""
+    plain = [_plain_greedy(row.params) for row in rows]
+    batched: list[int] = logits.argmax(-1).tolist() if any(plain) else []
+    return [batched[b] if plain[b] else _process(logits[b], row) for b, row in enumerate(rows)]
+
+
 @torch.inference_mode()
 def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows: list[Row], *,
              step_logits: list[torch.Tensor] | None = None) -> list[Row]:
@@ -125,12 +140,10 @@ def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
         logits = out.logits[:, -1, :].float()
         if step_logits is not None:
             step_logits.append(logits.detach().cpu().clone())
-        tokens: list[int] = []
-        for b, i in enumerate(active):
+        tokens = next_tokens(logits, [rows[i] for i in active])
+        for tok, i in zip(tokens, active, strict=True):
             row = rows[i]
-            tok = _process(logits[b], row)
             row.ids.append(tok)
-            tokens.append(tok)
             if row.on_step is not None:
                 row.on_step(tok)
             if tok in row.stop_ids:
@@ -144,13 +157,13 @@ def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
         keep = [b for b, i in enumerate(active) if rows[i].finish_reason is None]
         if not keep:
             return rows
-        next_tokens = torch.tensor(tokens, device=mask.device).unsqueeze(-1)
+        step_ids = torch.tensor(tokens, device=mask.device).unsqueeze(-1)
         if len(keep) < len(active):
             idx = torch.tensor(keep, device=mask.device)
             cache.batch_select_indices(idx)
-            mask, next_pos, next_tokens = mask[idx], next_pos[idx], next_tokens[idx]
+            mask, next_pos, step_ids = mask[idx], next_pos[idx], step_ids[idx]
             active = [active[b] for b in keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-        out = model(input_ids=next_tokens, attention_mask=mask, position_ids=next_pos, cache=cache,
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=next_pos, cache=cache,
                     use_cache=True, logits_to_keep=1)
         next_pos = next_pos + 1

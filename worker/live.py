@@ -5,7 +5,10 @@ The engine thread calls ``on_token(delta)`` and ``should_cancel()`` between gene
 every row of a batch; both must be instant, so they only touch memory here. The task thread,
 which would otherwise just block on the future, does the I/O in :meth:`JobWatch.wait`:
 
-- every ~0.1 s: new text goes out as a ``token`` event (Redis pub/sub, :mod:`jobs.live`);
+- every ~0.1 s: new text goes out as a ``token`` event (Redis pub/sub, :mod:`jobs.live`); with
+  no live events (no Redis for them, or the local mode) the thread wakes only every 0.5 s: each
+  wake-up of the up to ``concurrency`` waiting task threads competes with the engine thread for
+  the GIL, and the engine thread of a GPU worker is Python-bound;
 - every ``PARTIAL_INTERVAL`` (0.5 s): ``partial_text`` is written through
   ``JobService.set_partial_text`` (one short UPDATE) when it changed (the first time as soon as
   there is text; not at the end of a round, which the job's record replaces at once);
@@ -37,6 +40,7 @@ StopReason = Literal["cancel", "timeout", "gone"]
 TICK = 0.1
 PARTIAL_INTERVAL = 0.5
 CANCEL_INTERVAL = 0.5
+QUIET_TICK = min(PARTIAL_INTERVAL, CANCEL_INTERVAL)  # no token events to send
 
 
 class Stopped(Exception):
@@ -117,9 +121,10 @@ class JobWatch:
 
     def wait(self, future: Future[T]) -> T:
         """Block until ``future`` completes, doing the live I/O meanwhile."""
+        tick = TICK if self.live is not None else QUIET_TICK
         while True:
             try:
-                result = future.result(timeout=TICK)
+                result = future.result(timeout=tick)
             except FutureTimeout:
                 self.flush()
                 self._poll(self.clock())

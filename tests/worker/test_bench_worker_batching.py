@@ -28,6 +28,8 @@ def test_tiny_local_run_with_a_time_limit(tmp_path: Path, capsys: pytest.Capture
     assert s["compared"] == off["done"] and s["identical"] == s["compared"]  # fp32 on the CPU: asserted too
     assert s["ratio"] == pytest.approx(on["jobs_per_s"] / off["jobs_per_s"])
     out = capsys.readouterr().out
+    # the batcher's closing line, read from the worker's log: 4 jobs + the warm-up ones
+    assert on["engine"].startswith("engine: 8 requests in ") and on["engine"] in out
     rows = [ln for ln in results.read_text().splitlines() if ln.startswith("| 20")]
     assert len(rows) == 1 and "tiny, float32 | local | 4 x 2 |" in rows[0]
     if off["partial"]:
