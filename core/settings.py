@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # Context the API checks prompts against before the worker loads anything.
     max_context_tokens: int = 32768
     torch_threads: int | None = None
+    # A GPU worker's engine thread gives up the GIL at every torch call (each kernel launch) and
+    # must win it back; a thread running Python meanwhile keeps it up to this interval (Python's
+    # default is 5 ms, against a few µs per launch). Applied by a worker whose model runs on an
+    # accelerator; 0 keeps Python's default. See worker/runtime.py.
+    gil_switch_interval_ms: float = Field(0.2, ge=0)
     # Cross-job batching. A request reaching an idle engine starts at once; requests arriving
     # while a batch runs form the next batch. ``batch_wait_ms`` applies only under load (requests
     # were already waiting when the last batch ended): the engine then waits up to that long for

@@ -74,14 +74,14 @@ class LoadModel(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         rt = runtime.current()
         engine = rt.load_model()
-        info = engine.info
+        info, cap = engine.info, rt.capacity()
         log.info(
             "gpu worker serving %s (%s, template %s) on %s as %s, %s attention; context %d tokens; "
             "capacity: %d task threads, batches of up to %d requests / %d tokens (wait %d ms), "
-            "%d torch threads", info.name, info.llm_family, info.template, info.device, info.dtype,
-            info.attn_implementation, info.max_context, parent.concurrency,
-            rt.capacity()["batch_max_requests"], rt.settings.batch_max_tokens, rt.settings.batch_wait_ms,
-            rt.capacity()["torch_threads"],
+            "%d torch threads, GIL switch interval %.2f ms", info.name, info.llm_family, info.template,
+            info.device, info.dtype, info.attn_implementation, info.max_context, parent.concurrency,
+            cap["batch_max_requests"], cap["batch_max_tokens"], cap["batch_wait_ms"], cap["torch_threads"],
+            cap["gil_switch_interval_ms"],
         )
 
 

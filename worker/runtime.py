@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,25 @@ def torch_threads(settings: Settings) -> int:
         return max(1, int(settings.torch_threads))
     cores = os.cpu_count() or 1
     return cores if settings.device == "cpu" else max(1, min(4, cores // 2))
+
+
+def apply_switch_interval(settings: Settings, device: str) -> float:
+    """Shorten the GIL's switch interval in a worker whose model runs on an accelerator; returns
+    the interval in force (seconds).
+
+    Every torch call releases the GIL, so the engine thread of a GPU worker, which is bound by
+    Python and kernel launches, competes for it hundreds of times per decoding step with the
+    task threads. Whenever one of those is running Python (a database write, a media decode),
+    the engine waits until it is forced to let go: up to the switch interval, 5 ms by default.
+    With one busy Python thread beside it, a 3 µs torch call took 4.7 ms at 5 ms and 49 µs at
+    0.2 ms (``python bench/bench_gil_switch.py``; BENCHMARKS.md's GPU section has the worker
+    run that prompted this). On a CPU device the engine's calls are long and this is left
+    alone."""
+    ms = settings.gil_switch_interval_ms
+    if device != "cpu" and ms > 0:
+        sys.setswitchinterval(ms / 1000)
+        log.info("GIL switch interval set to %.2f ms (model on %s)", ms, device)
+    return sys.getswitchinterval()
 
 
 class Runtime:
@@ -77,6 +97,7 @@ class Runtime:
                 batcher = Batcher.loading(self._load_engine, max_requests=max_requests,
                                           max_tokens=s.batch_max_tokens, wait_ms=s.batch_wait_ms)
                 engine = batcher.engine  # raises what the load raised
+                apply_switch_interval(s, engine.info.device)
                 # Compile (or load from numba's cache) and check the exact resize now, not in the
                 # first job: the first image would otherwise wait a few seconds for it.
                 from models import tile_resize
@@ -122,7 +143,8 @@ class Runtime:
         s = self.settings
         return {"batch_max_requests": s.batch_max_requests if s.batching else 1,
                 "batch_max_tokens": s.batch_max_tokens, "batch_wait_ms": s.batch_wait_ms,
-                "torch_threads": torch_threads(s)}
+                "torch_threads": torch_threads(s),
+                "gil_switch_interval_ms": round(sys.getswitchinterval() * 1000, 3)}
 
     def close(self) -> None:
         """Stop the batcher (after the task threads have finished) and release connections."""

@@ -4,6 +4,7 @@ lives on — never runs torch (models.batcher explains the ~2x this is worth on 
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from core.settings import Settings
 from models.engine import Engine
-from worker.runtime import Runtime
+from worker.runtime import Runtime, apply_switch_interval
 
 
 def _settings(tmp_path: Path, model: Path) -> Settings:
@@ -49,3 +50,17 @@ def test_a_model_that_fails_to_load_raises_in_the_caller(tmp_path: Path) -> None
         assert not rt.model_loaded
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize(("device", "ms", "expected_ms"), [
+    ("cuda:0", 0.2, 0.2), ("split", 0.5, 0.5), ("cpu", 0.2, None), ("cuda", 0.0, None)])
+def test_a_gpu_worker_shortens_the_gil_switch_interval(tmp_path: Path, device: str, ms: float,
+                                                       expected_ms: float | None) -> None:
+    before = sys.getswitchinterval()
+    settings = _settings(tmp_path, tmp_path).model_copy(update={"gil_switch_interval_ms": ms})
+    try:
+        got = apply_switch_interval(settings, device)
+        assert got == sys.getswitchinterval()
+        assert got == pytest.approx(expected_ms / 1000 if expected_ms is not None else before)
+    finally:
+        sys.setswitchinterval(before)
