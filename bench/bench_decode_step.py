@@ -122,9 +122,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             torch.set_num_threads(max(1, torch.get_num_threads()))
         engine = Engine.load(ckpt, device=a.device, dtype=dtype)
         timer = ForwardTimer(engine.model, a.device)
-        measure(engine, timer, 2, argparse.Namespace(**{**vars(a), "repeat": 1, "new_tokens": 4}))  # warm-up
+        # Warm-up at every batch size, so that no size pays for the first kernels of its shapes
+        # (on the H200 the first size timed, batch 1, came out slower than batch 16).
+        sizes = [int(x) for x in a.batches.split(",")]
+        for n in sizes:
+            measure(engine, timer, n, argparse.Namespace(**{**vars(a), "repeat": 1, "new_tokens": 4}))
         log(f"loaded {LAYOUTS[a.layout].label} ({n_params / 1e9:.2f}B params, {dtype} on {a.device})")
-        for n in [int(x) for x in a.batches.split(",")]:
+        for n in sizes:
             for label, kw in (("batched pick", {}), ("batched pick + on_token", {"hooks": True}),
                               ("row-by-row pick", {"pick": row_by_row})):
                 if n == 1 and label != "batched pick":
