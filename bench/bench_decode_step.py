@@ -17,8 +17,8 @@ worker's streaming path), and with tokens picked row by row (the code before the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,15 +29,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_engine_batch import make_requests, on_own_thread  # noqa: E402
 from bench.worker_bench_lib import LAYOUTS, environment, log, prepare_checkpoint  # noqa: E402
 from models import generation  # noqa: E402
 from models.engine import ChatRequest, Engine  # noqa: E402
-from models.generation import GenerationParams, Row  # noqa: E402
+from models.generation import Row  # noqa: E402
 
 
 def row_by_row(logits: torch.Tensor, rows: list[Row]) -> list[int]:
-    """The token pick as it was before ``generation.next_tokens``: one argmax per row."""
-    return [int(torch.argmax(logits[b])) for b in range(len(rows))]
+    """The token pick as it was before ``generation.next_tokens``: ``_process`` for each row (for
+    a greedy row, one argmax and one device sync)."""
+    return [generation._process(logits[b], row) for b, row in enumerate(rows)]
 
 
 class ForwardTimer:
@@ -69,11 +71,10 @@ class ForwardTimer:
 
 
 def requests(n: int, new_tokens: int, image_size: int, hooks: bool) -> list[ChatRequest]:
-    g = torch.Generator().manual_seed(n)
-    return [ChatRequest(f"<image>\nQuestion {i}: what is in this picture, and why?",
-                        pixel_values=torch.rand(1, 3, image_size, image_size, generator=g) * 2 - 1,
-                        params=GenerationParams(max_new_tokens=new_tokens),
-                        on_token=(lambda _d: None) if hooks else None) for i in range(n)]
+    """bench_engine_batch.py's requests (one tile, a distinct question), with a no-op ``on_token``
+    on every row when ``hooks``."""
+    reqs = make_requests(n, new_tokens, image_size)
+    return [dataclasses.replace(r, on_token=lambda _d: None) for r in reqs] if hooks else reqs
 
 
 def measure(engine: Engine, timer: ForwardTimer, n: int, a: argparse.Namespace, *, hooks: bool = False,
@@ -117,9 +118,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ckpt, n_params, _, _ = prepare_checkpoint(a.layout, a.workdir, a.device)
     rows: list[dict[str, Any]] = []
 
-    def work() -> None:  # on its own thread, as the worker's engine thread (see models.batcher)
-        if a.device == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
+    def work() -> None:
         engine = Engine.load(ckpt, device=a.device, dtype=dtype)
         timer = ForwardTimer(engine.model, a.device)
         # Warm-up at every batch size, so that no size pays for the first kernels of its shapes
@@ -140,9 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       f"{1000 * n / r['ms_step']:8.0f} tok/s  prefill {r['prefill_s']:.2f} s",
                       flush=True)
 
-    t = threading.Thread(target=work, name="engine")
-    t.start()
-    t.join()
+    on_own_thread(work)  # as the worker's engine thread (see on_own_thread, models.batcher)
     if rows:
         one = next((r for r in rows if r["batch"] == 1), None)
         if one is not None:
