@@ -281,3 +281,29 @@ def test_local_mode_database_sqlite(tmp_path: Path) -> None:
         assert due_message_ids(db, now=utcnow() + timedelta(hours=1), grace_seconds=0) == []
     finally:
         db.dispose()
+
+
+def test_sweeper_wakeup_yields_to_a_concurrent_lease(
+    db: Database, settings: Settings, tenant: TenantInfo
+) -> None:
+    """A claim that takes the lease while the sweeper's UPDATE waits for the row keeps it: the
+    sweeper re-checks that the message is still due on the row it locked, so it neither wakes the
+    message up a second time nor overwrites the lease (two parallel attempts)."""
+    msg_id = add_message(db, tenant.id, "http://127.0.0.1:9/raced")
+    now = utcnow()
+    m = WebhookMessage
+    woken: list[str] = []
+    with db.engine.connect() as holder:
+        # The claim's UPDATE, left uncommitted: it holds the row lock.
+        holder.execute(sa.update(m).where(m.id == msg_id).values(
+            attempts=m.attempts + 1, next_attempt_at=now + timedelta(seconds=60)))
+        sweeper = threading.Thread(target=lambda: republish_due(
+            db, woken.extend, now=now + timedelta(seconds=31), grace_seconds=30, limit=10_000))
+        sweeper.start()
+        time.sleep(0.5)  # the sweeper's UPDATE is now waiting for the lock
+        holder.commit()
+    sweeper.join(10)
+    assert not sweeper.is_alive()
+    assert msg_id not in woken
+    lease = message(db, msg_id).next_attempt_at
+    assert lease is not None and lease >= now + timedelta(seconds=59)

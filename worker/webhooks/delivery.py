@@ -221,10 +221,17 @@ def republish_due(
     (the claim is conditional). If publishing fails, the next sweep after the grace period retries.
     """
     m = WebhookMessage
+    cutoff = now - timedelta(seconds=grace_seconds)
     with db.session() as session:
+        # The UPDATE repeats the due condition, not only ``status``: between the subquery's
+        # snapshot and the row lock a concurrent claim may have taken a lease (next_attempt_at in
+        # the future); PostgreSQL re-checks the WHERE on the locked row, so the lease wins and
+        # the message is not woken up (and attempted) a second time in parallel.
         ids = list(session.scalars(
             sa.update(m)
-            .where(m.id.in_(_due(now, grace_seconds, limit).scalar_subquery()), m.status == PENDING)
+            .where(m.id.in_(_due(now, grace_seconds, limit).scalar_subquery()), m.status == PENDING,
+                   sa.or_(m.next_attempt_at <= cutoff,
+                          sa.and_(m.next_attempt_at.is_(None), m.created_at <= cutoff)))
             .values(next_attempt_at=now)
             .returning(m.id)
         ))
