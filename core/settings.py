@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # A job still ``running`` this long after job_hard_time_limit has lost its worker: the sweeper
     # requeues it (or fails it with ``worker_lost`` once max_attempts deliveries are used).
     stuck_grace_seconds: float = 120.0
+    # Every GPU worker refreshes its heartbeat this often; one silent for worker_dead_seconds is
+    # gone: the sweeper requeues its running jobs (within about worker_dead_seconds + one sweep).
+    heartbeat_seconds: float = 5.0
+    worker_dead_seconds: float = 20.0
+    # A job still queued this long after its caption message was sent may have lost the message
+    # (a broker restarted without persistence, a worker killed between taking it and claiming
+    # it): the sweeper sends it again. Duplicates are harmless (the claim is conditional).
+    queued_resend_seconds: float = 30.0
     # How long Idempotency-Key records are kept (API.md: 24 h).
     idempotency_ttl_seconds: int = 86400
 

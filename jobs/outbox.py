@@ -183,8 +183,13 @@ def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: st
         sent += len(rows)
         after_seq = rows[-1].seq
         with db.session() as session:
+            now = utcnow()
             session.execute(sa.update(Outbox).where(Outbox.id == row_id)
-                            .values(args=[batch_id, after_seq], created_at=utcnow()))
+                            .values(args=[batch_id, after_seq], created_at=now))
+            # The sweeper's re-send of lost messages counts from here, not from the batch's
+            # submission (jobs/recovery.py); a job not stamped yet has not been sent.
+            session.execute(sa.update(Job).where(Job.id.in_([r.id for r in rows]))
+                            .values(dispatched_at=now))
 
 
 def top_up_dispatches(db: Database, publisher: Publisher, window: int,

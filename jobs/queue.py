@@ -217,6 +217,21 @@ class Publisher:
                 conn.collect()
                 raise
 
+    def ready_count(self, queue: str, timeout: float = 2.0) -> int | None:
+        """Messages waiting in ``queue`` (every priority level; not those a worker has taken),
+        or None when the transport cannot say."""
+        try:
+            with self._pool.acquire(block=True, timeout=timeout) as conn:
+                try:
+                    ok = conn.default_channel.queue_declare(queue=queue, passive=True)
+                    return int(ok.message_count)
+                except Exception:
+                    conn.collect()
+                    raise
+        except Exception as exc:
+            log.debug("cannot count the messages in %s: %s", queue, exc)
+            return None
+
     def close(self) -> None:
         self._pool.force_close_all()
         self._conn.release()

@@ -9,9 +9,12 @@ Each call does, in bounded chunks, each chunk its own short transaction:
 3. recover jobs stuck in ``running`` longer than ``job_hard_time_limit + stuck_grace_seconds``
    (their worker died without the broker redelivering): requeue them while attempts remain,
    else fail them with ``worker_lost`` — the attempt count lives in SQL;
-4. re-send ``finalize_batch`` for batches whose jobs all ended long ago but that were never
+   and, sooner, the running jobs of GPU workers whose heartbeat stopped (``jobs.recovery``);
+4. re-send the caption message of jobs queued too long after their last dispatch: the
+   invariant "every queued job has a message in the broker" (``jobs.recovery``);
+5. re-send ``finalize_batch`` for batches whose jobs all ended long ago but that were never
    finalized (a lost finalize message);
-5. drop expired Idempotency-Key records.
+6. drop expired Idempotency-Key records.
 
 Everything is a conditional transition, so two sweepers at once, or a sweeper racing a worker,
 change nothing twice.
@@ -26,10 +29,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from core.db import utcnow
-from jobs import outbox
+from jobs import outbox, recovery
 from jobs import transitions as tx
 from jobs.service import JobService
-from jobs.states import EXPIRE, FAIL, REQUEUE, JobStatus
+from jobs.states import EXPIRE, JobStatus
 from jobs.tables import Batch, IdempotencyKey, Job
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class SweepReport:
     expired: int = 0
     requeued: int = 0
     lost: int = 0
+    resent: int = 0  # caption messages re-sent for jobs queued too long
     finalize_resent: int = 0
     idempotency_dropped: int = 0
 
@@ -65,6 +69,10 @@ def sweep(service: JobService, *, now: datetime | None = None, max_rows: int = 2
     report.expired = _expire(service, now, max_rows)
     stuck_before = now - timedelta(seconds=s.job_hard_time_limit + s.stuck_grace_seconds)
     report.requeued, report.lost = _recover_stuck(service, now, stuck_before, max_rows)
+    requeued, lost = recovery.recover_dead_workers(service, now)
+    report.requeued += requeued
+    report.lost += lost
+    report.resent = recovery.resend_queued(service, now)
     report.finalize_resent = _resend_finalize(service, now)
     with service.db.session() as session:
         res = session.execute(sa.delete(IdempotencyKey).where(
@@ -100,33 +108,13 @@ def _expire(service: JobService, now: datetime, max_rows: int) -> int:
 
 
 def _recover_stuck(service: JobService, now: datetime, before: datetime, max_rows: int) -> tuple[int, int]:
-    requeued = lost = 0
-    cap = service.settings.max_attempts
     with service.db.session() as session:
         rows = session.execute(
             sa.select(Job.id, Job.attempts)
             .where(Job.status == JobStatus.RUNNING.value, Job.started_at <= before)
             .order_by(Job.started_at).limit(max_rows)
         ).all()
-    for row in rows:
-        effects = tx.Effects()
-        with service.db.session() as session:
-            if row.attempts < cap:
-                applied = tx.apply(session, row.id, REQUEUE, {"started_at": None, "partial_text": None},
-                                   expected_attempt=row.attempts)
-                requeued += applied is not None
-            else:
-                applied = tx.apply(session, row.id, FAIL, {
-                    "finished_at": now, "partial_text": None,
-                    "error": {"code": "worker_lost", "retryable": False,
-                              "message": f"the worker running the job was lost {row.attempts} times"},
-                }, expected_attempt=row.attempts)
-                lost += applied is not None
-            if applied is not None:
-                tx.after(session, applied, now, effects)
-            out = outbox.add(session, effects.messages, now)
-        service.publish(out)
-    return requeued, lost
+    return recovery.requeue_or_fail(service, rows, now, "running past the time limit")
 
 
 def _resend_finalize(service: JobService, now: datetime) -> int:

@@ -81,6 +81,8 @@ class Job(Base):
         # The sweeper's scans: queued past TTL, running past the time budget.
         sa.Index("ix_jobs_status_expires", "status", "expires_at"),
         sa.Index("ix_jobs_status_started", "status", "started_at"),
+        # The running jobs of a worker that went silent.
+        sa.Index("ix_jobs_status_worker", "status", "worker_id"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
@@ -105,6 +107,23 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The worker (``workers.id``) that claimed the current attempt; when its caption message was
+    # last sent (NULL: at submit, ``created_at``), for the sweeper's re-send of lost messages.
+    worker_id: Mapped[str | None] = mapped_column(sa.String(200))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Worker(Base):
+    """A running GPU worker process; ``last_seen`` is its heartbeat (``jobs/heartbeats.py``)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int] = mapped_column(sa.Integer)
+    model: Mapped[str | None] = mapped_column(sa.String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class Outbox(Base):
@@ -172,3 +191,6 @@ class IdempotencyKey(Base):
     status: Mapped[str] = mapped_column(sa.String(16))  # in_flight | done
     resource_id: Mapped[str | None] = mapped_column(sa.String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # An in_flight claim belongs to its request only until this time; the request renews it
+    # while it works, so a claim left by a crashed process is free again within seconds.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -117,7 +117,8 @@ def _claim_statement() -> sa.Update:
         .where(t.c.id == sa.bindparam("job_id"), t.c.status == source.value,
                t.c.attempts < sa.bindparam("max_attempts"),
                sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now))
-        .values(status=START.target.value, attempts=t.c.attempts + 1, started_at=now, partial_text=None)
+        .values(status=START.target.value, attempts=t.c.attempts + 1, started_at=now, partial_text=None,
+                worker_id=sa.bindparam("worker_id", type_=t.c.worker_id.type))
         .returning(*t.c)
     )
 
@@ -149,11 +150,12 @@ def _detached_job(row: Any) -> Job:
     return Job(**{key: values[column] for key, column in _job_columns()})
 
 
-def claim(session: Session, job_id: str, now: datetime, max_attempts: int) -> Applied | None:
+def claim(session: Session, job_id: str, now: datetime, max_attempts: int,
+          worker_id: str | None = None) -> Applied | None:
     """:data:`START` for a queued job that is not expired and has attempts left: ``attempts`` + 1,
-    ``started_at`` = ``now``. None when it does not apply."""
-    row = session.execute(_claim_statement(), {"job_id": job_id, "now": now,
-                                               "max_attempts": max_attempts}).first()
+    ``started_at`` = ``now``, ``worker_id`` = the claiming worker. None when it does not apply."""
+    row = session.execute(_claim_statement(), {"job_id": job_id, "now": now, "max_attempts": max_attempts,
+                                               "worker_id": worker_id}).first()
     return Applied(_detached_job(row), JobStatus.QUEUED) if row is not None else None
 
 

@@ -62,7 +62,8 @@ class WorkerTransitions:
              relaxed: bool = False, **kwargs: Any) -> Any:
         raise NotImplementedError
 
-    def start(self, job_id: str, *, redelivered: bool = False) -> ClaimedJob | None:
+    def start(self, job_id: str, *, redelivered: bool = False,
+              worker_id: str | None = None) -> ClaimedJob | None:
         """Claim ``job_id`` for this delivery: queued → running, ``attempts`` + 1.
 
         Returns the normalised request (a :class:`ClaimedJob`), or None when there is nothing to
@@ -70,7 +71,9 @@ class WorkerTransitions:
         past its TTL is failed with ``expired`` here instead of running late). With
         ``redelivered=True`` (Celery redelivered the message because its worker died) a job left
         in ``running`` is taken over too. When the attempt cap (``settings.max_attempts``) is
-        already used up the job fails with ``worker_lost`` and None is returned.
+        already used up the job fails with ``worker_lost`` and None is returned. ``worker_id``
+        (the heartbeat of the worker claiming it, :mod:`jobs.heartbeats`) is recorded on the job,
+        so that the sweeper requeues it soon after that worker goes silent.
         """
         if not redelivered:
             # The common case, in one statement: a queued job, not expired, attempts left. Its
@@ -79,17 +82,18 @@ class WorkerTransitions:
             # the claim durable too. Only a PostgreSQL crash while the job runs can lose it; the
             # job is then back to queued with the previous attempt count, which the worker
             # notices when recording (``claim_lost``) and answers with a redelivery.
-            claimed = self._run(self._claim, job_id, relaxed=True)
+            claimed = self._run(self._claim, job_id, worker_id, relaxed=True)
             if claimed is not None:
                 return claimed  # type: ignore[no-any-return]
-        return self._run(self._start, job_id, redelivered)  # type: ignore[no-any-return]
+        return self._run(self._start, job_id, redelivered, worker_id)  # type: ignore[no-any-return]
 
-    def _claim(self, session: Any, effects: tx.Effects, now: datetime, job_id: str) -> ClaimedJob | None:
-        applied = tx.claim(session, job_id, now, self.settings.max_attempts)
+    def _claim(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
+               worker_id: str | None) -> ClaimedJob | None:
+        applied = tx.claim(session, job_id, now, self.settings.max_attempts, worker_id)
         return self._claimed(session, effects, now, applied) if applied is not None else None
 
     def _start(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
-               redelivered: bool) -> ClaimedJob | None:
+               redelivered: bool, worker_id: str | None) -> ClaimedJob | None:
         # Not claimable in one statement: read the row to say why not (expired, attempt cap) or
         # to take over a job a dead worker left running (redelivered).
         row = session.execute(
@@ -110,7 +114,7 @@ class WorkerTransitions:
                           f"(limit {self.settings.max_attempts})", FAIL)
             return None
         applied = tx.apply(session, job_id, t, lambda seen: {
-            "attempts": seen.attempts + 1, "started_at": now, "partial_text": None,
+            "attempts": seen.attempts + 1, "started_at": now, "partial_text": None, "worker_id": worker_id,
         })
         if applied is None:
             return None
@@ -196,7 +200,8 @@ class WorkerTransitions:
             seen = session.execute(sa.select(Job.status, Job.attempts).where(Job.id == job_id)).first()
             if (seen is not None and seen.status == JobStatus.RUNNING.value
                     and seen.attempts < self.settings.max_attempts):
-                applied = tx.apply(session, job_id, REQUEUE, {"started_at": None, "partial_text": None},
+                applied = tx.apply(session, job_id, REQUEUE, {"started_at": None, "partial_text": None,
+                                                                "worker_id": None, "dispatched_at": now},
                                    expected_attempt=attempt)
                 if applied is not None:
                     log.info("job %s requeued after a retryable error %s: %s", job_id, code, message)
@@ -243,7 +248,8 @@ class WorkerTransitions:
 
     def _requeue(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
                  attempt: int | None) -> bool:
-        applied = tx.apply(session, job_id, REQUEUE, {"started_at": None, "partial_text": None},
+        applied = tx.apply(session, job_id, REQUEUE, {"started_at": None, "partial_text": None,
+                                                                "worker_id": None, "dispatched_at": now},
                            expected_attempt=attempt)
         if applied is None:
             return False

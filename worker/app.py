@@ -74,6 +74,8 @@ class LoadModel(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         rt = runtime.current()
         engine = rt.load_model()
+        # Registered only once it can run jobs: /readyz counts live heartbeats as gpu capacity.
+        rt.start_heartbeat()
         info, cap = engine.info, rt.capacity()
         log.info(
             "gpu worker serving %s (%s, template %s) on %s as %s, %s attention; context %d tokens; "

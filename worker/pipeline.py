@@ -17,6 +17,9 @@
    Grounding runs one independent request per phrase (all submitted at once).
 4. **record** — ``succeed`` / ``fail`` / ``mark_canceled`` with this delivery's ``attempt``: a
    conditional UPDATE, so a redelivered message or a superseded attempt never writes twice.
+   A database outage is waited out in place (:func:`record_outcome`), then the job is handed
+   back to the broker; a claim the database lost is noticed whether the record returned
+   "not applied" or raised (the redelivery takes over a ``queued`` job too).
    Then the live ``done`` event (after the commit), carrying the finished job's JSON.
 
 No database session is open across the download or the inference: every ``JobService`` call is
@@ -27,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from core.errors import CaptionqError, InternalError, TransientError
 from jobs.render import job_to_dict
@@ -66,7 +70,7 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     """Run one delivery of ``captionq.caption_job``. Returns what happened (``skipped``,
     ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`."""
     try:
-        claimed = rt.jobs.start(job_id, redelivered=redelivered)
+        claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id)
     except Exception as exc:  # cannot even claim (database down): nothing changed, try later
         err = job_error(exc)
         if err.retryable:
@@ -90,7 +94,8 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
         watch.close()
     metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine.info.name, prepare_seconds=prepare_seconds)
-    job = rt.jobs.succeed_job(job_id, output_json(outcome), metrics, claim=claimed)
+    job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
+                                                                  claim=claimed))
     if job is None:
         return _not_recorded(rt, claimed, "result")
     log.info("job %s succeeded in %.2f s (attempt %d, %d tiles, %d+%d tokens)", job_id,
@@ -224,7 +229,8 @@ def _failed(rt: Runtime, claimed: ClaimedJob, exc: BaseException, retries: int) 
 
 
 def _record_failure(rt: Runtime, claimed: ClaimedJob, code: str, message: str, *, retryable: bool) -> str:
-    status = rt.jobs.fail(claimed.job_id, code, message, retryable, attempt=claimed.attempt)
+    status = record_outcome(rt, claimed, lambda: rt.jobs.fail(claimed.job_id, code, message, retryable,
+                                                              attempt=claimed.attempt))
     if status is None:
         return _not_recorded(rt, claimed, f"failure {code}")
     log.info("job %s %s: %s: %s", claimed.job_id, status, code, message)
@@ -238,12 +244,44 @@ def _not_recorded(rt: Runtime, claimed: ClaimedJob, what: str) -> str:
     sweeper — nothing to do) or its claim was lost (see ``JobService.claim_lost``) — then this
     message is delivered again, so that the queued job runs once more instead of waiting for a
     message that no longer exists."""
-    if rt.jobs.claim_lost(claimed.job_id, claimed.attempt):
+    if record_outcome(rt, claimed, lambda: rt.jobs.claim_lost(claimed.job_id, claimed.attempt)):
         log.warning("job %s: its claim (attempt %d) was lost by the database; delivering it again",
                     claimed.job_id, claimed.attempt)
         raise RetryLater(TransientError("the job's claim was lost by the database"), 1.0)
     log.info("job %s: %s not recorded (the job changed meanwhile)", claimed.job_id, what)
     return "stopped"
+
+
+# Waits between tries of recording an outcome while the database is unreachable: about 30 s in
+# all, enough for a PostgreSQL restart or failover, short against a job's time limit.
+RECORD_BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 8.0)
+
+T = TypeVar("T")
+
+
+def record_outcome(rt: Runtime, claimed: ClaimedJob, write: Callable[[], T],
+                   backoff: Sequence[float] = RECORD_BACKOFF) -> T:
+    """Run ``write`` (record the job's outcome, or ask whether its claim was lost), retrying it in
+    place while the database is unreachable. The result exists only in this process: a task that
+    raised here would be acked and the finished job left ``running`` until the sweeper's time
+    limit. If the database stays out of reach, the job is handed back instead: a redelivery of
+    this message (:class:`RetryLater`) takes the job over, whether it is still ``running`` or
+    its claim was lost and it is ``queued`` again (``redelivered`` claims both)."""
+    for wait in (*backoff, None):
+        try:
+            return write()
+        except Exception as exc:
+            err = job_error(exc)
+            if not err.retryable:
+                raise
+            if wait is None:
+                log.warning("job %s: cannot record its outcome (%s); delivering it again", claimed.job_id,
+                            err.message)
+                raise RetryLater(err, 1.0) from exc
+            log.warning("job %s: recording its outcome failed (%s); trying again in %.1f s",
+                        claimed.job_id, err.message, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def _done(rt: Runtime, job_id: str, status: str, job: Job | None = None) -> None:

@@ -31,6 +31,7 @@ from worker.cancels import CancelListener
 if TYPE_CHECKING:
     from celery import Celery
 
+    from jobs.heartbeats import Heartbeat
     from models.batcher import Batcher
     from models.engine import Engine
 
@@ -80,6 +81,10 @@ class Runtime:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._batcher: Batcher | None = None
+        # A gpu worker's identity in ``workers`` and the thread that keeps its heartbeat; jobs it
+        # claims carry the id (jobs.heartbeats).
+        self.worker_id: str | None = None
+        self.heartbeat: Heartbeat | None = None
 
     # --- the model ------------------------------------------------------------------------
     def load_model(self) -> Engine:
@@ -124,6 +129,19 @@ class Runtime:
             vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
         )
 
+    def start_heartbeat(self) -> str:
+        """Register this process as a live gpu worker and keep its heartbeat (once)."""
+        with self._lock:
+            if self.heartbeat is None:
+                from jobs.heartbeats import Heartbeat, new_worker_id
+
+                self.worker_id = new_worker_id()
+                model = self._engine.info.name if self._engine is not None else None
+                self.heartbeat = Heartbeat(self.db, self.worker_id, self.settings.heartbeat_seconds,
+                                           model=model)
+            assert self.worker_id is not None
+            return self.worker_id
+
     @property
     def engine(self) -> Engine:
         return self._engine if self._engine is not None else self.load_model()
@@ -151,6 +169,8 @@ class Runtime:
         with self._lock:
             if self._batcher is not None:
                 self._batcher.close(cancel_pending=True, timeout=30)
+            if self.heartbeat is not None:
+                self.heartbeat.close()
         if self.live is not None:
             self.live.close()
         if self.cancels is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -14,9 +15,11 @@ from api.context import get_ctx, tenant
 from api.problems import problem
 from core.errors import InvalidRequest, NotFound
 from jobs import lists
+from jobs.heartbeats import live_count
 from jobs.tables import Batch, Job
 from jobs.webhooks import message_to_dict
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -25,21 +28,37 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"], summary="The database and the broker answer")
+@router.get("/readyz", tags=["ops"],
+            summary="The database and the broker answer, and a GPU worker is alive")
 async def readyz(request: Request) -> JSONResponse:
+    """``{"status": "ready", "checks": {"database": "ok", "broker": "ok", "workers": "ok"}}``;
+    else 503 problem+json with the same ``checks``, each ``ok``, ``unavailable`` or, for
+    ``workers``, ``none`` (no GPU worker heartbeat within ``worker_dead_seconds``). Never a
+    dependency's address or driver error: the logs have those."""
     ctx = get_ctx(request)
+    settings = ctx.settings
+    live = 0
+
+    def workers() -> None:
+        nonlocal live
+        live = live_count(ctx.db, settings.worker_dead_seconds)
+
     checks: dict[str, str] = {}
-    for name, fn in (("database", ctx.db.ping), ("broker", ctx.publisher.check)):
+    for name, fn in (("database", ctx.db.ping), ("broker", ctx.publisher.check), ("workers", workers)):
+        if name == "workers" and checks["database"] != "ok":
+            checks[name] = "unavailable"
+            continue
         try:
             with fail_after(5):
                 await to_thread.run_sync(fn, abandon_on_cancel=True)
-            checks[name] = "ok"
+            checks[name] = "ok" if name != "workers" or live else "none"
         except Exception as exc:
-            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+            log.warning("readiness check %s failed: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = "unavailable"
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
-    bad = ", ".join(k for k, v in checks.items() if v != "ok")
-    return problem(503, "unavailable", "Service not ready", f"not reachable: {bad}", checks=checks,
+    bad = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
+    return problem(503, "unavailable", "Service not ready", f"not ready: {bad}", checks=checks,
                    headers={"Retry-After": "5"})
 
 
