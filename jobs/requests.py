@@ -25,6 +25,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from core.errors import InvalidRequest
+from jobs import storable
 from jobs.states import ALL_EVENTS, DEFAULT_JOB_EVENTS, JOB_EVENTS
 
 MAX_MEDIA_ITEMS = 64
@@ -209,6 +210,7 @@ def normalize_job_request(
     if not isinstance(raw, Mapping):
         raise InvalidRequest("a job request must be a JSON object",
                              errors=[error(prefix, "expected an object")])
+    storable.check(raw, prefix)
     try:
         model = JobRequest.model_validate(raw)
     except ValidationError as exc:
