@@ -18,6 +18,7 @@ from api import openapi, problems
 from api.auth import Authenticator
 from api.body import BodyLimitMiddleware
 from api.context import AppContext
+from api.context_limit import load_context_limit
 from api.metrics import Metrics, MetricsMiddleware
 from api.params import storable_params
 from api.urlcheck import StorageUrlChecker
@@ -43,11 +44,14 @@ def create_app(
     db = db or Database(settings)
     publisher = publisher or Publisher.from_settings(settings)
     service = JobService(db, settings, publisher)
+    context = load_context_limit(settings)
+    log.info("submissions are checked against a context of %s tokens (from: %s)",
+             context.max_tokens, context.source)
     ctx = AppContext(
         settings=settings, db=db, publisher=publisher, service=service,
         checker=StorageUrlChecker(settings),
         limits=RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
-                             max_context_tokens=settings.max_context_tokens),
+                             max_context_tokens=context.max_tokens, count_tokens=context.count_tokens),
         auth=Authenticator(db, disabled=settings.auth == "disabled"),
         metrics=Metrics(db),
     )
