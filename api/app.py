@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import openapi, problems
 from api.auth import Authenticator
 from api.body import BodyLimitMiddleware
 from api.context import AppContext
+from api.context_limit import load_context_limit
 from api.metrics import Metrics, MetricsMiddleware
+from api.params import storable_params
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
@@ -42,11 +44,14 @@ def create_app(
     db = db or Database(settings)
     publisher = publisher or Publisher.from_settings(settings)
     service = JobService(db, settings, publisher)
+    context = load_context_limit(settings)
+    log.info("submissions are checked against a context of %s tokens (from: %s)",
+             context.max_tokens, context.source)
     ctx = AppContext(
         settings=settings, db=db, publisher=publisher, service=service,
         checker=StorageUrlChecker(settings),
         limits=RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
-                             max_context_tokens=settings.max_context_tokens),
+                             max_context_tokens=context.max_tokens, count_tokens=context.count_tokens),
         auth=Authenticator(db, disabled=settings.auth == "disabled"),
         metrics=Metrics(db),
     )
@@ -66,7 +71,8 @@ def create_app(
         db.dispose()
 
     app = FastAPI(title="captionq", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+                  docs_url="/docs", openapi_url="/openapi.json", redoc_url=None,
+                  dependencies=[Depends(storable_params)])
     app.state.ctx = ctx
     problems.install(app)
     openapi.install(app)
@@ -75,7 +81,9 @@ def create_app(
 
     for module in (ops, jobs, batches, events, webhook_deliveries):
         app.include_router(module.router)
-    # Outermost first: metrics see every request, the body cap applies before any route reads.
+    # Added innermost first: metrics see every request, the body cap applies before any route
+    # reads, and an unexpected error is answered inside them all.
+    app.add_middleware(problems.CatchAllMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
     return app

@@ -9,6 +9,7 @@ than ``MAX_JSON_DEPTH`` instead of recursing: 422 ``json_too_deep``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pydantic_core
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem
 from core.errors import InvalidJson, JsonTooDeep, PayloadTooLarge, UnsupportedContentType
+from jobs import storable
 
 MAX_JSON_DEPTH = 200  # pydantic-core's recursion limit; metadata has its own, smaller one
 
@@ -68,7 +70,9 @@ async def read_json(request: Request) -> Any:
         raise UnsupportedContentType(
             f"Content-Type {request.headers.get('content-type')!r} is not application/json")
     body = await request.body()
-    return parse_json(body)
+    value = parse_json(body)
+    storable.check(value, [])  # NUL or a lone surrogate: 422 naming the field, not a driver error
+    return value
 
 
 def parse_json(body: bytes) -> Any:
@@ -78,9 +82,27 @@ def parse_json(body: bytes) -> Any:
         return pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as exc:
         text = str(exc)
+        if any(w in text for w in ("surrogate", "hex escape", "unicode code point")):
+            return _parse_with_surrogates(body)
         if "recursion limit" in text:
             raise JsonTooDeep(
                 f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
                 errors=[{"loc": [], "msg": f"nesting deeper than {MAX_JSON_DEPTH} levels"}],
             ) from None
         raise InvalidJson(f"the request body is not valid JSON: {text}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_with_surrogates(body: bytes) -> Any:
+    """Valid JSON whose strings escape a lone surrogate (``"\\ud800"``), which pydantic-core
+    refuses: parsed by the standard library so the storable check can name the field (422
+    ``unsupported_character``) instead of calling the body malformed."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise JsonTooDeep(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidJson(f"the request body is not valid JSON: {exc}") from None

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from api.auth import Authenticator
 from api.metrics import Metrics
+from api.params import check_path_ids
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
@@ -33,5 +34,8 @@ def get_ctx(request: Request) -> AppContext:
 
 
 async def tenant(request: Request) -> str:
-    """Dependency: the caller's tenant id (401 without a valid key)."""
-    return await get_ctx(request).auth.tenant_for(request)
+    """Dependency: the caller's tenant id (401 without a valid key). A path id that cannot exist
+    is then 404 without a query (:func:`api.params.check_path_ids`)."""
+    tenant_id = await get_ctx(request).auth.tenant_for(request)
+    check_path_ids(request)
+    return tenant_id

@@ -5,6 +5,11 @@ One place maps exceptions to ``application/problem+json`` bodies
 :class:`core.errors.CaptionqError` hierarchy, foreign errors carrying ``code``/``retryable``
 (storage, models) through :func:`core.errors.as_captionq_error`, FastAPI's request validation,
 Starlette's routing errors (404, 405) and anything unexpected (500, logged, no internals shown).
+
+A database or broker that cannot be reached is ``503 unavailable`` with ``Retry-After`` on every
+route (:func:`is_outage`). An unexpected error is answered by :class:`CatchAllMiddleware`, inside
+Starlette's ``ServerErrorMiddleware``: that one answers and then re-raises, which makes the
+server close the keep-alive connection under the client's next request.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import CaptionqError, InvalidRequest, as_captionq_error
+from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
+from jobs import storable
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +56,41 @@ def problem(status: int, code: str, title: str, detail: str, *, errors: list[dic
         body["errors"] = [{"loc": list(e.get("loc", [])), "msg": str(e.get("msg", "")),
                            **({"code": e["code"]} if e.get("code") else {})} for e in (errors or [])]
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    # Messages may quote the client's input: a lone surrogate there could not be encoded.
+    return JSONResponse(storable.scrub(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+RETRY_AFTER_SECONDS = 5
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database or the broker cannot be reached (connection refused, dropped, timed out,
+    the server shutting down): a retry later may succeed, so it is 503, not 500."""
+    import kombu.exceptions
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (
+        sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
+        kombu.exceptions.OperationalError, redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError, ConnectionError, TimeoutError,
+    ))
 
 
 def error_response(exc: BaseException) -> JSONResponse:
+    if is_outage(exc):
+        log.warning("dependency unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200])
+        exc = ServiceUnavailable("the database or the message broker cannot be reached right now; "
+                                 "retry later")
     err = as_captionq_error(exc)
     status = err.http_status
     if status >= 500 and not isinstance(exc, CaptionqError):
         log.exception("unexpected error", exc_info=exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if err.retryable and status == 503:
-        headers = {"Retry-After": "5"}
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     detail = err.message if status < 500 or isinstance(exc, CaptionqError) else "internal error"
     errors = err.errors if isinstance(err, InvalidRequest) else None
     return problem(status, err.code, err.title, detail, errors=errors, headers=headers)
@@ -97,6 +128,47 @@ def install(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed on {request.url.path}"
         return problem(exc.status_code, code, title, detail, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _other(_request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+    for outage in _outage_types():
+        app.add_exception_handler(outage, _outage_handler)
+
+
+def _outage_types() -> tuple[type[Exception], ...]:
+    import kombu.exceptions
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError, kombu.exceptions.OperationalError,
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, TimeoutError)
+
+
+async def _outage_handler(_request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)  # 503 for an outage; any other driver error is a plain 500
+
+
+class CatchAllMiddleware:
+    """Answers an unexpected exception with a 500 problem and lets the connection live on.
+
+    Added as the innermost middleware; when the response had already started (a stream broke
+    off) there is nothing left to answer and the exception goes on to the server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            await error_response(exc)(scope, receive, send)

@@ -110,6 +110,11 @@ class JsonTooDeep(InvalidRequest):
     title = "JSON nested too deeply"
 
 
+class UnsupportedCharacter(InvalidRequest):
+    code = "unsupported_character"
+    title = "A string holds a character that cannot be stored"
+
+
 class MetadataTooLarge(InvalidRequest):
     code = "metadata_too_large"
     title = "Metadata too large"
@@ -219,16 +224,17 @@ _register(CaptionqError)
 def as_captionq_error(exc: BaseException) -> CaptionqError:
     """Adopt any exception as one of ours, keeping a foreign ``code``/``retryable`` if present.
 
-    ``models`` and ``storage`` raise exceptions that carry ``code`` and ``retryable``; anything
-    else becomes ``internal``.
+    ``models`` and ``storage`` raise exceptions that carry both ``code`` and ``retryable``; only
+    those codes are adopted. Libraries use ``code`` for their own ids (SQLAlchemy's ``e3q8``, a
+    link to its documentation), so an exception without ``retryable`` becomes ``internal``.
     """
     if isinstance(exc, CaptionqError):
         return exc
     code = getattr(exc, "code", None)
-    if isinstance(code, str) and code:
+    retryable = getattr(exc, "retryable", None)
+    if isinstance(code, str) and code and isinstance(retryable, bool):
         cls = _BY_CODE.get(code)
         if cls is None:
-            retryable = bool(getattr(exc, "retryable", False))
             cls = type(
                 f"Adopted_{code}",
                 (TransientError if retryable else InternalError,),

@@ -41,8 +41,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     quantization: Literal["none", "8bit", "4bit"] = "none"
-    # Context the API checks prompts against before the worker loads anything.
-    max_context_tokens: int = 32768
+    # The model's context in tokens. None: the checkpoint's own (config.json's
+    # max_position_embeddings; the API reads it, with the tokenizer, from the checkpoint's data
+    # files). A number caps it: the API refuses longer requests at submission (422
+    # context_too_long) and a worker gives its engine no more than this.
+    max_context_tokens: int | None = Field(None, ge=1)
     torch_threads: int | None = None
     # A GPU worker's engine thread gives up the GIL at every torch call (each kernel launch) and
     # must win it back; a thread running Python meanwhile keeps it up to this interval (Python's

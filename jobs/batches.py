@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.db import utcnow
 from core.errors import BatchFinished, DuplicateCustomId, InvalidRequest, NotFound
-from jobs import ids, outbox
+from jobs import ids, outbox, storable
 from jobs import transitions as tx
 from jobs.requests import (
     RequestLimits,
@@ -224,6 +224,7 @@ def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan,
         f"{'.'.join(str(p) for p in e['loc'][2:]) or 'line'}: {e['msg']}" for e in line_errors
     )[:2000]
     request = obj if isinstance(obj, dict) else {"raw": str(obj)[:1000]}
+    request, message, custom = storable.scrub([request, message, custom])  # kept, so made storable
     meta = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
     invalid = {"code": "invalid_request", "message": message, "retryable": False}
     _write(spool, [number, custom if isinstance(custom, str) else None, 0, None, None, None,

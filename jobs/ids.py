@@ -65,3 +65,15 @@ def message_id() -> str:
 
 def tenant_id() -> str:
     return new_id("ten")
+
+
+_BODY_CHARS = frozenset(_ALPHABET.lower())
+_FIRST_CHARS = frozenset("01234567")  # 128 bits in 26 characters: the first holds only 3 of 5 bits
+
+
+def is_valid(prefix: str, value: str) -> bool:
+    """Whether ``value`` has the form of an id :func:`new_id` makes with ``prefix``: a value that
+    does not cannot name any row, and is answered without a query."""
+    body = value[len(prefix) + 1:]
+    return (value.startswith(prefix + "_") and len(body) == 26 and body[0] in _FIRST_CHARS
+            and all(c in _BODY_CHARS for c in body))

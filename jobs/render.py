@@ -1,9 +1,20 @@
-"""The JSON the API shows for a job or a batch (API.md), also used as webhook payloads."""
+"""The JSON the API shows for a job or a batch (API.md), also used as webhook payloads.
+
+A ``data:`` URI in a job's request is shown as ``data:<mime>;sha256=<hex>;bytes=<n>`` (the
+SHA-256 and size of the decoded media, as OpenAI and Replicate show inline media): the client
+sent the bytes and can match them by hash, while every GET, list page, SSE ``done`` and webhook
+payload stays small, and webhook messages do not store the media a second time. Only the job's
+own ``request`` column holds the full value, for the worker.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from jobs.tables import Batch, Job
 
@@ -21,7 +32,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "status": job.status,
         "batch_id": job.batch_id,
         "custom_id": job.custom_id,
-        "request": job.request,
+        "request": display_request(job.request),
         "output": job.output,
         "partial_text": job.partial_text if job.status == "running" else None,
         "error": job.error,
@@ -67,3 +78,29 @@ def result_line(row: Any) -> dict[str, Any]:
         "output": row.output, "error": row.error,
         "metadata": row.meta if row.meta is not None else {},
     }
+
+
+def short_data_uri(url: str) -> str:
+    """``data:<mime>;sha256=<hex>;bytes=<n>`` for a ``data:`` URI (anything else unchanged)."""
+    if not url.startswith("data:") or "," not in url:
+        return url
+    header, _, payload = url[5:].partition(",")
+    params = header.split(";")
+    mime = params[0] or "text/plain"
+    try:
+        data = (base64.b64decode(payload, validate=False) if "base64" in params[1:]
+                else unquote_to_bytes(payload))
+    except (binascii.Error, ValueError):
+        data = payload.encode("utf-8", "surrogatepass")
+    return f"data:{mime};sha256={hashlib.sha256(data).hexdigest()};bytes={len(data)}"
+
+
+def display_request(request: Any) -> Any:
+    """The stored request as shown: media ``data:`` URIs shortened."""
+    if not isinstance(request, dict) or not isinstance(request.get("media"), list):
+        return request
+    if not any(isinstance(m, dict) and str(m.get("url", "")).startswith("data:") for m in request["media"]):
+        return request
+    media = [{**m, "url": short_data_uri(m["url"])} if isinstance(m, dict) and isinstance(m.get("url"), str)
+             else m for m in request["media"]]
+    return {**request, "media": media}

@@ -10,14 +10,19 @@ need configuration: URLs (through an injected :class:`UrlChecker`, which the API
 context (``context_too_long``; the worker does the exact check after tokenising):
 
     lower bound = 256 x (number of images + total video frames)     (>= 1 tile of 256 tokens each)
-                + ceil(prompt characters / 128)                    (no token is longer than that)
+                + the prompts' tokens                               (counted by the checkpoint's
+                                                                     tokenizer when the API has it,
+                                                                     else ceil(characters / 128):
+                                                                     no token is longer than that)
                 + generation.max_new_tokens
+
+Unknown context (``RequestLimits.max_context_tokens`` None): no check here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
@@ -25,6 +30,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from core.errors import InvalidRequest
+from jobs import storable
 from jobs.states import ALL_EVENTS, DEFAULT_JOB_EVENTS, JOB_EVENTS
 
 MAX_MEDIA_ITEMS = 64
@@ -34,6 +40,8 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 32
 TOKENS_PER_TILE = 256
 MAX_CHARS_PER_TOKEN = 128
+# A prompt counted alone may merge into its neighbours in the chat template by a token each side.
+BOUNDARY_TOKENS = 2
 MAX_TTL_SECONDS = 30 * 86400
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -126,7 +134,10 @@ class UrlChecker(Protocol):
 @dataclass(frozen=True)
 class RequestLimits:
     default_ttl_seconds: int = 86400
-    max_context_tokens: int = 32768
+    # The model's context in tokens (None: unknown, the worker checks) and, when the API can
+    # read the checkpoint's tokenizer, a prompt's token count (lower bound: see the module doc).
+    max_context_tokens: int | None = None
+    count_tokens: Callable[[str], int] | None = None
 
 
 def default_prompt(media: list[dict[str, Any]]) -> str:
@@ -190,10 +201,13 @@ def _url_error(exc: Exception, loc: list[Any]) -> dict[str, Any]:
     return error(loc, str(getattr(exc, "message", exc)), code if code != "internal" else "invalid_request")
 
 
-def prompt_token_lower_bound(req: dict[str, Any]) -> int:
+def prompt_token_lower_bound(req: dict[str, Any], count_tokens: Callable[[str], int] | None = None) -> int:
     visual = sum(1 if m["type"] == "image" else m["num_frames"] for m in req["media"])
-    chars = sum(len(p) for p in req["prompts"])
-    return TOKENS_PER_TILE * visual + math.ceil(chars / MAX_CHARS_PER_TOKEN)
+    if count_tokens is not None:
+        text = sum(max(0, count_tokens(p) - BOUNDARY_TOKENS) for p in req["prompts"])
+    else:
+        text = math.ceil(sum(len(p) for p in req["prompts"]) / MAX_CHARS_PER_TOKEN)
+    return TOKENS_PER_TILE * visual + text
 
 
 def normalize_job_request(
@@ -209,6 +223,7 @@ def normalize_job_request(
     if not isinstance(raw, Mapping):
         raise InvalidRequest("a job request must be a JSON object",
                              errors=[error(prefix, "expected an object")])
+    storable.check(raw, prefix)
     try:
         model = JobRequest.model_validate(raw)
     except ValidationError as exc:
@@ -247,8 +262,8 @@ def normalize_job_request(
         req["metadata"] = {}
     if req["ttl_seconds"] is None:
         req["ttl_seconds"] = limits.default_ttl_seconds
-    if not errs:
-        need = prompt_token_lower_bound(req) + req["generation"]["max_new_tokens"]
+    if not errs and limits.max_context_tokens is not None:
+        need = prompt_token_lower_bound(req, limits.count_tokens) + req["generation"]["max_new_tokens"]
         if need > limits.max_context_tokens:
             errs.append(error(
                 [*prefix, "prompts"],

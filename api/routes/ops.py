@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.context import get_ctx, tenant
+from api.params import check_id
 from api.problems import problem
 from core.errors import InvalidRequest, NotFound
 from jobs import lists
@@ -80,6 +81,8 @@ async def webhook_deliveries(
     if (job_id is None) == (batch_id is None):
         msg = "give exactly one of job_id and batch_id"
         raise InvalidRequest(msg, errors=[{"loc": ["query", "job_id"], "msg": msg}])
+    check_id(job_id, "job", "job")
+    check_id(batch_id, "bat", "batch")
 
     def run() -> dict[str, Any]:
         with ctx.db.session() as session:

@@ -33,7 +33,7 @@ def api_settings(pg_database, redis_url, s3_bucket, s3_env, tmp_path_factory) ->
         database_url=pg_database.url, broker_url=redis_url, data_dir=data,
         s3_endpoint_url=s3_bucket.endpoint_url, s3_region=s3_bucket.region,
         max_request_bytes=2 * 1024 * 1024, max_data_uri_bytes=64 * 1024, max_batch_jobs_inline=500,
-        outbox_grace_seconds=0.0,
+        outbox_grace_seconds=0.0, max_context_tokens=32768,
     )
     return helpers.migrated(settings)
 

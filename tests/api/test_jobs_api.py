@@ -67,7 +67,7 @@ def test_data_uri_and_webhook_are_accepted(api):
                                    "webhook": {"url": "https://hooks.example.com/captionq"}})
     assert r.status_code == 202, r.text
     req = r.json()["request"]
-    assert req["media"][0]["url"] == uri
+    assert req["media"][0]["url"].startswith("data:image/png;sha256=")  # shown short: tests below
     assert req["webhook"] == {"url": "https://hooks.example.com/captionq",
                               "events": ["job.succeeded", "job.failed", "job.canceled"]}
 
@@ -253,3 +253,35 @@ def test_readyz_reports_a_dead_broker(api_settings):
             assert "127.0.0.1" not in r.text and "Error" not in r.text  # no address, no driver error
     finally:
         srv.stop()
+
+
+def test_data_uris_are_shown_short_and_stored_once(api, api_settings):
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from core.db import Database
+    from jobs.tables import Job, WebhookMessage
+
+    png = helpers.png_bytes((40, 30))
+    uri = helpers.data_uri("image/png", png)
+    short = f"data:image/png;sha256={hashlib.sha256(png).hexdigest()};bytes={len(png)}"
+    job = api.post("/v1/jobs", json={"media": [{"type": "image", "url": uri}, IMAGE],
+                                     "webhook": {"url": "https://hooks.example.com/captionq"}}).json()
+    assert job["request"]["media"][0]["url"] == short
+    assert job["request"]["media"][1]["url"] == IMAGE["url"]
+    assert api.get(f"/v1/jobs/{job['id']}").json()["request"]["media"][0]["url"] == short
+    listed = api.get("/v1/jobs", params={"limit": 5}).json()["data"]
+    assert [j["request"]["media"][0]["url"] for j in listed if j["id"] == job["id"]] == [short]
+    canceled = api.post(f"/v1/jobs/{job['id']}/cancel")  # a job.canceled webhook message is written
+    assert canceled.status_code == 202 and uri not in canceled.text
+    db = Database(api_settings)
+    try:
+        with db.session() as session:
+            stored = session.scalar(sa.select(Job.request).where(Job.id == job["id"]))
+            payloads = list(session.scalars(sa.select(WebhookMessage.payload)
+                                            .where(WebhookMessage.job_id == job["id"])))
+    finally:
+        db.dispose()
+    assert stored["media"][0]["url"] == uri  # the worker's copy is whole
+    assert payloads and all(p["request"]["media"][0]["url"] == short for p in payloads)
