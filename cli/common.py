@@ -7,10 +7,12 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from core.settings import Settings, load_settings
 
-console = Console(stderr=True)
+# soft_wrap: an error stays one line however narrow the terminal (or 80 columns off a terminal).
+console = Console(stderr=True, soft_wrap=True)
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
@@ -25,5 +27,5 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)

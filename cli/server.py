@@ -65,11 +65,23 @@ def up(
     """Embedded local mode: API + a real Celery worker process + the scheduler, on SQLite, a
     broker that needs no server (kombu's filesystem transport) and the local media folder
     (CAPTIONQ_MEDIA_ROOT, default ./media). Same code paths as production. Ctrl-C stops it all."""
-    from cli.local import LocalStack, local_settings
+    from cli.local import LocalStack, local_settings, port_in_use
 
     settings = local_settings(host=host, port=port, model=model)
+    if port_in_use(settings.host, settings.port):
+        console.print(f"[red]error:[/red] port {settings.port} on {settings.host} is already in use "
+                      "(another captionq up?); pick another with --port")
+        raise typer.Exit(2)
     stack = LocalStack(settings)
+    stack.prepare()
     console.print(f"captionq local mode: http://{settings.host}:{settings.port}  "
                   f"(database {settings.database_url}, media {settings.media_root.resolve()}, "
-                  f"auth {settings.auth})")
-    stack.run_forever()
+                  f"auth {settings.auth})", highlight=False)
+    if settings.auth == "disabled":
+        tenant, secret = stack.local_tenant()
+        console.print(f"tenant {tenant}: every request belongs to it while auth is disabled", highlight=False)
+        console.print(f"webhook secret {secret}  (signs this tenant's webhooks; "
+                      "`captionq keys rotate-webhook-secret --tenant ten_local` replaces it)", highlight=False)
+    code = stack.run_forever()
+    if code:
+        raise typer.Exit(code)
