@@ -150,7 +150,7 @@ def wait(
         return
     deadline = None if timeout is None else time.monotonic() + timeout
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(resource_id, total=None)
         while True:
             batch = api.request("GET", f"/v1/batches/{resource_id}")

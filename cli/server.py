@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import console, settings_or_exit
+from cli.common import console, database_reachable, settings_or_exit
 
 
 def serve(
@@ -53,7 +53,8 @@ def migrate() -> None:
     settings = settings_or_exit()
     from core.migrate import upgrade
 
-    upgrade(settings)
+    with database_reachable(settings):
+        upgrade(settings)
     console.print(f"database at head: {settings.database_url}")
 
 
@@ -73,12 +74,14 @@ def up(
                       "(another captionq up?); pick another with --port")
         raise typer.Exit(2)
     stack = LocalStack(settings)
-    stack.prepare()
+    with database_reachable(settings):
+        stack.prepare()
     console.print(f"captionq local mode: http://{settings.host}:{settings.port}  "
                   f"(database {settings.database_url}, media {settings.media_root.resolve()}, "
                   f"auth {settings.auth})", highlight=False)
     if settings.auth == "disabled":
-        tenant, secret = stack.local_tenant()
+        with database_reachable(settings):
+            tenant, secret = stack.local_tenant()
         console.print(f"tenant {tenant}: every request belongs to it while auth is disabled", highlight=False)
         console.print(f"webhook secret {secret}  (signs this tenant's webhooks; "
                       "`captionq keys rotate-webhook-secret --tenant ten_local` replaces it)", highlight=False)
