@@ -36,16 +36,10 @@ class Api:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise fail(f"cannot reach {self.http.base_url}: {exc}") from None
+            raise unreachable(str(self.http.base_url), exc) from None
         if resp.status_code >= 400:
-            try:
-                problem = resp.json()
-                detail = f"{problem.get('code')}: {problem.get('detail') or problem.get('title')}"
-                for err in problem.get("errors", [])[:20]:
-                    detail += f"\n  {'.'.join(str(p) for p in err.get('loc', []))}: {err.get('msg')}"
-            except ValueError:
-                detail = resp.text[:500]
-            raise fail(f"HTTP {resp.status_code} {detail}")
+            # A 4xx is the caller's mistake (exit 2), a 5xx the service's (exit 1).
+            raise fail(f"HTTP {resp.status_code} {problem_line(resp)}", 2 if resp.status_code < 500 else 1)
         if resp.headers.get("content-type", "").startswith("application/json"):
             return resp.json()
         return resp.text
@@ -61,6 +55,48 @@ class Api:
             job = self.get_job(job_id, wait=max(1, int(left)))
             if job["status"] in TERMINAL_JOB or (deadline is not None and time.monotonic() >= deadline):
                 return job
+
+
+def unreachable(base_url: str, exc: BaseException) -> typer.Exit:
+    """A server that does not answer: one line, exit 2 (a wrong --api-url, or nothing started)."""
+    reason = "connection refused" if isinstance(exc, httpx.ConnectError) else (str(exc) or type(exc).__name__)
+    return fail(f"cannot reach captionq at {base_url.rstrip('/')}: {reason}", 2)
+
+
+def problem_line(resp: httpx.Response) -> str:
+    """An RFC 9457 problem as one line: ``code: detail (field: message; …)``."""
+    try:
+        problem = resp.json()
+        line = f"{problem.get('code')}: {problem.get('detail') or problem.get('title')}"
+        fields = [f"{'.'.join(str(p) for p in err.get('loc', []))}: {err.get('msg')}"
+                  for err in problem.get("errors", [])[:5]]
+    except (ValueError, AttributeError):
+        return " ".join(resp.text[:300].split())
+    return line + (f" ({'; '.join(fields)})" if fields else "")
+
+
+def api_or_exit(base_url: str, api_key: str | None) -> Api:
+    """An :class:`Api` for a server that answers now; else one line and exit 2, never a fallback."""
+    api = Api(base_url, api_key)
+    try:
+        api.http.get("/healthz", timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise unreachable(base_url, exc) from None
+    return api
+
+
+def read_body(request_file: str) -> Any:
+    """The JSON in ``request_file`` (``-``: stdin); a missing or unreadable file is one line, exit 2."""
+    try:
+        text = sys.stdin.read() if request_file == "-" else Path(request_file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise fail(f"{request_file}: no such file", 2) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"{request_file}: cannot read: {exc}", 2) from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise fail(f"{request_file}: not JSON: {exc}", 2) from None
 
 
 def _print(obj: Any) -> None:
@@ -82,11 +118,7 @@ def submit(
     api_key: str | None = API_KEY,
 ) -> None:
     """Submit a job or a batch and print it (status 202 → queued)."""
-    text = sys.stdin.read() if request_file == "-" else Path(request_file).read_text()
-    try:
-        body = json.loads(text)
-    except ValueError as exc:
-        raise fail(f"{request_file}: not JSON: {exc}", 2) from None
+    body = read_body(request_file)
     path = "/v1/batches" if isinstance(body, dict) and ("jobs" in body or "manifest_url" in body) else "/v1/jobs"
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     _print(Api(api_url, api_key).request("POST", path, json=body, headers=headers))
@@ -114,11 +146,11 @@ def wait(
             job = api.wait_job(resource_id, timeout)
         _print(job)
         if job["status"] not in TERMINAL_JOB:
-            raise typer.Exit(3)
+            raise fail(f"{resource_id}: still {job['status']} after {timeout:g} s (--timeout)", 3)
         return
     deadline = None if timeout is None else time.monotonic() + timeout
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(resource_id, total=None)
         while True:
             batch = api.request("GET", f"/v1/batches/{resource_id}")
@@ -130,7 +162,7 @@ def wait(
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 _print(batch)
-                raise typer.Exit(3)
+                raise fail(f"{resource_id}: still {batch['status']} after {timeout:g} s (--timeout)", 3)
             time.sleep(1.0)
     _print(batch)
 
@@ -146,13 +178,16 @@ def results(
         job = api.get_job(resource_id)
         _print({"status": job["status"], "output": job.get("output"), "error": job.get("error")})
         return
-    with api.http.stream("GET", f"/v1/batches/{resource_id}/results") as resp:
-        if resp.status_code >= 400:
-            resp.read()
-            raise fail(f"HTTP {resp.status_code} {resp.text[:500]}")
-        for line in resp.iter_lines():
-            if line:
-                typer.echo(line)
+    try:
+        with api.http.stream("GET", f"/v1/batches/{resource_id}/results") as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise fail(f"HTTP {resp.status_code} {problem_line(resp)}", 2 if resp.status_code < 500 else 1)
+            for line in resp.iter_lines():
+                if line:
+                    typer.echo(line)
+    except httpx.HTTPError as exc:
+        raise unreachable(str(api.http.base_url), exc) from None
 
 
 def cancel(

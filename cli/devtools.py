@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 
 import typer
 
-from cli.common import console
+from cli.checkpoint_folder import FolderInUse, write_once
+from cli.common import console, fail
+
+# The demo checkpoint's context: a default image (up to 12 tiles + thumbnail, 256 tokens each)
+# or an 8-frame video, with the default 512 new tokens, fits with room to spare.
+DEMO_CONTEXT = 8192
 
 
 class Llm(StrEnum):
@@ -17,18 +23,39 @@ class Llm(StrEnum):
     llama = "llama"
 
 
+def _set_context(folder: Path, context: int) -> None:
+    """The language model's context (``llm_config.max_position_embeddings``) of a written
+    checkpoint; positions below the original value are computed the same either way."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["llm_config"]["max_position_embeddings"] = context
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def make_test_checkpoint(
-    directory: Path = typer.Argument(..., help="Folder to write (created; must be empty or absent)."),
+    directory: Path = typer.Argument(..., help="Folder to write. One written with the same settings is reused as it is."),
     llm: Llm = typer.Option(Llm.internlm2, "--llm", help="Language-model layout of the checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
+    context: int = typer.Option(DEMO_CONTEXT, "--context", min=512, max=131072, help="Context of the language model in tokens."),
+    force: bool = typer.Option(False, "--force", help="Rewrite the folder even if it holds a checkpoint or other files."),
 ) -> None:
     """Write a tiny random-weight checkpoint in the original InternVL2 layout, with a toy
     byte-level tokenizer, for tests and demos. Its answers are noise, but every part of the
     service runs on it exactly as on a real model."""
     from models.testing import write_test_checkpoint
 
-    if directory.exists() and any(directory.iterdir()):
-        console.print(f"[red]error:[/red] {directory} is not empty")
-        raise typer.Exit(2)
-    path = write_test_checkpoint(directory, llm.value, seed=seed)
-    console.print(f"wrote a tiny InternVL2 ({llm.value}) checkpoint to {path}")
+    def write(folder: Path) -> None:
+        write_test_checkpoint(folder, llm.value, seed=seed)
+        _set_context(folder, context)
+
+    recipe = {"kind": "tiny-internvl2", "llm": llm.value, "seed": seed, "context": context}
+    try:
+        outcome = write_once(directory, recipe, write, force=force)
+    except FolderInUse as exc:
+        raise fail(str(exc), 2) from None
+    if outcome == "reused":
+        console.print(f"reusing the tiny InternVL2 ({llm.value}) checkpoint in {directory} "
+                      "(same settings; --force rewrites it)", highlight=False)
+    else:
+        console.print(f"wrote a tiny InternVL2 ({llm.value}, context {context}) checkpoint to "
+                      f"{directory}", highlight=False)

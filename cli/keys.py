@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from cli.common import console, fail, settings_or_exit
+from cli.common import console, database_reachable, fail, settings_or_exit
 
 app = typer.Typer(help="Create tenant API keys and rotate webhook signing secrets.", no_args_is_help=True)
 
@@ -25,11 +25,11 @@ def create(
     settings = settings_or_exit()
     db = Database(settings)
     try:
-        with db.session() as session:
+        with database_reachable(settings), db.session() as session:
             created = create_api_key(session, name)
             session.commit()
     except CaptionqError as exc:
-        raise fail(f"{exc.code}: {exc.message}") from None
+        raise fail(f"{exc.code}: {exc.message}", 2) from None
     if as_json:
         typer.echo(json.dumps({"tenant": created.tenant_id, "api_key": created.api_key,
                                "webhook_secret": created.webhook_secret}))
@@ -58,11 +58,11 @@ def rotate_webhook_secret(
     grace = settings.webhook_secret_grace_seconds if grace_seconds is None else grace_seconds
     db = Database(settings)
     try:
-        with db.session() as session:
+        with database_reachable(settings), db.session() as session:
             secret = rotate(session, tenant, grace)
             session.commit()
     except CaptionqError as exc:
-        raise fail(f"{exc.code}: {exc.message}") from None
+        raise fail(f"{exc.code}: {exc.message}", 2) from None
     if as_json:
         typer.echo(json.dumps({"tenant": tenant, "webhook_secret": secret, "grace_seconds": grace}))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from cli.common import console, settings_or_exit
 from core.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+ERROR_PREFIX = "error: "  # how a worker's one-line reason for exiting starts (worker.app)
 
 
 def local_settings(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
@@ -35,6 +37,19 @@ def local_settings(*, host: str = "127.0.0.1", port: int = 8000, model: str | No
     if "CAPTIONQ_AUTH" not in os.environ and "auth" not in overrides:
         values["auth"] = "disabled" if host in LOOPBACK else "required"
     return settings_or_exit(**values)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound now (checked before anything starts, so ``up`` ends
+    with one line instead of uvicorn's traceback after the worker was already started)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -63,6 +78,7 @@ class LocalStack:
         self._worker: subprocess.Popen[bytes] | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._error_line: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -76,14 +92,63 @@ class LocalStack:
         self.settings.media_root.mkdir(parents=True, exist_ok=True)
         upgrade(self.settings)
 
+    def local_tenant(self) -> tuple[str, str]:
+        """The built-in tenant every request belongs to while auth is disabled, and its webhook
+        signing secret (created here if new, so it can be printed before the API starts)."""
+        from core.db import Database
+        from jobs.tenants import ensure_local_tenant, signing_secrets
+
+        db = Database(self.settings)
+        try:
+            with db.session() as session:
+                tenant = ensure_local_tenant(session)
+                session.commit()
+            with db.session() as session:
+                return tenant, signing_secrets(session, tenant)[0]
+        finally:
+            db.dispose()
+
     def start_worker(self) -> None:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
-        out = open(self.worker_log, "ab") if self.worker_log else None  # noqa: SIM115
+        if self.worker_log:
+            out: Any = open(self.worker_log, "ab")  # noqa: SIM115
+        else:
+            out = subprocess.PIPE  # relayed to our stderr, its error line kept (_relay)
         self._worker = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker", "--queues", "gpu,io", "--beat"],
-            env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        if out is subprocess.PIPE:
+            threading.Thread(target=self._relay, args=(self._worker,), name="captionq-worker-log",
+                             daemon=True).start()
+
+    def _relay(self, proc: subprocess.Popen[bytes]) -> None:
+        """Pass the worker's output on to our stderr, except its one-line ``error:`` (the reason
+        it could not start), which :meth:`failure` reports once, after the API stopped."""
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith(ERROR_PREFIX):
+                self._error_line = line
+            else:
+                print(line, file=sys.stderr, flush=True)
+
+    def failure(self) -> str | None:
+        """None while the worker runs; once it has exited, the line that says why: the worker's
+        own ``error:`` line, else its exit code."""
+        proc = self._worker
+        if proc is None or proc.poll() is None:
+            return None
+        if self._error_line is None and self.worker_log is not None and self.worker_log.exists():
+            lines = self.worker_log.read_text(errors="replace").splitlines()
+            self._error_line = next((ln for ln in reversed(lines) if ln.startswith(ERROR_PREFIX)), None)
+        if self._error_line is None and proc.stdout is not None:
+            time.sleep(0.2)  # the relay thread may still be reading the last line
+        return self._error_line or f"{ERROR_PREFIX}the local worker exited with code {proc.returncode}"
+
+    @property
+    def worker_exit_code(self) -> int | None:
+        return None if self._worker is None else self._worker.poll()
 
     def _make_server(self) -> Any:
         import uvicorn
@@ -104,10 +169,10 @@ class LocalStack:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
+        """Until the API answers; :class:`WorkerFailed` as soon as the worker has exited."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._worker is not None and self._worker.poll() is not None:
-                raise RuntimeError(f"the local worker exited with code {self._worker.returncode}")
+            self.check_worker()
             try:
                 if httpx.get(self.base_url + "/healthz", timeout=1.0).status_code == 200:
                     return
@@ -115,6 +180,11 @@ class LocalStack:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"local API at {self.base_url} not ready after {timeout:.0f} s")
+
+    def check_worker(self) -> None:
+        line = self.failure()
+        if line is not None:
+            raise WorkerFailed(line, self.worker_exit_code or 1)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -134,11 +204,39 @@ class LocalStack:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def run_forever(self) -> None:
-        self.prepare()
+    def run_forever(self) -> int:
+        """Serve in the foreground until Ctrl-C, or until the worker exits: then the API stops
+        too and the worker's line is printed. Returns the exit code for ``captionq up``."""
         self.start_worker()
+        server = self._make_server()
+        stopping = threading.Event()
+
+        def watch() -> None:  # a worker gone means no job would ever run: stop serving
+            assert self._worker is not None
+            self._worker.wait()
+            if not stopping.is_set():
+                server.should_exit = True
+
+        threading.Thread(target=watch, name="captionq-worker-watch", daemon=True).start()
+        died = False
         try:
-            self._make_server().run()
+            server.run()
         finally:
-            console.print("stopping the local worker…")
-            self._stop_worker()
+            stopping.set()
+            died = self._worker is not None and self._worker.poll() is not None
+            if not died:
+                console.print("stopping the local worker…")
+                self._stop_worker()
+        if died:
+            console.print(self.failure(), markup=False, highlight=False)
+            return self.worker_exit_code or 1
+        return 0
+
+
+class WorkerFailed(Exception):
+    """The local worker exited; ``line`` says why (its own one-line error when it printed one)."""
+
+    def __init__(self, line: str, exit_code: int) -> None:
+        super().__init__(line)
+        self.line = line
+        self.exit_code = exit_code

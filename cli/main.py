@@ -4,9 +4,18 @@ the command that needs them so ``captionq --help`` stays instant."""
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from rich.markup import escape
 
 from cli import caption, client, devtools, keys, server
+from cli.common import console
+
+try:  # typer vendors click (typer._click) in the versions this project uses
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - typer releases that use the click package
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="captionq",
@@ -33,7 +42,25 @@ for _name, _fn in client.COMMANDS.items():
 
 
 def main() -> None:
-    app()
+    """Run the CLI. A usage mistake (an unknown option, a missing argument, a bad value) is one
+    line naming the command's --help, exit 2, instead of click's usage box."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="captionq", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc))
+        code = 0
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "captionq"
+        console.print(f"[red]error:[/red] {escape(exc.format_message().rstrip('.'))} (see {escape(where)} --help)",
+                      highlight=False)
+        code = 2
+    except click_errors.ClickException as exc:
+        console.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False)
+        code = exc.exit_code
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import console, settings_or_exit
+from cli.common import console, database_reachable, settings_or_exit
 
 
 def serve(
@@ -53,7 +53,8 @@ def migrate() -> None:
     settings = settings_or_exit()
     from core.migrate import upgrade
 
-    upgrade(settings)
+    with database_reachable(settings):
+        upgrade(settings)
     console.print(f"database at head: {settings.database_url}")
 
 
@@ -65,11 +66,25 @@ def up(
     """Embedded local mode: API + a real Celery worker process + the scheduler, on SQLite, a
     broker that needs no server (kombu's filesystem transport) and the local media folder
     (CAPTIONQ_MEDIA_ROOT, default ./media). Same code paths as production. Ctrl-C stops it all."""
-    from cli.local import LocalStack, local_settings
+    from cli.local import LocalStack, local_settings, port_in_use
 
     settings = local_settings(host=host, port=port, model=model)
+    if port_in_use(settings.host, settings.port):
+        console.print(f"[red]error:[/red] port {settings.port} on {settings.host} is already in use "
+                      "(another captionq up?); pick another with --port")
+        raise typer.Exit(2)
     stack = LocalStack(settings)
+    with database_reachable(settings):
+        stack.prepare()
     console.print(f"captionq local mode: http://{settings.host}:{settings.port}  "
                   f"(database {settings.database_url}, media {settings.media_root.resolve()}, "
-                  f"auth {settings.auth})")
-    stack.run_forever()
+                  f"auth {settings.auth})", highlight=False)
+    if settings.auth == "disabled":
+        with database_reachable(settings):
+            tenant, secret = stack.local_tenant()
+        console.print(f"tenant {tenant}: every request belongs to it while auth is disabled", highlight=False)
+        console.print(f"webhook secret {secret}  (signs this tenant's webhooks; "
+                      "`captionq keys rotate-webhook-secret --tenant ten_local` replaces it)", highlight=False)
+    code = stack.run_forever()
+    if code:
+        raise typer.Exit(code)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -42,6 +43,17 @@ from worker import runtime, tasks
 log = logging.getLogger(__name__)
 
 DEFAULT_IO_CONCURRENCY = 8
+# A worker whose model cannot load exits with this code and one line on stderr that starts with
+# MODEL_LOAD_FAILED, which ``captionq up`` and ``captionq caption`` read back and show as is.
+EXIT_MODEL_UNUSABLE = 2
+MODEL_LOAD_FAILED = "error: cannot load the model"
+
+
+def model_load_failure(model: str, exc: BaseException) -> str:
+    """The one line a worker prints when its model does not load (no traceback: the cause is a
+    setting — a missing folder, an uncached hub id, a broken checkpoint — not a bug)."""
+    reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{MODEL_LOAD_FAILED} {model}: {' '.join(str(reason).split())}"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -73,7 +85,13 @@ class LoadModel(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         rt = runtime.current()
-        engine = rt.load_model()
+        try:
+            engine = rt.load_model()
+        except Exception as exc:
+            # Celery logs any other exception here as a CRITICAL traceback and exits 1.
+            # sys.__stderr__: Celery redirects sys.stderr into its logger, which would prefix the line.
+            print(model_load_failure(rt.settings.model, exc), file=sys.__stderr__, flush=True)
+            raise SystemExit(EXIT_MODEL_UNUSABLE) from None
         # Registered only once it can run jobs: /readyz counts live heartbeats as gpu capacity.
         rt.start_heartbeat()
         info, cap = engine.info, rt.capacity()
