@@ -253,6 +253,12 @@ class Tokenizer:
         return self._b.decode(ids, skip_special_tokens)
 
     @property
+    def backend(self) -> str:
+        """Which implementation reproduces this tokenizer (for reports)."""
+        b = self._b
+        return type(b.slow).__name__ if isinstance(b, _SlowBackend) else type(b).__name__.strip("_")
+
+    @property
     def cleans_up_spaces(self) -> bool:
         """Whether decoding removes a space before punctuation (InternLM2): then the end of a
         decoded prefix can still change when more ids follow (see models.text_stream)."""
