@@ -30,8 +30,9 @@ Semantics follow the official ``chat()``: the query comes from :mod:`models.prom
 string and stripped (QUIRKS 7). ``output_ids`` include the stop token when the request stopped.
 
 Streaming and cancellation: ``on_token(delta)`` is called on the engine thread with each new
-piece of decoded text (held back while it ends in an incomplete UTF-8 sequence); the deltas
-concatenate to ``ChatResult.text`` up to trailing whitespace (which the final strip removes).
+piece of decoded text (held back while it ends in an incomplete UTF-8 sequence, in whitespace
+or in a tail that clean-up may still rewrite: :func:`models.text_stream.visible_text`); the
+deltas concatenate to exactly ``ChatResult.text``.
 ``should_cancel()`` is polled between decoding steps; a canceled request leaves the batch at once
 and returns what it had with ``finish_reason='canceled'``. Rows may differ in every
 ``GenerationParams`` field (sampling, seed, max_new_tokens): they are applied per row.

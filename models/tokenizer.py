@@ -2,15 +2,17 @@
 
 Backends, in order of preference:
 
-- ``tokenizer.json`` through the ``tokenizers`` library (Qwen2, Phi-3, Llama-3 and the
-  conformance kit's toy tokenizers): encoding applies the file's own post-processor (so the BOS
-  rule is the checkpoint's), decoding is ``tokenizers``' ``decode`` (byte-level: invalid UTF-8
-  becomes U+FFFD).
-- ``tokenizer.model`` (sentencepiece; InternLM2 ships only this plus remote code): added tokens
-  from ``tokenizer_config.json`` (``added_tokens_decoder``) are split out first, longest match
+- the official *slow* tokenizer of the family named by ``tokenizer_config.json``'s
+  ``tokenizer_class`` (``Qwen2Tokenizer`` from vocab.json + merges.txt, ``InternLM2Tokenizer``
+  and ``LlamaTokenizer`` from tokenizer.model), reproduced by :mod:`models.slow_tokenizers`:
+  InternVL loads its tokenizers with ``use_fast=False``, and the fast ones differ (Phi-3's
+  whitespace after added tokens, InternLM2's decoding);
+- ``tokenizer.json`` through the ``tokenizers`` library (the conformance kit's toy tokenizers
+  and other families): encoding applies the file's own post-processor, decoding is
+  ``tokenizers``' ``decode``;
+- any other ``tokenizer.model`` (sentencepiece): added tokens split out first, longest match
   first; every other span goes through sentencepiece; ``<s>`` is prepended when
-  ``add_bos_token`` (default true, as InternLM2Tokenizer). Decoding drops special ids when asked
-  and lets sentencepiece decode the rest.
+  ``add_bos_token`` (default true).
 
 Special ids (``<IMG_CONTEXT>``, ``<img>``, ``</img>``, the stop token) are looked up by string,
 never assumed: :meth:`Tokenizer.token_id`.
@@ -24,10 +26,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from models.errors import CheckpointCorrupt, CheckpointNotFound
+from models.slow_tokenizers import SlowTokenizer, slow_family, token_str
 
 
 class _Backend(Protocol):
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str: ...
     def token_id(self, token: str) -> int | None: ...
     def vocab_size(self) -> int: ...
@@ -43,11 +46,7 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _token_str(value: Any) -> str | None:
-    """Special tokens are plain strings or AddedToken-like dicts ({"content": ...})."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
+_token_str = token_str
 
 
 class _FastBackend:
@@ -59,8 +58,8 @@ class _FastBackend:
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise CheckpointCorrupt(f"cannot load {path}: {exc}") from exc
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text, add_special_tokens=True).ids)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
         return str(self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
@@ -117,11 +116,12 @@ class _SentencePieceBackend:
             out.append((text[start:], None))
         return out
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = [self.sp.bos_id()] if self.add_bos and self.sp.bos_id() >= 0 else []
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        add = add_special_tokens
+        ids: list[int] = [self.sp.bos_id()] if add and self.add_bos and self.sp.bos_id() >= 0 else []
         for piece, tid in self._split(text):
             ids.extend([tid] if tid is not None else self.sp.encode(piece))
-        if self.add_eos and self.sp.eos_id() >= 0:
+        if add and self.add_eos and self.sp.eos_id() >= 0:
             ids.append(self.sp.eos_id())
         return ids
 
@@ -153,17 +153,47 @@ class _SentencePieceBackend:
         return max([int(self.sp.get_piece_size()) - 1, *self.added.values()]) + 1
 
 
+class _SlowBackend:
+    """Adapter from :class:`models.slow_tokenizers.SlowTokenizer` to the backend protocol."""
+
+    def __init__(self, family: type[SlowTokenizer], config: dict[str, Any], folder: Path) -> None:
+        try:
+            self.slow = family(config, folder)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointCorrupt(f"cannot load the tokenizer in {folder}: {exc}") from exc
+        self.cleans_up = self.slow.cleans_up
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.slow.encode(text, add_special_tokens)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
+        return self.slow.decode(ids, skip_special_tokens)
+
+    def token_id(self, token: str) -> int | None:
+        if token in self.slow.added:
+            return self.slow.added[token]
+        return self.slow._piece_id(token)
+
+    def vocab_size(self) -> int:
+        return self.slow.vocab_size()
+
+
 class Tokenizer:
     """The engine's tokenizer. ``encode`` adds what the checkpoint's tokenizer adds (BOS for
-    InternLM2/Phi-3, nothing for Qwen2)."""
+    InternLM2, nothing for Qwen2 and this Phi-3 config); ``decode`` follows the official slow
+    tokenizer's rules (:mod:`models.slow_tokenizers`)."""
 
-    def __init__(self, backend: _Backend, config: dict[str, Any], folder: Path) -> None:
+    def __init__(self, backend: _Backend, config: dict[str, Any], folder: Path, *,
+                 require_image_tokens: bool = True) -> None:
         self._b = backend
         self.folder = folder
         self.config = config
-        self.img_context_id = self._required("<IMG_CONTEXT>")
-        self.img_start_id = self._required("<img>")
-        self.img_end_id = self._required("</img>")
+        # a text-only folder (an LLM's own tokenizer) has no InternVL image tokens: -1 never
+        # matches an id, and the engine always loads with require_image_tokens=True
+        find = self._required if require_image_tokens else (lambda t: self._b.token_id(t) or -1)
+        self.img_context_id = find("<IMG_CONTEXT>")
+        self.img_start_id = find("<img>")
+        self.img_end_id = find("</img>")
         self.bos_id = self._named_id("bos_token")
         self.eos_id = self._named_id("eos_token")
         # batch_chat pads with the tokenizer's pad token; only attention-masked positions get it
@@ -173,20 +203,25 @@ class Tokenizer:
         self.pad_id: int = pad
 
     @classmethod
-    def load(cls, folder: str | Path) -> Tokenizer:
+    def load(cls, folder: str | Path, *, require_image_tokens: bool = True) -> Tokenizer:
         folder = Path(folder)
         config = _read(folder / "tokenizer_config.json")
         special_map = _read(folder / "special_tokens_map.json")
         for key, value in special_map.items():
             config.setdefault(key, value)
         backend: _Backend
-        if (folder / "tokenizer.json").is_file():
+        family = slow_family(config, folder)
+        if family is not None:
+            backend = _SlowBackend(family, config, folder)
+        elif (folder / "tokenizer.json").is_file():
             backend = _FastBackend(folder / "tokenizer.json")
         elif (folder / "tokenizer.model").is_file():
             backend = _SentencePieceBackend(folder / "tokenizer.model", config)
         else:
-            raise CheckpointNotFound(f"{folder} has neither tokenizer.json nor tokenizer.model")
-        return cls(backend, config, folder)
+            raise CheckpointNotFound(
+                f"{folder} has no tokenizer: expected tokenizer.json, tokenizer.model, or "
+                "vocab.json + merges.txt with a Qwen2Tokenizer tokenizer_config.json")
+        return cls(backend, config, folder, require_image_tokens=require_image_tokens)
 
     def _required(self, token: str) -> int:
         tid = self._b.token_id(token)
@@ -209,11 +244,25 @@ class Tokenizer:
             raise CheckpointCorrupt(f"tokenizer in {self.folder} has no stop token {stop_str!r}")
         return tid
 
-    def encode(self, text: str) -> list[int]:
-        return self._b.encode(text)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """``tokenizer(text)["input_ids"]`` of the official tokenizer."""
+        return self._b.encode(text, add_special_tokens)
 
-    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """``tokenizer.decode(ids, skip_special_tokens=...)`` of the official tokenizer."""
         return self._b.decode(ids, skip_special_tokens)
+
+    @property
+    def backend(self) -> str:
+        """Which implementation reproduces this tokenizer (for reports)."""
+        b = self._b
+        return type(b.slow).__name__ if isinstance(b, _SlowBackend) else type(b).__name__.strip("_")
+
+    @property
+    def cleans_up_spaces(self) -> bool:
+        """Whether decoding removes a space before punctuation (InternLM2): then the end of a
+        decoded prefix can still change when more ids follow (see models.text_stream)."""
+        return bool(getattr(self._b, "cleans_up", False))
 
     @property
     def vocab_size(self) -> int:

@@ -1,12 +1,15 @@
 """Conformance runner: checks this engine against an InternVL2 conformance kit.
 
-``python -m models.conformance KIT_DIR [--only preprocess,video,prompts,numerics]``
+``python -m models.conformance KIT_DIR [--only preprocess,video,prompts,numerics,tokenizers]``
 
 A kit is a folder laid out like ``tests/data/conformance`` (``preprocess/``, ``video/``,
-``prompts/``, ``models/<variant>/`` + ``goldens/<variant>/``). Every expectation is read from the
-kit, so kits with other images, videos, templates or variants work as long as the layout is the
-same. Each check prints ``PASS name`` or ``FAIL name: detail``; the last line is
-``N passed, M failed``; the exit status is non-zero when anything failed.
+``prompts/``, ``models/<variant>/`` + ``goldens/<variant>/``, ``tokenizers/``). Every expectation
+is read from the kit, so kits with other images, videos, templates, variants or tokenizers work
+as long as the layout is the same. Each part present in the kit is checked; an absent part is
+named on an ``INFO`` line (a kit holding only ``tokenizers/`` is fine). Each check prints
+``PASS name`` or ``FAIL name: detail``; a line that compares nothing (a diagnostic) prints as
+``INFO name: detail`` and is not counted. The last line is ``N passed, M failed``; the exit
+status is non-zero when anything failed.
 
 The numerics part is delegated to ``models.conformance.numerics_checks.run_numerics_checks``.
 """
@@ -24,8 +27,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-Report = Callable[[str, bool, str], None]
-PARTS = ("preprocess", "video", "prompts", "numerics")
+#: ``report(name, ok, detail)``; ``ok=None`` is an INFO line (compares nothing, not counted)
+Report = Callable[[str, bool | None, str], None]
+PARTS = ("preprocess", "video", "prompts", "numerics", "tokenizers")
 
 
 def sha256_array(a: np.ndarray) -> str:
@@ -67,9 +71,13 @@ class Reporter:
         self.out = out or sys.stdout
         self.passed = 0
         self.failed = 0
+        self.infos = 0
 
-    def __call__(self, name: str, ok: bool, detail: str = "") -> None:
-        if ok:
+    def __call__(self, name: str, ok: bool | None, detail: str = "") -> None:
+        if ok is None:
+            self.infos += 1
+            line = f"INFO {name}" + (f": {' '.join(detail.split())}" if detail else "")
+        elif ok:
             self.passed += 1
             line = f"PASS {name}" + (f" ({detail})" if detail else "")
         else:
@@ -94,7 +102,8 @@ class Reporter:
             self(name, True, "; ".join(n for n in notes if n))
 
     def summary(self) -> str:
-        return f"{self.passed} passed, {self.failed} failed"
+        info = f" ({self.infos} INFO lines not counted)" if self.infos else ""
+        return f"{self.passed} passed, {self.failed} failed{info}"
 
 
 def _present(kit: Path) -> dict[str, bool]:
@@ -103,6 +112,7 @@ def _present(kit: Path) -> dict[str, bool]:
         "video": (kit / "video" / "video.json").is_file(),
         "prompts": (kit / "prompts" / "prompts.json").is_file(),
         "numerics": bool(numerics_variants(kit)),
+        "tokenizers": (kit / "tokenizers" / "goldens.json").is_file(),
     }
 
 
@@ -127,31 +137,46 @@ def run_numerics(kit: Path, rep: Reporter) -> None:
             rep(f"numerics/{variant}", False, f"run_numerics_checks raised {type(e).__name__}: {e}")
 
 
+def _runner(part: str) -> Callable[[Path, Reporter], None]:
+    """Imported on use, so a kit with few parts needs only their dependencies."""
+    if part == "preprocess":
+        from models.conformance.preprocess_checks import run_preprocess_checks
+
+        return run_preprocess_checks
+    if part == "video":
+        from models.conformance.video_checks import run_video_checks
+
+        return run_video_checks
+    if part == "prompts":
+        from models.conformance.prompt_checks import run_prompt_checks
+
+        return run_prompt_checks
+    if part == "tokenizers":
+        from models.conformance.tokenizer_checks import run_tokenizer_checks
+
+        return run_tokenizer_checks
+    return run_numerics
+
+
 def run_kit(kit_dir: Path | str, only: set[str] | None = None, out: TextIO | None = None) -> Reporter:
     """Run every part present in the kit (or only those named); returns the reporter (counts)."""
-    from models.conformance.preprocess_checks import run_preprocess_checks
-    from models.conformance.prompt_checks import run_prompt_checks
-    from models.conformance.video_checks import run_video_checks
-
     kit = Path(kit_dir)
     rep = Reporter(out)
     if not kit.is_dir():
         rep("kit", False, f"{kit} is not a directory")
         return rep
     present = _present(kit)
-    runners: dict[str, Callable[[Path, Reporter], None]] = {
-        "preprocess": run_preprocess_checks, "video": run_video_checks,
-        "prompts": run_prompt_checks, "numerics": run_numerics,
-    }
     for part in PARTS:
         if only is not None and part not in only:
             continue
         if not present[part]:
             if only is not None:  # asked for explicitly: its absence is a failure
                 rep(part, False, f"the kit at {kit} has no {part} data")
+            else:
+                rep(part, None, f"absent from the kit at {kit}, not checked")
             continue
         try:
-            runners[part](kit, rep)
+            _runner(part)(kit, rep)
         except Exception as e:  # e.g. an unreadable JSON file: fail the part, keep going
             rep(part, False, f"{type(e).__name__}: {e}")
     if rep.passed + rep.failed == 0:

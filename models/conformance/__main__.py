@@ -1,4 +1,4 @@
-"""``python -m models.conformance KIT_DIR [--only preprocess,video,prompts,numerics]``"""
+"""``python -m models.conformance KIT_DIR [--only preprocess,video,prompts,numerics,tokenizers]``"""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def sp_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     added = {str(n + i): {"content": t, "special": True} for i, t in enumerate(SPECIALS)}
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "added_tokens_decoder": added, "bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>",
-        "add_bos_token": True, "tokenizer_class": "InternLM2Tokenizer",
+        "add_bos_token": True, "tokenizer_class": "InternLM2Tokenizer", "additional_special_tokens": SPECIALS,
         "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
     }))
     (folder / "tokenization_internlm2.py").write_text("raise SystemExit('checkpoint code must not run')\n")
@@ -85,8 +85,14 @@ def test_sentencepiece_backend(sp_folder: Path) -> None:
     assert tok.decode(tok.encode("zebra 你好")) == "zebra 你好"
 
 
-def test_tokenizer_json_wins_over_tokenizer_model(sp_folder: Path, kit_dir: Path, tmp_path: Path) -> None:
+def test_slow_family_wins_over_tokenizer_json(sp_folder: Path, kit_dir: Path, tmp_path: Path) -> None:
+    # InternVL loads tokenizers with use_fast=False: a known slow class ignores tokenizer.json
     folder = tmp_path / "both"
     shutil.copytree(sp_folder, folder)
     shutil.copy(kit_dir / "models" / "internvl2-qwen2" / "tokenizer.json", folder / "tokenizer.json")
+    n = Tokenizer.load(sp_folder).img_context_id
+    assert Tokenizer.load(folder).img_context_id == n
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # no slow class: the fast file
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     assert Tokenizer.load(folder).img_context_id == 1093
