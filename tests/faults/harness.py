@@ -12,6 +12,7 @@ Scale: ``CAPTIONQ_FAULTS_SCALE=full`` (``bash scripts/faults.sh``) or small (the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -106,7 +107,9 @@ class FaultStack:
         s3 = urlparse(services.S3_ENDPOINT)
         self.s3 = Forwarder((s3.hostname or "127.0.0.1", s3.port or 80))
         self.bucket = services.create_bucket()
-        os.environ.update(self.bucket.env())
+        # Workers (and this process's API) reach the bucket only through the forwarder.
+        through = dataclasses.replace(self.bucket, endpoint_url=self.s3.url)
+        os.environ.update(through.env())
         self.receiver = Receiver()
         settings = Settings(
             database_url=self.pg.url, broker_url=self.redis.url, data_dir=root / "data",
@@ -116,12 +119,15 @@ class FaultStack:
         self.settings = helpers.migrated(settings)
         key = helpers.new_tenant(self.settings, "faults")
         server = helpers.start_server(self.settings)
-        self.stack = Stack(self.settings, self.bucket, server, key.api_key, key.tenant_id, root, None)
+        self.stack = Stack(self.settings, through, server, key.api_key, key.tenant_id, root, None)
         self.gpu = [self.stack.start_worker(queues="gpu", wait=False) for _ in range(2)]
         self.io = self.stack.start_worker(queues="io", beat=True, wait=False)
         for w in [*self.gpu, self.io]:
             self.stack.wait_ready(w)
         self.image = self.bucket.put("faults/cat.png", helpers.png_bytes())
+        # How long the same jobs take without a fault (the baseline scenario): the deadline after
+        # a fault is this plus DEADLINE_AFTER_FAULT, i.e. 60 s beyond the work itself.
+        self.work_seconds = 0.0
 
     def close(self) -> None:
         try:
@@ -165,7 +171,7 @@ class FaultStack:
     def measure(self, scenario: str, ids: list[str], fault: str, fault_end: float,
                 extra_wait: float = 0.0) -> Figures:
         """Wait until every job is terminal (or the deadline after the fault passed); count."""
-        deadline = fault_end + DEADLINE_AFTER_FAULT + extra_wait
+        deadline = fault_end + self.work_seconds + DEADLINE_AFTER_FAULT + extra_wait
         figures = Figures(scenario, len(ids), fault=fault)
         census = None
         while time.monotonic() < deadline:
@@ -252,6 +258,13 @@ def webhooks_pending(fs: FaultStack, ids: list[str], until: float) -> int:
 N = 500 if FULL else 24
 
 
+def baseline(fs: FaultStack) -> Figures:
+    ids = fs.submit(N, tokens=24)
+    figures = fs.measure("no fault (baseline)", ids, "none", time.monotonic(), extra_wait=540.0)
+    fs.work_seconds = figures.recovered_seconds or 0.0
+    return figures
+
+
 def sigkill_gpu_workers(fs: FaultStack) -> Figures:
     kills = 20 if FULL else 2
     ids = fs.submit(N, tokens=24)
@@ -301,6 +314,7 @@ def webhook_receiver_down(fs: FaultStack) -> Figures:
 
 
 SCENARIOS: dict[str, Callable[[FaultStack], Figures]] = {
+    "baseline": baseline,
     "sigkill_gpu": sigkill_gpu_workers,
     "redis_no_aof": lambda fs: redis_restart(fs, aof=False),
     "redis_aof": lambda fs: redis_restart(fs, aof=True),

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -108,50 +109,48 @@ class PrivateRedis:
 
 
 class Forwarder:
-    """A TCP forwarder to ``target`` that can be cut (every connection closed, new ones refused)
-    and restored on the same port: the S3 server "down" for the workers."""
+    """A TCP forwarder to ``target`` that can be cut (every open connection reset, new ones reset
+    as soon as they are accepted) and restored: the S3 server "down" for the workers."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.port = free_port()
+        self.up = True
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._server: socket.socket | None = None
-        self.restore()
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(128)
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def restore(self) -> None:
-        srv = socket.socket()
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", self.port))
-        srv.listen(128)
-        self._server = srv
-        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+        self.up = True
 
     def cut(self) -> None:
+        self.up = False
         with self._lock:
-            srv, self._server = self._server, None
             conns, self._conns = self._conns, []
-        if srv is not None:
-            srv.close()
         for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
+            _reset(c)
 
-    def _accept(self, srv: socket.socket) -> None:
+    def _accept(self) -> None:
         while True:
             try:
-                client, _ = srv.accept()
+                client, _ = self._server.accept()
             except OSError:
                 return
+            if not self.up:
+                _reset(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
-                client.close()
+                _reset(client)
                 continue
             with self._lock:
                 self._conns += [client, upstream]
@@ -172,3 +171,13 @@ class Forwarder:
 
     def close(self) -> None:
         self.cut()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset, as a crashed server's host would answer."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
