@@ -38,7 +38,7 @@ from celery import Celery, bootsteps
 
 from core.settings import Settings
 from jobs.queue import QUEUE_GPU, make_celery
-from worker import runtime, tasks
+from worker import broker_fixes, runtime, tasks
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def model_load_failure(model: str, exc: BaseException) -> str:
 def create_app(settings: Settings) -> Celery:
     """``make_celery(settings)`` plus this package's tasks."""
     app = make_celery(settings)
+    broker_fixes.apply()
     app.conf.beat_schedule_filename = str(settings.data_dir / "beat-schedule")
     if settings.uses_local_broker:
         # kombu's filesystem transport has no fanout exchange for remote control.

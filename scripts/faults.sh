@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The fault suite at full scale (tests/faults): 500 jobs per scenario, 20 SIGKILLs of GPU
+# workers, Redis restarts with and without AOF, PostgreSQL restarts -m fast / -m immediate, the
+# S3 server unreachable for 30 s, the webhook receiver down for 30 s. Private PostgreSQL, Redis
+# and S3 forwarder (own ports and data directories); needs the test services for the S3 server
+# itself (scripts/services.sh). Writes the measured table into RELIABILITY.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+report=$(mktemp)
+trap 'rm -f "$report"' EXIT
+status=0
+CAPTIONQ_FAULTS_SCALE=full CAPTIONQ_FAULTS_REPORT="$report" \
+  python -m pytest -q -s -p no:cacheprovider tests/faults "$@" || status=$?
+python - "$report" "$status" <<'PY'
+import json, os, platform, re, subprocess, sys, datetime
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+status = int(sys.argv[2])
+
+def version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except Exception:
+        return "unknown"
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+head = [
+    f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC with `bash scripts/faults.sh`"
+    f" (exit status {status}) on {os.cpu_count()} CPU cores ({cpu}), {version(['postgres', '--version'])},"
+    f" {version(['redis-server', '--version']).split(' sha=')[0]}, Python {platform.python_version()};"
+    " tiny InternLM2 checkpoint on CPU, 2 GPU-queue workers + 1 io worker with the scheduler;"
+    " sweep 2 s, re-send after 5 s, heartbeat 1 s, worker dead after 6 s.",
+    "",
+    "| scenario | fault | jobs | succeeded | failed | lost | ended twice | all terminal after the fault (s) | webhooks undelivered |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+]
+for r in rows:
+    failed = f"{r['failed']}" + (f" ({', '.join(f'{k} {v}' for k, v in r['failed_codes'].items())})" if r['failed'] else "")
+    rec = "not reached" if r["recovered_seconds"] is None else f"{r['recovered_seconds']}"
+    wh = "" if r["webhooks_pending"] is None else str(r["webhooks_pending"])
+    head.append(f"| {r['scenario']} | {r['fault']} | {r['jobs']} | {r['succeeded']} | {failed} | **{r['lost']}** |"
+                f" **{r['ended_twice']}** | {rec} | {wh} |")
+table = "\n".join(head) + "\n"
+path = "RELIABILITY.md"
+text = open(path).read()
+start, end = "<!-- faults:begin -->", "<!-- faults:end -->"
+block = f"{start}\n{table}{end}"
+text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
+open(path, "w").write(text)
+print(table)
+PY
+exit $status
