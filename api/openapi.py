@@ -123,6 +123,69 @@ IDEMPOTENCY_KEY = {
 }
 
 
+# Text the database can store (jobs.storable): no U+0000. Lone surrogates cannot be written in
+# UTF-8 JSON without escapes, and JSON Schema patterns cannot name them portably.
+STORABLE_TEXT = "^[^\\x00]*$"
+_ID_BODY = "[0-7][0-9a-hjkmnp-tv-z]{25}"  # jobs.ids: 128 bits, lower-case Crockford base32
+ID_PATTERNS = {"job_id": f"^job_{_ID_BODY}$", "batch_id": f"^bat_{_ID_BODY}$",
+               "message_id": f"^msg_{_ID_BODY}$"}
+REQUEST_COMPONENTS = ("JobRequest", "BatchRequest", "ImageItem", "VideoItem", "Generation", "Webhook")
+# Written out two levels deep instead of recursively (schemathesis cannot generate invalid
+# data for a recursive schema); deeper strings are refused all the same.
+_SCALARS: list[dict[str, Any]] = [{"type": "string", "pattern": STORABLE_TEXT}, {"type": "number"},
+                                  {"type": "boolean"}, {"type": "null"}]
+_INNER = {"anyOf": [*_SCALARS, {"type": "array"},
+                    {"type": "object", "propertyNames": {"pattern": STORABLE_TEXT}}]}
+JSON_VALUE = {
+    "description": "Any JSON value; no string in it (object keys included) holds U+0000",
+    "anyOf": [*_SCALARS, {"type": "array", "items": _INNER},
+              {"type": "object", "propertyNames": {"pattern": STORABLE_TEXT},
+               "additionalProperties": _INNER}],
+}
+
+
+def _storable(node: Any) -> None:
+    """Request schemas say what the API refuses: strings with U+0000 (422
+    ``unsupported_character``), anywhere, free-form objects included."""
+    if isinstance(node, list):
+        for n in node:
+            _storable(n)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "string" and not ({"pattern", "enum", "const"} & node.keys()):
+        node["pattern"] = STORABLE_TEXT
+    if node.get("type") == "object" and node.get("additionalProperties") is True:
+        node["propertyNames"] = {"pattern": STORABLE_TEXT}
+        node["additionalProperties"] = {"$ref": REF.format(model="JsonValue")}
+    if node.get("type") == "array" and node.get("items") == {}:
+        node["items"] = {"$ref": REF.format(model="JobRequest")}  # BatchRequest.jobs
+    for key, value in node.items():
+        if key not in ("pattern", "propertyNames"):
+            _storable(value)
+
+
+def _document_requests(schema: dict[str, Any]) -> None:
+    comps = schema["components"]["schemas"]
+    comps["JsonValue"] = JSON_VALUE
+    for name in REQUEST_COMPONENTS:
+        _storable(comps[name])
+    # exactly one of inline jobs and a manifest
+    comps["BatchRequest"]["oneOf"] = [
+        {"required": ["jobs"], "properties": {"jobs": {"type": "array"}}},
+        {"required": ["manifest_url"], "properties": {"manifest_url": {"type": "string"}}},
+    ]
+    prompts = comps["JobRequest"]["properties"]["prompts"]["anyOf"][0]["items"]
+    prompts["pattern"] = "^[^\\x00]*[^\\x00\\s][^\\x00]*$"  # not blank
+    for item in schema.get("paths", {}).values():
+        for op in item.values():
+            for param in op.get("parameters", []):
+                if param["in"] in ("query", "path") and param["name"] in ID_PATTERNS:
+                    param["schema"] = {"type": "string", "pattern": ID_PATTERNS[param["name"]]}
+                elif param["in"] in ("query", "path"):
+                    _storable(param["schema"])
+
+
 def _document_responses(schema: dict[str, Any]) -> None:
     for path, item in schema.get("paths", {}).items():
         for method, op in item.items():
@@ -158,6 +221,7 @@ def install(app: FastAPI) -> None:
                 comps.setdefault(def_name, d)
             comps[name] = s
         _document_responses(schema)
+        _document_requests(schema)
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer", "description": "An API key"}}
         for path, item in schema["paths"].items():
