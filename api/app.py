@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api import openapi, problems
 from api.auth import Authenticator
@@ -70,9 +71,10 @@ def create_app(
         publisher.close()
         db.dispose()
 
-    app = FastAPI(title="captionq", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/docs", openapi_url="/openapi.json", redoc_url=None,
-                  dependencies=[Depends(storable_params)])
+    # Swagger UI (/docs) and ReDoc (/redoc) with their assets served from the package, not a CDN.
+    app = FastAPIOffline(title="captionq", version="1", description=DESCRIPTION, lifespan=lifespan,
+                         docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json",
+                         static_url="/docs-assets", dependencies=[Depends(storable_params)])
     app.state.ctx = ctx
     problems.install(app)
     openapi.install(app)

@@ -1,7 +1,7 @@
 """The one settings class. Built once where a process starts, then passed down.
 
 Nothing below an entry point reads ``os.environ``: functions take a ``Settings`` argument.
-Names follow ../shared/CLI.md (``CAPTIONQ_`` prefix, a ``.env`` file is read too).
+Each field is read from ``CAPTIONQ_<FIELD NAME IN CAPITALS>`` (a ``.env`` file is read too).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     # --- derived values ------------------------------------------------------------------
     @property
     def sqlalchemy_url(self) -> str:
-        """``postgresql://`` means psycopg 3 here, as CLI.md promises."""
+        """``postgresql://`` means psycopg 3 here."""
         url = self.database_url
         if url.startswith("postgresql://"):
             return "postgresql+psycopg://" + url[len("postgresql://") :]

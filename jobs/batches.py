@@ -32,6 +32,7 @@ from core.errors import BatchFinished, DuplicateCustomId, InvalidRequest, NotFou
 from jobs import ids, outbox, storable
 from jobs import transitions as tx
 from jobs.requests import (
+    JsonInt,
     RequestLimits,
     UrlChecker,
     Webhook,
@@ -62,7 +63,7 @@ class BatchRequest(BaseModel):
     webhook: Webhook | None = None
     metadata: dict[str, Any] | None = None
     skip_invalid: bool = False
-    priority: int | None = Field(None, ge=0, le=9)  # extension: default priority of the batch's jobs
+    priority: JsonInt | None = Field(None, ge=0, le=9)  # extension: default priority of the batch's jobs
 
 
 @dataclass

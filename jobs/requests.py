@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from core.errors import InvalidRequest
 from jobs import storable
@@ -46,6 +54,15 @@ MAX_TTL_SECONDS = 30 * 86400
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 8.0 (or 8e0) is the integer 8, as JSON Schema says; 8.5 stays a
+    float and is refused. Strings stay strings (refused: the types are strict)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
 EventType = Literal["job.running", "job.succeeded", "job.failed", "job.canceled", "batch.completed"]
 
@@ -54,17 +71,17 @@ class ImageItem(BaseModel):
     model_config = _STRICT
     type: Literal["image"]
     url: str
-    max_tiles: int = Field(12, ge=1, le=40)
+    max_tiles: JsonInt = Field(12, ge=1, le=40)
 
 
 class VideoItem(BaseModel):
     model_config = _STRICT
     type: Literal["video"]
     url: str
-    num_frames: int = Field(8, ge=1, le=64)
+    num_frames: JsonInt = Field(8, ge=1, le=64)
     start: float | None = Field(None, ge=0)
     end: float | None = Field(None, gt=0)
-    max_tiles: int = Field(1, ge=1, le=40)
+    max_tiles: JsonInt = Field(1, ge=1, le=40)
 
     @model_validator(mode="after")
     def _window(self) -> VideoItem:
@@ -78,13 +95,13 @@ MediaItem = Annotated[ImageItem | VideoItem, Field(discriminator="type")]
 
 class Generation(BaseModel):
     model_config = _STRICT
-    max_new_tokens: int = Field(512, ge=1, le=16384)
+    max_new_tokens: JsonInt = Field(512, ge=1, le=16384)
     do_sample: bool = False
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(50, ge=0, le=1000)
+    top_k: JsonInt = Field(50, ge=0, le=1000)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: JsonInt | None = Field(None, ge=0, le=2**63 - 1)
 
     @model_validator(mode="after")
     def _sampling(self) -> Generation:
@@ -111,8 +128,8 @@ class JobRequest(BaseModel):
     webhook: Webhook | None = None
     custom_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     metadata: dict[str, Any] | None = None
-    priority: int = Field(0, ge=0, le=9)
-    ttl_seconds: int | None = Field(None, ge=1, le=MAX_TTL_SECONDS)
+    priority: JsonInt = Field(0, ge=0, le=9)
+    ttl_seconds: JsonInt | None = Field(None, ge=1, le=MAX_TTL_SECONDS)
 
 
 JOB_FIELDS = frozenset(JobRequest.model_fields)

@@ -17,6 +17,7 @@ from api.routes.jobs import run_idempotent
 from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
 from jobs import batches, lists
 from jobs.render import batch_to_dict
+from jobs.states import BatchStatus
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 
@@ -89,7 +90,9 @@ async def get_batch(request: Request, batch_id: str, tenant_id: Tenant) -> dict[
 
 @router.get("/batches", summary="List batches, newest first")
 async def list_batches(
-    request: Request, tenant_id: Tenant, status: str | None = None,
+    request: Request, tenant_id: Tenant,
+    status: Annotated[str | None, Query(description="Only batches in this status",
+                                        json_schema_extra={"enum": [s.value for s in BatchStatus]})] = None,
     limit: Annotated[int, Query(ge=1, le=lists.MAX_LIMIT)] = lists.DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> dict[str, Any]:

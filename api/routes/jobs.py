@@ -15,6 +15,7 @@ from api.openapi import body_schema
 from jobs import idempotency, ids, lists
 from jobs.render import job_to_dict
 from jobs.requests import normalize_job_request
+from jobs.states import JobStatus
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -113,10 +114,16 @@ async def get_job(
 @router.get("/jobs", summary="List jobs, newest first")
 async def list_jobs(
     request: Request, tenant_id: Tenant,
-    status: str | None = None, batch_id: str | None = None, custom_id: str | None = None,
-    created_after: str | None = None, created_before: str | None = None,
+    status: Annotated[str | None, Query(description="Only jobs in this status",
+                                        json_schema_extra={"enum": [s.value for s in JobStatus]})] = None,
+    batch_id: Annotated[str | None, Query(description="Only the jobs of this batch (bat_…)")] = None,
+    custom_id: Annotated[str | None, Query(description="Only jobs with this custom_id")] = None,
+    created_after: Annotated[str | None, Query(description="RFC 3339 time (exclusive)",
+                                               json_schema_extra={"format": "date-time"})] = None,
+    created_before: Annotated[str | None, Query(description="RFC 3339 time (exclusive)",
+                                                json_schema_extra={"format": "date-time"})] = None,
     limit: Annotated[int, Query(ge=1, le=lists.MAX_LIMIT)] = lists.DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
     ctx = get_ctx(request)
     f = lists.JobFilters(

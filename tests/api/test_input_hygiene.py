@@ -46,6 +46,25 @@ def test_nul_in_a_batch_body_is_422_naming_the_field(api) -> None:  # type: igno
                 ["metadata", "a"])
 
 
+def test_manifest_lines_with_nul_are_named_or_kept_as_failed_jobs(api, s3_bucket) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    ok = json.dumps({"media": [IMG], "custom_id": "ok"})
+    bad = json.dumps({"media": [IMG], "prompts": ["a\x00"], "custom_id": "bad\x00",
+                      "metadata": {"k\x00": "v\x00"}})
+    url = s3_bucket.put("manifests/nul.jsonl", f"{ok}\n{bad}\n".encode())
+    refused = api.post("/v1/batches", json={"manifest_url": url})
+    unsupported(refused, ["manifest", 2, "prompts", 0])
+    kept = api.post("/v1/batches", json={"manifest_url": url, "skip_invalid": True})
+    assert kept.status_code == 202, kept.text[:300]
+    assert kept.json()["counts"]["failed"] == 1
+    lines = [json.loads(x) for x in api.get(f"/v1/batches/{kept.json()['id']}/results").text.splitlines()]
+    failed = [x for x in lines if x["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error"]["code"] == "invalid_request"
+    assert failed[0]["custom_id"] is None or "\x00" not in failed[0]["custom_id"]
+    assert failed[0]["metadata"] == {"k\ufffd": "v\ufffd"}  # stored, made storable
+
+
 def test_lone_surrogate_in_a_body_is_422_not_malformed_json(api) -> None:  # type: ignore[no-untyped-def]
     raw = b'{"media": [{"type": "image", "url": "s3://bucket-a/p.jpg"}], "prompts": ["x\\ud800y"]}'
     resp = api.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})

@@ -285,3 +285,14 @@ def test_data_uris_are_shown_short_and_stored_once(api, api_settings):
         db.dispose()
     assert stored["media"][0]["url"] == uri  # the worker's copy is whole
     assert payloads and all(p["request"]["media"][0]["url"] == short for p in payloads)
+
+
+def test_integral_numbers_are_integers(api):
+    """JSON has one number type: 8.0 is the integer 8 (JSON Schema agrees); 8.5 is refused."""
+    body = {"media": [{**IMAGE, "max_tiles": 6.0}], "priority": 8.0, "generation": {"max_new_tokens": 1e2}}
+    job = api.post("/v1/jobs", json=body)
+    assert job.status_code == 202, job.text
+    req = job.json()["request"]
+    assert (req["media"][0]["max_tiles"], req["priority"], req["generation"]["max_new_tokens"]) == (6, 8, 100)
+    assert job.json()["priority"] == 8 and isinstance(job.json()["priority"], int)
+    assert api.post("/v1/jobs", json={**body, "priority": 8.5}).status_code == 422
