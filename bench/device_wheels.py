@@ -12,7 +12,7 @@ pyproject.toml pin) as wheels for CPython ``--python-version`` on x86-64, unpack
 folder — botocore's data cut down to S3's and the shared files (16.9 MB of other AWS services'
 models otherwise) — and writes it as ``worker-site.tar.xz`` (~12 MB: xz packs transformers' 13.5 MB
 wheel into 4.4 MB). It removes loose wheels from ``--dest``: bench/gpu_session.sh's transformers
-wheel (issue #2) and this tarball together would not fit.
+wheel and this tarball together would not fit.
 
 The tool that runs the command carries at most 64 MiB, the working tree included (~47 MB in
 2026-11): the script prints the total and fails above it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The single device command of a GPU session (issue #2): the GPU-marked tests, then the batched
+# The single command of a GPU machine's engine run: the GPU-marked tests, then the batched
 # vs one-at-a-time engine benchmark at full size (InternVL2-8B layout, random bf16 weights, 256
 # images at max 6 tiles, 128 new tokens). Sized to end within one 10-minute device command:
 # the tests get at most $TEST_TIMEOUT s, the benchmark must end by $BENCH_DEADLINE s after it
