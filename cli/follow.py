@@ -46,7 +46,7 @@ class _Display:
 
     def __init__(self, source: str, job_id: str) -> None:
         self.source, self.job_id = source, job_id
-        self.state, self.text, self.round = "submitted", "", 0
+        self.state, self.text, self.round = "queued", "", 0  # as accepted (202)
 
     def apply(self, event: str, data: Any) -> None:
         if event == "status":

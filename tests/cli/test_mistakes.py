@@ -5,6 +5,7 @@ traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,18 @@ def test_a_mistake_is_one_line_and_exit_2(tmp_path, args, line):
     result = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+
+
+def test_up_refuses_a_port_in_use(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONQ_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "cli.main", "up", "--port", str(port)], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=60, check=False)
+    line = (f"error: port {port} on 127.0.0.1 is already in use (another captionq up?); "
+            "pick another with --port")
+    assert (result.returncode, result.stderr) == (2, line + "\n")
+    assert list(tmp_path.iterdir()) == [], "nothing started, nothing written"
