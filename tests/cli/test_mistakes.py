@@ -69,3 +69,18 @@ def test_up_refuses_a_port_in_use(tmp_path):
             "pick another with --port")
     assert (result.returncode, result.stderr) == (2, line + "\n")
     assert list(tmp_path.iterdir()) == [], "nothing started, nothing written"
+
+
+def test_up_stops_with_the_workers_line_when_the_model_does_not_load(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONQ_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "cli.main", "up", "--port", str(port),
+                             "--model", "./nope"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == (
+        "error: cannot load the model ./nope: checkpoint folder './nope' does not exist")
+    assert "Traceback" not in result.stderr and "CRITICAL" not in result.stderr
