@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(a.dest.iterdir()))
     print(f"{a.dest}: {sizes}")
     print(f"working tree {tree / 2**20:.1f} MiB + carried {carried / 2**20:.1f} MiB = "
-          f"{(tree + carried) / 2**20:.1f} MiB of the tool's 64 MiB")
+          f"{(tree + carried) / 2**20:.1f} MiB of the 64 MiB a transfer to the GPU machine may carry")
     if a.dest.resolve() == (ROOT / ".whl").resolve() and tree + carried > LIMIT:
         raise SystemExit("over the limit: the device call would be refused")
 

@@ -5,7 +5,7 @@
 # the tests get at most $TEST_TIMEOUT s, the benchmark must end by $BENCH_DEADLINE s after it
 # starts (its one-at-a-time loop shrinks to fit; it stops at $TIME_LIMIT s in any case).
 #
-#   bash bench/gpu_session.sh     # logs and the results file under $OUT (the device tool's folder)
+#   bash bench/gpu_session.sh     # logs and the results file under $OUT (the folder returned from the GPU machine)
 #   LAYOUT=tiny IMAGES=4 NEW_TOKENS=4 RESULTS=/tmp/r.md bash bench/gpu_session.sh   # dry run, any machine
 #
 # The device machine has no package index and its own torch/transformers; wheels in .whl/ (the
