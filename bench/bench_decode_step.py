@@ -4,7 +4,7 @@
     python bench/bench_decode_step.py [--layout 8b|small|tiny] [--device cuda] [--batches 1,16,32]
         [--new-tokens 64] [--workdir DIR]
 
-Why: on the GPU run of issue #4 (bench/RESULTS_gpu_worker.md) a batch of 16 took ~74 ms a step
+Why: in the worker's GPU run of 2026-11-27 (bench/RESULTS_gpu_worker.md) a batch of 16 took ~74 ms a step
 against ~34 ms for one request, where a memory-bound 8B step should cost about the same at 1 and
 16 rows. This runs the engine alone (no worker), on its own thread as the worker does, with the
 random-weight checkpoint of ``bench/worker_bench_lib.py``'s layouts, one 448 px tile and a

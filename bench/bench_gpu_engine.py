@@ -1,4 +1,4 @@
-"""Batched engine vs a one-at-a-time ``chat()`` loop, InternVL2-8B layout, random weights (issue #2).
+"""Batched engine vs a one-at-a-time ``chat()`` loop, InternVL2-8B layout, random weights.
 
     python bench/bench_gpu_engine.py [--layout 8b|tiny] [--images 256] [--max-tiles 6]
         [--new-tokens 128] [--time-limit S] [--workdir DIR] [--results bench/RESULTS_gpu_engine.md]

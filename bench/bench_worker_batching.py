@@ -5,7 +5,7 @@
         [--time-limit S] [--deadline S] [--results bench/RESULTS_gpu_worker.md]
 
 The whole service runs for real: PostgreSQL, Redis (broker + live events; a redis-server of its
-own, so no other test session touches its queues), the S3 server (media),
+own, so no other test run touches its queues), the S3 server (media),
 the API (uvicorn, in this process) and one ``captionq worker --queues gpu,io`` process on the
 device given (CPU by default). ``--local`` runs the embedded local mode instead (SQLite, kombu's
 filesystem broker, ``file://`` media: no services, as on the GPU machine). The model is a

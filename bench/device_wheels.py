@@ -12,7 +12,7 @@ pyproject.toml pin) as wheels for CPython ``--python-version`` on x86-64, unpack
 folder — botocore's data cut down to S3's and the shared files (16.9 MB of other AWS services'
 models otherwise) — and writes it as ``worker-site.tar.xz`` (~12 MB: xz packs transformers' 13.5 MB
 wheel into 4.4 MB). It removes loose wheels from ``--dest``: bench/gpu_session.sh's transformers
-wheel (issue #2) and this tarball together would not fit.
+wheel and this tarball together would not fit.
 
 The tool that runs the command carries at most 64 MiB, the working tree included (~47 MB in
 2026-11): the script prints the total and fails above it.
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(a.dest.iterdir()))
     print(f"{a.dest}: {sizes}")
     print(f"working tree {tree / 2**20:.1f} MiB + carried {carried / 2**20:.1f} MiB = "
-          f"{(tree + carried) / 2**20:.1f} MiB of the tool's 64 MiB")
+          f"{(tree + carried) / 2**20:.1f} MiB of the 64 MiB a transfer to the GPU machine may carry")
     if a.dest.resolve() == (ROOT / ".whl").resolve() and tree + carried > LIMIT:
         raise SystemExit("over the limit: the device call would be refused")
 

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-HEADER = """# GPU engine benchmark (issue #2)
+HEADER = """# GPU engine benchmark
 
 Batched engine throughput vs a one-at-a-time loop in the style of the model card's `chat()`, on
 the InternVL2-8B layout with random bf16 weights (`--layout 8b`: InternViT-300M-448px + mlp1 +
 internlm2_5-7b-chat, 8.1B parameters, written in the original layout and converted on load).
-Produced by `bench/bench_gpu_engine.py`; a GPU session runs it through `bench/gpu_session.sh`
+Produced by `bench/bench_gpu_engine.py`; a GPU machine runs it through `bench/gpu_session.sh`
 (see BENCHMARKS.md). "Batched" = every request submitted to `models.batcher.Batcher` with the
 worker's settings (16 requests, 32768 tokens, 20 ms); "one at a time" = `engine.chat()` per
 image (its vision pass, then its generation alone). Inputs: the conformance kit's 12 images

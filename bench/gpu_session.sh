@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The single device command of a GPU session (issue #2): the GPU-marked tests, then the batched
+# The single command of a GPU machine's engine run: the GPU-marked tests, then the batched
 # vs one-at-a-time engine benchmark at full size (InternVL2-8B layout, random bf16 weights, 256
 # images at max 6 tiles, 128 new tokens). Sized to end within one 10-minute device command:
 # the tests get at most $TEST_TIMEOUT s, the benchmark must end by $BENCH_DEADLINE s after it
 # starts (its one-at-a-time loop shrinks to fit; it stops at $TIME_LIMIT s in any case).
 #
-#   bash bench/gpu_session.sh     # logs and the results file under $OUT (the device tool's folder)
+#   bash bench/gpu_session.sh     # logs and the results file under $OUT (the folder returned from the GPU machine)
 #   LAYOUT=tiny IMAGES=4 NEW_TOKENS=4 RESULTS=/tmp/r.md bash bench/gpu_session.sh   # dry run, any machine
 #
 # The device machine has no package index and its own torch/transformers; wheels in .whl/ (the

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The single device command of issue #4's GPU run: 200 caption jobs through the whole service
+# The single command of a GPU machine's worker run: 200 caption jobs through the whole service
 # (API + one real worker process, in the embedded local mode: SQLite, kombu's filesystem broker,
 # file:// media — the device machine has no PostgreSQL, Redis or S3), the batching worker against
 # the same worker with batching off, on the InternVL2-8B layout with random bf16 weights, 128 new
-# tokens. First a tiny pre-flight of the same path on the GPU (about 30 s; stops the session early
+# tokens. First a tiny pre-flight of the same path on the GPU (about 30 s; stops the run early
 # if the path is broken there). Sized to end within one 10-minute device command: the benchmark
 # must end $DEADLINE s after it starts; its batching-off half stops at $TIME_LIMIT s or earlier and
 # its rate then comes from the jobs done (the output and the results row say so).

@@ -1,4 +1,4 @@
-"""An instant model for the queue-overhead benchmark only (issue #4: "a job with an instant
+"""An instant model for the queue-overhead benchmark only ("a job with an instant
 model"): the engine's network call is replaced by an answer that costs nothing, so what is left
 of a job's latency is the service's own path.
 

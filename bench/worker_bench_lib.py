@@ -1,5 +1,5 @@
 """Helpers of bench/bench_worker_batching.py: model layouts and their checkpoints, the machine's
-description, and the results file of its GPU runs (issue #4: the batching worker against the
+description, and the results file of its GPU runs (the batching worker against the
 same worker with batching off, on the InternVL2-8B layout with random bf16 weights)."""
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ def environment(device: str) -> dict[str, str]:
             "python": platform.python_version()}
 
 
-HEADER = """# Worker batching benchmark on a GPU (issue #4)
+HEADER = """# Worker batching benchmark on a GPU
 
 200 caption jobs through the whole service, the batching worker (`CAPTIONQ_BATCHING=true`, batches
 of up to 16) against the same worker with batching off (one request at a time), on the
 InternVL2-8B layout with random bf16 weights (`--layout 8b`: InternViT-300M-448px + mlp1 +
 internlm2_5-7b-chat, 8.1B parameters, written in the original layout and converted on load).
-Produced by `bench/bench_worker_batching.py`; a GPU session runs it through
+Produced by `bench/bench_worker_batching.py`; a GPU machine runs it through
 `bench/gpu_session_worker.sh` (see BENCHMARKS.md, GPU section). Each job: one kit image at
 `max_tiles` 1 (256 image tokens), a distinct prompt, greedy, the given number of new tokens; one
 `POST /v1/batches`, timed until every job has ended. "local" = the embedded mode (SQLite, kombu's

@@ -1,6 +1,6 @@
 """Client commands against a running API: ``submit``, ``status``, ``wait``, ``results``, ``cancel``.
 
-Everything goes over the public HTTP API (../shared/API.md), so these work against any
+Everything goes over the public HTTP API (docs/API.md), so these work against any
 deployment: ``--api-url`` / ``CAPTIONQ_API_URL`` and ``--api-key`` / ``CAPTIONQ_API_KEY``.
 """
 

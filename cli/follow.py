@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from cli.client import TERMINAL_JOB, Api
 from cli.common import console, fail
 
 Event = tuple[str, Any]
-TAIL_CHARS = 60
+TAIL_CHARS = 40
 
 
 def _read_events(api: Api, job_id: str, out: queue.Queue[Event]) -> None:
@@ -46,7 +47,7 @@ class _Display:
 
     def __init__(self, source: str, job_id: str) -> None:
         self.source, self.job_id = source, job_id
-        self.state, self.text, self.round = "submitted", "", 0
+        self.state, self.text, self.round = "queued", "", 0  # as accepted (202)
 
     def apply(self, event: str, data: Any) -> None:
         if event == "status":
@@ -58,11 +59,14 @@ class _Display:
             self.text += str(data.get("text", ""))
 
     def line(self) -> str:
-        head = f"{self.source}: {self.state} ({self.job_id})"
+        """Short enough for a terminal line: the file's name, not its path; once text streams,
+        its latest characters instead of the job id."""
+        name = self.source if "://" in self.source or self.source.startswith("data:") else Path(self.source).name
+        head = f"{name[:40]}: {self.state}"
         if self.text:
             tail = " ".join(self.text.split())[-TAIL_CHARS:]
-            return f"{head} {len(self.text)} chars: …{tail}"
-        return head
+            return f"{head}, {len(self.text)} chars: …{tail}"
+        return f"{head} ({self.job_id})"
 
 
 def _timed_out(display: _Display, timeout: float) -> typer.Exit:

@@ -79,6 +79,7 @@ class LocalStack:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._error_line: str | None = None
+        self._relay_thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -119,8 +120,9 @@ class LocalStack:
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         if out is subprocess.PIPE:
-            threading.Thread(target=self._relay, args=(self._worker,), name="captionq-worker-log",
-                             daemon=True).start()
+            self._relay_thread = threading.Thread(target=self._relay, args=(self._worker,),
+                                                  name="captionq-worker-log", daemon=True)
+            self._relay_thread.start()
 
     def _relay(self, proc: subprocess.Popen[bytes]) -> None:
         """Pass the worker's output on to our stderr, except its one-line ``error:`` (the reason
@@ -142,8 +144,8 @@ class LocalStack:
         if self._error_line is None and self.worker_log is not None and self.worker_log.exists():
             lines = self.worker_log.read_text(errors="replace").splitlines()
             self._error_line = next((ln for ln in reversed(lines) if ln.startswith(ERROR_PREFIX)), None)
-        if self._error_line is None and proc.stdout is not None:
-            time.sleep(0.2)  # the relay thread may still be reading the last line
+        if self._error_line is None and self._relay_thread is not None:
+            self._relay_thread.join(timeout=2.0)  # it may still be reading the last lines
         return self._error_line or f"{ERROR_PREFIX}the local worker exited with code {proc.returncode}"
 
     @property
@@ -229,7 +231,7 @@ class LocalStack:
                 self._stop_worker()
         if died:
             console.print(self.failure(), markup=False, highlight=False)
-            return self.worker_exit_code or 1
+            return 2 if self.worker_exit_code == 2 else 1  # 2: a setting to fix, like the worker's
         return 0
 
 

@@ -1,4 +1,4 @@
-"""The ``captionq`` command line (../shared/CLI.md). Each command builds the settings once, here
+"""The ``captionq`` command line (``captionq --help``). Each command builds the settings once, here
 at the entry point, and passes them down; heavy imports (torch, uvicorn, celery) happen inside
 the command that needs them so ``captionq --help`` stays instant."""
 

@@ -156,6 +156,14 @@ class MediaNotFound(CaptionqError):
     title = "Media not found"
 
 
+class StorageCredentialsMissing(CaptionqError):
+    """The service itself has no credentials for its object store: an operator's setting."""
+
+    code = "storage_credentials_missing"
+    http_status = 500
+    title = "The service has no storage credentials"
+
+
 class MediaUnreadable(CaptionqError):
     code = "media_unreadable"
     http_status = 422

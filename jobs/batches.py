@@ -331,7 +331,11 @@ def get_batch(service: JobService, tenant_id: str, batch_id: str) -> Batch:
 
 def cancel_batch(service: JobService, tenant_id: str, batch_id: str) -> Batch:
     """Cancel every job of the batch that has not finished: queued ones at once (in chunks, each
-    its own transaction so no lock is held long), running ones at their next generation step."""
+    its own transaction so no lock is held long), running ones at their next generation step.
+
+    The batch keeps its status (``running`` while jobs still run) with ``cancel_requested_at``
+    set, and becomes ``canceled`` when its last job has ended (:func:`jobs.transitions.finalize`):
+    a ``canceled`` batch never shows running jobs in its counts."""
     now = utcnow()
     with service.db.session() as session:
         batch = session.scalar(sa.select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id))
@@ -341,7 +345,7 @@ def cancel_batch(service: JobService, tenant_id: str, batch_id: str) -> Batch:
             raise BatchFinished(f"batch {batch_id} has already finished")
         session.execute(
             sa.update(Batch).where(Batch.id == batch_id, Batch.finalized_at.is_(None))
-            .values(status=BatchStatus.CANCELED.value, cancel_requested_at=sa.func.coalesce(
+            .values(cancel_requested_at=sa.func.coalesce(
                 Batch.cancel_requested_at, sa.literal(now, Batch.cancel_requested_at.type)))
         )
         session.execute(

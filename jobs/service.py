@@ -121,7 +121,7 @@ class JobService(WorkerTransitions):
             sa.select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
         ).scalar_one()
         if res.rowcount == 0 and JobStatus(job.status).terminal:  # type: ignore[attr-defined]
-            raise JobFinished(f"job {job_id} has already {job.status}")
+            raise JobFinished(f"job {job_id} was already {job.status}")
         return job  # type: ignore[no-any-return]
 
     # --- batch finalisation (worker's finalize task) -----------------------------------------
@@ -142,7 +142,7 @@ class JobService(WorkerTransitions):
             last = rows[-1].seq
 
     def mark_batch_finalized(self, batch_id: str) -> bool:
-        """Results are written: the batch becomes ``completed`` (or stays ``canceled``), gets
+        """Results are written: the batch becomes ``completed`` (``canceled`` if a cancel was requested), gets
         ``finished_at`` and emits ``batch.completed``. Idempotent; False when already done."""
         return self._run(lambda s, e, now: tx.finalize(s, batch_id, now, e) is not None)  # type: ignore[no-any-return]
 

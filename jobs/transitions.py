@@ -263,14 +263,15 @@ def on_last_job_ended(session: Session, batch: Batch, now: datetime, effects: Ef
 
 
 def finalize(session: Session, batch_id: str, now: datetime, effects: Effects) -> Batch | None:
-    """Mark the batch finished (once): status completed (or stays canceled), ``finished_at``,
-    and the ``batch.completed`` webhook if subscribed. None if already finalized."""
+    """Mark the batch finished (once): status ``canceled`` if a cancel was requested, else
+    ``completed``; ``finished_at``; the ``batch.completed`` webhook if subscribed. None if
+    already finalized."""
     cols = Batch.__table__.c
     batch = session.execute(
         sa.update(Batch).where(Batch.id == batch_id, Batch.finalized_at.is_(None))
         .values(
             finalized_at=now, finished_at=now,
-            status=sa.case((cols.status == BatchStatus.CANCELED.value, BatchStatus.CANCELED.value),
+            status=sa.case((cols.cancel_requested_at.is_not(None), BatchStatus.CANCELED.value),
                            else_=BatchStatus.COMPLETED.value),
         )
         .returning(Batch)

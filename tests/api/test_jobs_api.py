@@ -136,6 +136,7 @@ def test_cancel_queued_running_and_finished(api, api_settings):
     assert r.status_code == 202 and r.json()["status"] == "canceled" and r.json()["finished_at"]
     r = api.post(f"/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 409 and problem_of(r)["code"] == "job_finished"
+    assert problem_of(r)["detail"] == f"job {job['id']} was already canceled"
 
     # A running job: cancel is a request the worker honours at its next step.
     svc = helpers.service(api_settings)

@@ -1,4 +1,4 @@
-"""`captionq --help` lists every command of ../shared/CLI.md and each has a real --help."""
+"""`captionq --help` lists every command, and each has a real --help."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,33 @@ def test_a_mistake_is_one_line_and_exit_2(tmp_path, args, line):
     result = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+
+
+def test_up_refuses_a_port_in_use(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONQ_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "cli.main", "up", "--port", str(port)], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=60, check=False)
+    line = (f"error: port {port} on 127.0.0.1 is already in use (another captionq up?); "
+            "pick another with --port")
+    assert (result.returncode, result.stderr) == (2, line + "\n")
+    assert list(tmp_path.iterdir()) == [], "nothing started, nothing written"
+
+
+def test_up_stops_with_the_workers_line_when_the_model_does_not_load(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONQ_", "AWS_"))}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "cli.main", "up", "--port", str(port),
+                             "--model", "./nope"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == (
+        "error: cannot load the model ./nope: checkpoint folder './nope' does not exist")
+    assert "Traceback" not in result.stderr and "CRITICAL" not in result.stderr

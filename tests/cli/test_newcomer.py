@@ -153,6 +153,17 @@ def test_local_mode_webhook_verifies_with_the_printed_secret(newcomer):
         headers, body = _Receiver.received[0]
         event = Webhook(secret).verify(body, headers)
         assert event["type"] == "job.succeeded" and event["data"]["id"] == job.json()["id"]
+
+        # caption against this server: --timeout ends it with one line and exit 3.
+        waited = _run(_captionq("caption", IMAGE, "--api-url", f"http://127.0.0.1:{port}",
+                                "--max-new-tokens", "1000", "--timeout", "0.5"), folder, env)
+        assert waited.returncode == 3, waited.stderr
+        assert re.fullmatch(r"error: timed out after 0\.5 s \(--timeout\): tests/data/conformance/images/"
+                            r"img04_448x448\.png is still (queued|running) \(job job_\w+\)\n", waited.stderr)
+        assert waited.stdout == ""
+        for left in api.get("/v1/jobs").json()["data"]:  # so that Ctrl-C need not wait for it
+            if left["status"] in ("queued", "running"):
+                api.post(f"/v1/jobs/{left['id']}/cancel")
     finally:
         receiver.shutdown()
         up.send_signal(signal.SIGINT)  # Ctrl-C: the API and the worker stop, exit 130 as usual

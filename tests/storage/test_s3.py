@@ -15,6 +15,7 @@ from storage import (
     InvalidManifest,
     MediaNotFound,
     MediaTooLarge,
+    StorageCredentialsMissing,
     TransientError,
     UnsupportedMedia,
     UrlNotAllowed,
@@ -95,6 +96,19 @@ def test_credentials_from_the_usual_variables(s3_bucket, png: bytes, monkeypatch
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-wrong")
     with pytest.raises(MediaNotFound, match="access denied"):
         open_media(url, cfg)
+
+
+def test_no_credentials_at_all_is_its_own_code(s3_bucket, png: bytes, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = s3_bucket.put("st/in/nocreds.png", png)
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cfg = s3_config(s3_bucket, s3_access_key_id=None, s3_secret_access_key=None)
+    with pytest.raises(StorageCredentialsMissing, match="no S3 credentials") as e:
+        open_media(url, cfg)
+    assert e.value.code == "storage_credentials_missing" and not e.value.retryable
 
 
 def test_byte_cap(s3_bucket, mp4: bytes) -> None:  # type: ignore[no-untyped-def]
