@@ -76,6 +76,7 @@ def caption(
         _run(Api(api_url, api_key), inputs, items, prompt, max_new_tokens, as_json, timeout)
         return
     from cli.local import LocalStack, local_settings
+    from cli.models_cmd import ensure_cached
 
     tmp = Path(tempfile.mkdtemp(prefix="captionq-"))
     try:
@@ -93,6 +94,7 @@ def caption(
             port=_free_port(), model=model, auth="disabled", data_dir=tmp / "data",
             database_url=f"sqlite:///{tmp / 'captionq.db'}", media_root=media, broker_url=None,
         )
+        ensure_cached(settings.model)  # a hub id not cached yet: downloaded here, with progress
         stack = LocalStack(settings, worker_log=tmp / "worker.log")
         with console.status("starting captionq (local mode)…"):
             try:

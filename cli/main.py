@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import caption, client, devtools, keys, server
+from cli import caption, client, devtools, keys, models_cmd, server
 
 app = typer.Typer(
     name="captionq",
@@ -28,6 +28,7 @@ app.command("up")(server.up)
 app.command("caption")(caption.caption)
 app.command("make-test-checkpoint")(devtools.make_test_checkpoint)
 app.add_typer(keys.app, name="keys")
+app.add_typer(models_cmd.app, name="models")
 for _name, _fn in client.COMMANDS.items():
     app.command(_name)(_fn)
 

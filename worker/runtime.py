@@ -122,6 +122,7 @@ class Runtime:
             s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation,
             quantization=s.quantization, cache_dir=s.data_dir / "converted",
             vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
+            allow_download=True,  # a hub id not cached is fetched (refused when offline)
         )
 
     @property
