@@ -105,6 +105,7 @@ def caption(
 def _run_in_process(inputs: list[str], prompt: list[str], max_tiles: int | None, frames: int | None,
                     max_new_tokens: int | None, model: str | None, as_json: bool, timeout: float) -> None:
     from cli.local import LocalStack, WorkerFailed, local_settings
+    from cli.models_cmd import ensure_cached
 
     tmp = Path(tempfile.mkdtemp(prefix="captionq-"))
     try:
@@ -122,6 +123,7 @@ def _run_in_process(inputs: list[str], prompt: list[str], max_tiles: int | None,
             port=_free_port(), model=model, auth="disabled", data_dir=tmp / "data",
             database_url=f"sqlite:///{tmp / 'captionq.db'}", media_root=media, broker_url=None,
         )
+        ensure_cached(settings.model)  # a hub id not cached yet: downloaded here, with progress
         stack = LocalStack(settings, worker_log=tmp / "worker.log")
         try:
             with console.status("starting captionq (local mode)…"):

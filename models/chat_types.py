@@ -28,6 +28,9 @@ class EngineInfo:
     quantization: str
     llm_family: str
     vocab_size: int
+    #: the prompt + max_new_tokens limit enforced (None: none). The model's context, except for
+    #: dynamic-NTK rope (InternLM2), which extends past it; then only the operator's cap
+    context_limit: int | None = None
 
 
 @dataclass

@@ -5,7 +5,8 @@ Public API (what the worker uses, together with :class:`models.batcher.Batcher`)
     engine = Engine.load(source: str | Path, *, device="auto", dtype="auto",
                          attn_implementation="auto", quantization="none",
                          cache_dir: Path | None = None, hub_cache_dir: Path | None = None,
-                         allow_download=False, vision_chunk_tiles=64, name=None) -> Engine
+                         allow_download=False, vision_chunk_tiles=64, name=None,
+                         max_context_tokens=None) -> Engine
     engine.info -> EngineInfo          # name, template, max_context, image_size, num_image_token, ...
     engine.prepare(request) -> Prepared          # query, ids, validation, token budget
     engine.check_budget(request) -> int          # prompt tokens; raises ContextTooLong
@@ -38,14 +39,17 @@ and returns what it had with ``finish_reason='canceled'``. Rows may differ in ev
 ``GenerationParams`` field (sampling, seed, max_new_tokens): they are applied per row.
 
 Token budget rule (checked before any model work): ``prompt_tokens + max_new_tokens <=
-max_position_embeddings`` of the LLM, else :class:`ContextTooLong`. This also keeps every row in
-the regime where InternLM2's dynamic-NTK rope is inactive, so a request's output does not depend
-on its batch neighbours; for Phi-3's longrope, requests that could pass the original 4k context
-run alone (``batch_key``).
+max_position_embeddings`` of the LLM and ``<= max_context_tokens`` (the operator's cap, None =
+none), else :class:`ContextTooLong`. InternLM2's dynamic-NTK rope extends past
+``max_position_embeddings`` and the official code answers such prompts, so for it only the
+operator's cap applies; a request that could pass ``max_position_embeddings`` runs alone
+(``batch_key``): its rope then depends on no neighbour, and no neighbour's on it. Phi-3's
+longrope requests that could pass the original 4k context run alone for the same reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Hashable, Sequence
@@ -83,11 +87,13 @@ class Engine:
     """See the module docstring. Not thread-safe: one thread (the batcher's) runs the model."""
 
     def __init__(self, model: Any, tokenizer: Tokenizer, spec: ModelSpec, info: EngineInfo, *,
-                 vision_chunk_tiles: int = 64, load_stats: LoadStats | None = None) -> None:
+                 vision_chunk_tiles: int = 64, load_stats: LoadStats | None = None,
+                 max_context_tokens: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
-        self.info = info
+        self.max_context_tokens = max_context_tokens
+        self.info = dataclasses.replace(info, context_limit=self._context_limit())
         self.template = prompts.get_template(spec.template)
         self.stop_id = tokenizer.stop_id(self.template.stop_str)
         self.vision_chunk_tiles = max(1, int(vision_chunk_tiles))
@@ -100,7 +106,7 @@ class Engine:
              attn_implementation: str = "auto", quantization: str = "none",
              cache_dir: Path | None = None, hub_cache_dir: Path | None = None,
              allow_download: bool = False, vision_chunk_tiles: int = 64,
-             name: str | None = None) -> Engine:
+             name: str | None = None, max_context_tokens: int | None = None) -> Engine:
         ckpt = open_checkpoint(source, hub_cache_dir=hub_cache_dir, allow_download=allow_download)
         spec = parse_spec(ckpt.config)
         template = prompts.get_template(spec.template)  # UnknownTemplate before any tensor is read
@@ -137,7 +143,8 @@ class Engine:
         )
         log.info("loaded %s (%s) on %s as %s, %s attention%s", info.name, spec.llm_family, dev,
                  info.dtype, attn, " from converted cache" if stats.from_cache else "")
-        return cls(model, tokenizer, spec, info, vision_chunk_tiles=vision_chunk_tiles, load_stats=stats)
+        return cls(model, tokenizer, spec, info, vision_chunk_tiles=vision_chunk_tiles, load_stats=stats,
+                   max_context_tokens=max_context_tokens)
 
     # --- preparing --------------------------------------------------------------------------
     def prepare(self, request: ChatRequest) -> Prepared:
@@ -179,12 +186,26 @@ class Engine:
         self._check_budget(prepared)
         return prepared
 
+    @property
+    def dynamic_ntk(self) -> bool:
+        """InternLM2's rope: past ``max_position_embeddings`` it stretches (dynamic NTK) instead of
+        failing, and the official code answers such prompts."""
+        return self.spec.rope_type == "dynamic"
+
+    def _context_limit(self) -> int | None:
+        model = None if self.dynamic_ntk else self.spec.max_position_embeddings
+        limits = [n for n in (model, self.max_context_tokens) if n is not None]
+        return min(limits) if limits else None
+
     def _check_budget(self, p: Prepared) -> None:
         need = p.prompt_tokens + p.request.params.max_new_tokens
-        if need > self.info.max_context:
+        limit = self.info.context_limit
+        if limit is not None and need > limit:
+            own = limit == self.spec.max_position_embeddings and not self.dynamic_ntk
+            whose = "the model's context" if own else "the operator's limit (max_context_tokens)"
             raise ContextTooLong(
                 f"prompt ({p.prompt_tokens} tokens) + max_new_tokens ({p.request.params.max_new_tokens}) "
-                f"= {need} exceeds the model's context of {self.info.max_context} tokens"
+                f"= {need} exceeds {whose} of {limit} tokens"
             )
 
     def check_budget(self, request: ChatRequest) -> int:
@@ -194,10 +215,14 @@ class Engine:
     def batch_key(self, p: Prepared) -> Hashable:
         """Requests whose rope behaviour could depend on a neighbour get a key of their own."""
         rope = self.spec.text_kwargs["rope_parameters"]
+        total = p.prompt_tokens + p.request.params.max_new_tokens
         if rope.get("rope_type") == "longrope":
-            total = p.prompt_tokens + p.request.params.max_new_tokens
             if total > int(rope["original_max_position_embeddings"]):
                 return ("alone", id(p))
+        elif self.dynamic_ntk and total > self.spec.max_position_embeddings:
+            # dynamic NTK rescales rope by the longest padded sequence of the batch: alone, the
+            # row sees exactly the rope the official code gives it, and its neighbours keep theirs
+            return ("alone", id(p))
         return "shared"
 
     # --- running ----------------------------------------------------------------------------

@@ -24,6 +24,13 @@ class CheckpointCorrupt(EngineError):
     code = "checkpoint_corrupt"
 
 
+class DownloadRefused(EngineError):
+    """A hub model that is not cached could not be downloaded: ``HF_HUB_OFFLINE`` is set or the
+    hub is unreachable. The message is one line saying which and what to do."""
+
+    code = "download_refused"
+
+
 class UnsupportedArchitecture(EngineError):
     code = "unsupported_architecture"
 

@@ -127,6 +127,9 @@ class Runtime:
             s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation,
             quantization=s.quantization, cache_dir=s.data_dir / "converted",
             vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
+            allow_download=True,  # a hub id not cached is fetched (refused when offline)
+            # the operator's cap on prompt + new tokens; None: only the model's own limit
+            max_context_tokens=s.max_context_tokens,
         )
 
     def start_heartbeat(self) -> str:

@@ -21,8 +21,6 @@ from models.errors import CheckpointCorrupt, CheckpointNotFound
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-#: Files fetched when a download is allowed (weights, config, tokenizer; no code).
-DATA_PATTERNS = ("*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -62,29 +60,24 @@ def resolve_folder(source: str | Path, *, hub_cache_dir: Path | None = None,
     """``(folder, name)`` for a local folder or a hub id found in huggingface_hub's cache.
 
     A hub id that is not cached raises :class:`CheckpointNotFound` naming the id and the cache
-    folder searched, unless ``allow_download`` (data files only)."""
+    folder searched, unless ``allow_download``: then it is fetched (data files only,
+    :mod:`models.checkpoint.download`), or refused with :class:`DownloadRefused`."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve(), path.resolve().name
     text = str(source)
     if not looks_like_hub_id(text):
         raise CheckpointNotFound(f"checkpoint folder {text!r} does not exist")
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from models.checkpoint.download import cached_snapshot, download_model, hub_cache
 
-    cache = Path(hub_cache_dir) if hub_cache_dir is not None else Path(constants.HF_HUB_CACHE)
-    try:
-        folder = snapshot_download(text, cache_dir=cache, local_files_only=True)
-    except LocalEntryNotFoundError:
+    folder = cached_snapshot(text, hub_cache_dir)
+    if folder is None:
         if not allow_download:
             raise CheckpointNotFound(
-                f"model {text!r} is not in the Hugging Face cache at {cache} and downloads are "
-                f"off; fetch it first (e.g. `hf download {text}`) or pass a local folder"
-            ) from None
-        try:
-            folder = snapshot_download(text, cache_dir=cache, allow_patterns=list(DATA_PATTERNS))
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise CheckpointNotFound(f"cannot download {text!r} into {cache}: {exc}") from exc
+                f"model {text!r} is not in the Hugging Face cache at {hub_cache(hub_cache_dir)} and "
+                f"downloads are off; fetch it first (`captionq models pull {text}`) or pass a local folder"
+            )
+        folder = download_model(text, cache_dir=hub_cache_dir)
     return Path(folder), text
 
 

@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 
 from models.testing.configs import DEFAULT_TEMPLATE, LIKE, LLM_DIMS, LlmKind, VisionKind, chat_config
-from models.testing.toy_tokenizer import VOCABS, write_tokenizer
+from models.testing.real_tokenizer import RealVocab, copy_tokenizer, tokenizer_family
+from models.testing.toy_tokenizer import VOCABS, ToyVocab, write_tokenizer
 from models.testing.weights import make_weights, weight_shapes
 
 _GEN_NOTE = "mirrors the published InternVL2 generation_config.json layout; chat() overrides eos_token_id"
@@ -32,25 +33,32 @@ def write_test_checkpoint(
     seed: int = 0,
     vision: VisionKind = "300m",
     template: str | None = None,
+    tokenizer: Path | str | None = None,
 ) -> Path:
     """Write a tiny InternVL2 checkpoint (original layout) with the toy tokenizer; returns the
     directory. ``llm`` picks the language model layout, ``vision`` the ViT layout, ``template``
     overrides the conversation template (llama: internlm2-chat like the 76B, or Hermes-2 like
-    the 40B)."""
+    the 40B). ``tokenizer``: a real tokenizer folder to use instead of the toy one; the LLM
+    layout then follows its family (:mod:`models.testing.real_tokenizer`)."""
     from safetensors.numpy import save_file
 
+    if tokenizer is not None:
+        llm = tokenizer_family(Path(tokenizer), llm)  # type: ignore[assignment]
     if llm not in LLM_DIMS:
         raise ValueError(f"llm must be one of {', '.join(LLM_DIMS)}, got {llm!r}")
     if vision not in ("300m", "6b"):
         raise ValueError(f"vision must be '300m' or '6b', got {vision!r}")
-    vocab = VOCABS[llm]
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab: ToyVocab | RealVocab = VOCABS[llm] if tokenizer is None else copy_tokenizer(Path(tokenizer), out)
     template = template or DEFAULT_TEMPLATE[llm]
     stop = {"internlm2-chat": "<|im_end|>", "Hermes-2": "<|im_end|>", "phi3-chat": "<|end|>"}.get(template)
     if stop is None or stop not in vocab.special_tokens:
-        raise ValueError(f"template {template!r} does not fit the {llm} toy tokenizer")
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    config = chat_config(llm, vision, template, vocab, seed)
+        raise ValueError(f"template {template!r} does not fit the {llm} tokenizer")
+    try:
+        config = chat_config(llm, vision, template, vocab, seed)
+    except KeyError as exc:
+        raise ValueError(f"the {llm} layout needs the token {exc} that the tokenizer lacks") from None
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     second = "<|endoftext|>" if stop == "<|end|>" else "<|im_start|>"
     gen = {
@@ -60,7 +68,8 @@ def write_test_checkpoint(
     (out / "generation_config.json").write_text(json.dumps(gen, indent=1) + "\n", encoding="utf-8")
     weights = make_weights(weight_shapes(llm, vision, vocab.vocab_size), seed)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    variant = f"internvl2-{llm}" + ("-vit6b" if vision == "6b" else "")
-    like = LIKE[llm] + (" with an InternViT-6B-layout vision encoder" if vision == "6b" else "")
-    write_tokenizer(out, vocab, variant=variant, like=like, template=template, stop=stop)
+    if isinstance(vocab, ToyVocab):
+        variant = f"internvl2-{llm}" + ("-vit6b" if vision == "6b" else "")
+        like = LIKE[llm] + (" with an InternViT-6B-layout vision encoder" if vision == "6b" else "")
+        write_tokenizer(out, vocab, variant=variant, like=like, template=template, stop=stop)
     return out

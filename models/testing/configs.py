@@ -6,14 +6,21 @@ Llama (see REAL_MODELS.md); sizes are tiny."""
 from __future__ import annotations
 
 import zlib
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.testing.toy_tokenizer import ToyVocab
-
 LlmKind = Literal["internlm2", "qwen2", "phi3", "llama"]
 VisionKind = Literal["300m", "6b"]
+
+
+class AnyVocab(Protocol):
+    """A toy vocabulary or a real tokenizer's (models.testing.real_tokenizer.RealVocab)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def special_tokens(self) -> dict[str, int]: ...
 
 VISION = dict(hidden=64, layers=2, heads=4, inter=256, image=448, patch=14)
 LLM_DIMS: dict[str, dict[str, int]] = {
@@ -141,7 +148,7 @@ def phi3_rope_scaling(head_dim: int, seed: int) -> dict[str, Any]:
     }
 
 
-def llm_config(llm: LlmKind, vocab: ToyVocab, seed: int) -> dict[str, Any]:
+def llm_config(llm: LlmKind, vocab: AnyVocab, seed: int) -> dict[str, Any]:
     d = LLM_DIMS[llm]
     common = {
         "architectures": [_ARCH[llm]],
@@ -216,7 +223,7 @@ def llm_config(llm: LlmKind, vocab: ToyVocab, seed: int) -> dict[str, Any]:
 
 
 def chat_config(
-    llm: LlmKind, vision: VisionKind, template: str, vocab: ToyVocab, seed: int
+    llm: LlmKind, vision: VisionKind, template: str, vocab: AnyVocab, seed: int
 ) -> dict[str, Any]:
     lc = llm_config(llm, vocab, seed)
     return {

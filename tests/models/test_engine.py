@@ -134,7 +134,12 @@ def test_cancellation_between_steps(engine: Engine, pixels: dict[str, torch.Tens
 
 
 def test_budget_refuses_before_model_work(engine: Engine) -> None:
-    limit = engine.info.max_context
+    limit = engine.info.context_limit
+    if engine.dynamic_ntk:  # no limit of its own (tests/models/test_engine_budget.py): a cap
+        assert limit is None
+        engine = Engine(engine.model, engine.tokenizer, engine.spec, engine.info, max_context_tokens=300)
+        limit = 300
+    assert limit is not None
     prompt = engine.check_budget(ChatRequest("Hi", params=GenerationParams(max_new_tokens=1)))
     ok = ChatRequest("Hi", params=GenerationParams(max_new_tokens=limit - prompt))
     assert engine.check_budget(ok) == prompt
