@@ -38,7 +38,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             result = CliRunner().invoke(app, ["make-test-checkpoint", str(root / name), "--tokenizer",
                                               str(TOKENIZERS / name), "--seed", "3"])
             assert result.exit_code == 0, result.output
-            assert "(phi3)" in result.output
+            assert "tiny InternVL2 (phi3, " in result.output
             out[name] = root / name
         else:
             out[name] = write_test_checkpoint(root / name, "internlm2", seed=3, tokenizer=TOKENIZERS / name)
