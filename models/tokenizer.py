@@ -190,7 +190,7 @@ class Tokenizer:
         self.config = config
         # a text-only folder (an LLM's own tokenizer) has no InternVL image tokens: -1 never
         # matches an id, and the engine always loads with require_image_tokens=True
-        find = self._required if require_image_tokens else (lambda t: self._b.token_id(t) or -1)
+        find = self._required if require_image_tokens else self._optional
         self.img_context_id = find("<IMG_CONTEXT>")
         self.img_start_id = find("<img>")
         self.img_end_id = find("</img>")
@@ -229,6 +229,10 @@ class Tokenizer:
             raise CheckpointCorrupt(f"tokenizer in {self.folder} has no {token!r} token")
         return tid
 
+    def _optional(self, token: str) -> int:
+        tid = self._b.token_id(token)
+        return -1 if tid is None else tid
+
     def _named_id(self, name: str) -> int | None:
         tok = _token_str(self.config.get(name))
         return self._b.token_id(tok) if tok else None
@@ -257,6 +261,12 @@ class Tokenizer:
         """Which implementation reproduces this tokenizer (for reports)."""
         b = self._b
         return type(b.slow).__name__ if isinstance(b, _SlowBackend) else type(b).__name__.strip("_")
+
+    @property
+    def base_vocab_size(self) -> int | None:
+        """The model vocabulary without added tokens (``tokenizer.vocab_size``; slow families)."""
+        b = self._b
+        return b.slow.base_vocab_size() if isinstance(b, _SlowBackend) else None
 
     @property
     def cleans_up_spaces(self) -> bool:

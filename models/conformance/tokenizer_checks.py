@@ -55,8 +55,9 @@ def run_tokenizer_checks(kit: Path, rep: Reporter) -> None:
         for case in rec.get("incremental_decode_cases", []):
             with rep.check(f"{prefix}/incremental/{case['id']}") as notes:
                 _check_prefixes(tok, case, notes)
-            with rep.check(f"{prefix}/stream/{case['id']}"):
-                _check_stream(tok, template, rec, case)
+            if "prefix_decodes_skip_special" in case:  # what a stream of chat() text shows
+                with rep.check(f"{prefix}/stream/{case['id']}"):
+                    _check_stream(tok, template, rec, case)
         for case in rec.get("batch_cases", []):
             with rep.check(f"{prefix}/batch/{case['id']}"):
                 _check_batch(tok, template, case)
@@ -100,6 +101,8 @@ def _check_facts(tok: Tokenizer, facts: dict[str, Any]) -> None:
         expect_eq(sorted(dropped), sorted(removed), "ids removed by skip_special_tokens")
     if "len" in facts:
         expect_eq(tok.vocab_size, facts["len"], "len(tokenizer)")
+    if "vocab_size" in facts and tok.base_vocab_size is not None:
+        expect_eq(tok.base_vocab_size, facts["vocab_size"], "vocab_size (without added tokens)")
 
 
 def _installed_sentencepiece() -> str:
@@ -161,14 +164,19 @@ def _check_decode_case(tok: Tokenizer, template: PR.Template | None, rec: dict[s
 
 
 def _check_prefixes(tok: Tokenizer, case: dict[str, Any], notes: list[str]) -> None:
-    prefixes = case["prefix_decodes_skip_special"]
     ids = case["ids"]
-    expect_eq(len(prefixes), len(ids), "number of prefixes")
-    n = int(case.get("stable_prefix_len", len(prefixes)))
-    for k in range(1, n + 1):
-        expect_eq(tok.decode(ids[:k], skip_special_tokens=True), prefixes[k - 1], f"decode(ids[:{k}])")
-    if n < len(prefixes):
-        notes.append(f"first {n} of {len(prefixes)} prefixes (stable_prefix_len)")
+    modes = {"prefix_decodes_skip_special": True, "prefix_decodes_keep_special": False}
+    present = [key for key in modes if key in case]
+    expect(bool(present), "the case has no prefix_decodes_skip_special / prefix_decodes_keep_special")
+    for key in present:
+        prefixes = case[key]
+        expect_eq(len(prefixes), len(ids), f"number of {key}")
+        n = int(case.get("stable_prefix_len", len(prefixes)))
+        for k in range(1, n + 1):
+            expect_eq(tok.decode(ids[:k], skip_special_tokens=modes[key]), prefixes[k - 1],
+                      f"{key}: decode(ids[:{k}])")
+        if n < len(prefixes):
+            notes.append(f"{key}: first {n} of {len(prefixes)} prefixes (stable_prefix_len)")
 
 
 def _check_stream(tok: Tokenizer, template: PR.Template | None, rec: dict[str, Any],
