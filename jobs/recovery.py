@@ -51,26 +51,29 @@ def resend_queued(service: JobService, now: datetime, limit: int = CHUNK) -> int
     sent_at = sa.func.coalesce(Job.dispatched_at, Job.created_at)
     in_outbox = sa.select(Outbox.task_id).where(Outbox.task == outbox.TASK_CAPTION)
     dispatching = sa.select(Outbox.args[0].as_string()).where(Outbox.task == outbox.DISPATCH_BATCH)
-    eligible = [
-        Job.status == JobStatus.QUEUED.value, sent_at <= cutoff, Job.id.not_in(in_outbox),
+    # Queued jobs that should have a message in the broker: sent, not waiting in the outbox or
+    # behind a batch dispatch.
+    sent = [
+        Job.status == JobStatus.QUEUED.value, Job.id.not_in(in_outbox),
         sa.or_(Job.dispatched_at.is_not(None), Job.batch_id.is_(None), Job.batch_id.not_in(dispatching)),
     ]
+    eligible = [*sent, sent_at <= cutoff]
     with service.db.session() as session:
         candidates = int(session.scalar(sa.select(sa.func.count()).select_from(Job).where(*eligible)) or 0)
         if not candidates:
             return 0
-        queued = int(session.scalar(sa.select(sa.func.count()).select_from(Job)
-                                    .where(Job.status == JobStatus.QUEUED.value)) or 0)
+        queued = int(session.scalar(sa.select(sa.func.count()).select_from(Job).where(*sent)) or 0)
     ready = service.publisher.ready_count(QUEUE_GPU)
-    # Every queued job with a message accounts for one waiting message (or one a worker just
-    # took); fewer waiting messages than queued jobs means some are missing.
+    # Every such job accounts for one waiting message (or one a worker took and has not claimed
+    # yet); fewer waiting messages than jobs means some are missing.
     missing = candidates if ready is None else min(candidates, queued - ready)
     if missing <= 0:
         return 0
     pick = sa.select(Job.id).where(*eligible).order_by(sent_at, Job.id).limit(min(limit, missing))
     with service.db.session() as session:
         rows = session.execute(
-            sa.update(Job).where(Job.id.in_(pick.scalar_subquery()), *eligible[:2])
+            sa.update(Job).where(Job.id.in_(pick.scalar_subquery()), Job.status == JobStatus.QUEUED.value,
+                                 sent_at <= cutoff)
             .values(dispatched_at=now).returning(Job.id, Job.priority)
             .execution_options(synchronize_session=False)
         ).all()

@@ -76,3 +76,25 @@ def test_a_silent_workers_jobs_are_requeued_and_a_live_ones_are_not(jobs_setting
     assert heartbeats.dead_workers(svc.db, jobs_settings.worker_dead_seconds, now) == []  # forgotten
     assert heartbeats.live_count(svc.db, jobs_settings.worker_dead_seconds, now) >= 1
     heartbeats.forget(svc.db, "w-live")
+
+
+def test_a_bounded_batch_dispatch_is_not_mistaken_for_lost_messages(jobs_settings, tenant):  # type: ignore[no-untyped-def]
+    """Jobs a bounded dispatch has not reached yet have no message by design: they are neither
+    re-sent nor counted against the messages waiting in the broker."""
+    from tests.api.helpers import service
+    from tests.jobs.test_sweeper import _batch
+
+    windowed = service(jobs_settings.model_copy(update={"dispatch_window": 4}))
+    try:
+        drain(jobs_settings)
+        with windowed.db.session() as s:  # other tests' queued jobs out of the count
+            s.execute(sa.update(Job).where(Job.status == "queued").values(status="canceled"))
+        _, outbox_ids = _batch(windowed, tenant, jobs_settings, 12)
+        assert windowed.publish(outbox_ids) == 4  # the first window: 4 messages wait in Redis
+        later = utcnow() + timedelta(seconds=jobs_settings.queued_resend_seconds + 1)
+        assert resend_queued(windowed, later) == 0  # 4 sent, 4 waiting: nothing missing
+        assert len(drain(jobs_settings, expect=4)) == 4
+        assert resend_queued(windowed, later) == 4  # now they are gone: only those 4 come back
+        assert len(drain(jobs_settings, expect=4)) == 4
+    finally:
+        windowed.db.dispose()
