@@ -31,6 +31,7 @@ MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
 MAX_TOP_LOGPROBS = 20
 FORMAT_TYPES = ("json_schema", "json_object", "choice", "regex")
+_COMPACT: Any = {"whitespace_flexible": False}
 _KEYS = {"json_schema": {"type", "json_schema"}, "json_object": {"type"}, "choice": {"type", "choices"},
          "regex": {"type", "pattern"}}
 
@@ -58,7 +59,9 @@ def grammar_for(fmt: Mapping[str, Any]) -> str:
     """The llguidance grammar of a (checked) format."""
     kind = fmt["type"]
     if kind in ("json_schema", "json_object"):
-        return llguidance.LLMatcher.grammar_from_json_schema(schema_of(fmt))
+        # Compact JSON (no free whitespace): a model cannot spend its tokens on blank space, and
+        # the separators are the ones json.dumps writes (", " is not allowed: "," and ":").
+        return llguidance.LLMatcher.grammar_from_json_schema(schema_of(fmt), defaults=_COMPACT)
     if kind == "regex":
         return llguidance.LLMatcher.grammar_from_regex(fmt["pattern"])
     if kind == "choice":
