@@ -78,9 +78,9 @@ class _Wrapper:
         out, i = [], 0
         while i < len(data):
             for n in range(min(self._longest, len(data) - i), 0, -1):
-                tid = self._by_bytes.get(data[i:i + n])
-                if tid is not None:
-                    out.append(tid)
+                hit = self._by_bytes.get(data[i:i + n])
+                if hit is not None:
+                    out.append(hit)
                     i += n
                     break
             else:  # a byte no token covers (no byte fallback): leave the rest to the grammar
