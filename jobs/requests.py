@@ -38,7 +38,7 @@ from pydantic import (
 )
 
 from core.errors import InvalidRequest
-from jobs import storable
+from jobs import formats, storable
 from jobs.states import ALL_EVENTS, DEFAULT_JOB_EVENTS, JOB_EVENTS
 
 MAX_MEDIA_ITEMS = 64
@@ -102,6 +102,13 @@ class Generation(BaseModel):
     top_k: JsonInt = Field(50, ge=0, le=1000)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     seed: JsonInt | None = Field(None, ge=0, le=2**63 - 1)
+    # structured output (jobs.formats): checked by formats.check_generation
+    response_format: dict[str, Any] | None = None
+    stop: list[Annotated[str, StringConstraints(min_length=1, max_length=formats.MAX_STOP_CHARS)]] | None = \
+        Field(None, max_length=formats.MAX_STOP_STRINGS)
+    system_prompt: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)] | None = None
+    logprobs: bool = False
+    top_logprobs: JsonInt = Field(0, ge=0, le=formats.MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _sampling(self) -> Generation:
@@ -274,6 +281,7 @@ def normalize_job_request(
         if bad:
             errs.append(error([*prefix, "webhook", "events"], f"not a job event: {', '.join(bad)}"))
         hook["events"] = list(dict.fromkeys(events))
+    errs += formats.check_generation(req["generation"], [*prefix, "generation"])
     errs += _check_metadata(req["metadata"], [*prefix, "metadata"])
     if req["metadata"] is None:
         req["metadata"] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -57,6 +57,11 @@ class ChatResult:
     finish_reason: FinishReason
     output_ids: list[int]
     history: list[tuple[str, str]] = field(default_factory=list)
+    # structured output (models.constrained): the parsed answer when a JSON format was asked and
+    # the grammar finished (has_json), and per-token log-probabilities when asked
+    has_json: bool = False
+    json: Any = None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass

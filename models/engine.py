@@ -72,6 +72,7 @@ from models.checkpoint.placement import (
 )
 from models.checkpoint.quantize import check_quantization, quantize_llm_linears
 from models.checkpoint.spec import ModelSpec
+from models.constrained import RowExtras
 from models.errors import ContextTooLong, EngineError, InvalidInput, OutOfMemory
 from models.generation import GenerationParams, Row
 from models.generation import generate as run_generation
@@ -307,25 +308,31 @@ class Engine:
 
     def _run_group_unsafe(self, group: list[Prepared]) -> list[ChatResult]:
         embeds, mask = self.build_inputs(group)
-        rows = []
+        rows, extras, streams = [], [], []
         for p in group:
             req = p.request
-            on_step = None
+            extra = RowExtras.build(self.tokenizer, self.stop_id, req.params)
+            stream = None
             if req.on_token is not None:
-                on_step = TextStream(self.tokenizer, self.template.stop_str, req.on_token)
-            rows.append(Row(params=req.params, stop_ids=frozenset({self.stop_id}), on_step=on_step,
-                            should_cancel=safe_cancel(req.should_cancel)))
+                stream = TextStream(self.tokenizer, self.template.stop_str, req.on_token)
+            rows.append(Row(params=req.params, stop_ids=frozenset({self.stop_id}),
+                            on_step=stream if extra.streams_live else None,
+                            should_cancel=safe_cancel(req.should_cancel), **extra.kwargs))
+            extras.append(extra)
+            streams.append(stream)
         run_generation(self.model, embeds, mask, rows)
         out = []
-        for p, row in zip(group, rows, strict=True):
-            text = prompts.clean_response(self.template, self.tokenizer.decode(row.ids))
-            if isinstance(row.on_step, TextStream):
-                row.on_step.finish(text)
+        for p, row, extra, stream in zip(group, rows, extras, streams, strict=True):
             assert row.finish_reason is not None
+            done = extra.finish(row, prompts.clean_response(self.template, self.tokenizer.decode(row.ids)))
+            text = done.text
+            if stream is not None:
+                stream.finish(text)
             out.append(ChatResult(
                 text=text, prompt_tokens=p.prompt_tokens, output_tokens=len(row.ids),
                 finish_reason=row.finish_reason, output_ids=list(row.ids),
                 history=prompts.next_history(p.request.history, p.question, text),
+                has_json=done.has_json, json=done.json_value, logprobs=done.logprobs,
             ))
         return out
 

@@ -14,6 +14,14 @@ Logits processing order follows transformers: repetition penalty, then (sampling
 temperature, top-k, top-p, then argmax (greedy) or a draw from the row's own
 ``torch.Generator`` (seeded from ``GenerationParams.seed``, or at random).
 
+Structured output (:mod:`models.constrained`): a row's ``constraint`` sets the logits of every
+token its grammar does not allow next to ``-inf`` before the logits processing above, in that row
+only (a free row's logits are never touched, so its tokens do not depend on constrained
+neighbours). The constraint computes the next mask in a background thread while the model runs
+the next forward pass. ``stop_text`` ends a row when its decoded text reaches a stop string.
+``logprobs`` records, per generated token, the log-softmax of the model's raw logits (before
+sampling settings and constraints) of the chosen token and the ``top_logprobs`` best.
+
 Shapes: ``inputs_embeds`` float [B, L, H] (model dtype), ``attention_mask`` int64 [B, L]
 (0 = left padding).
 """
@@ -23,8 +31,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 
 from models.errors import InvalidInput
@@ -44,6 +53,11 @@ class GenerationParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    grammar: str | None = None  # llguidance grammar (jobs.formats.grammar_for); None = free text
+    json_output: bool = False  # the grammar is a JSON one: the result carries the parsed value
+    stop: tuple[str, ...] = ()  # stop strings, checked on the decoded text, not in the output
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def validate(self) -> GenerationParams:
         if not 1 <= self.max_new_tokens <= 1_000_000:
@@ -56,7 +70,34 @@ class GenerationParams:
             raise InvalidInput(f"top_k must be >= 0, got {self.top_k}")
         if not self.repetition_penalty > 0:
             raise InvalidInput(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise InvalidInput(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
+        if any(not s for s in self.stop):
+            raise InvalidInput("stop strings must not be empty")
+        if self.grammar is not None:
+            from models.constrained import check_grammar
+
+            check_grammar(self.grammar)
         return self
+
+
+class TokenConstraint(Protocol):
+    """A row's grammar state (models.constrained.GrammarConstraint)."""
+
+    def mask_bits(self) -> np.ndarray:
+        """int32 words: bit (i % 32) of word i // 32 set = id i allowed next."""
+        ...
+
+    def advance(self, token_id: int) -> None:
+        """Accept the chosen token (and start computing the next mask)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    id: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -71,6 +112,9 @@ class Row:
     ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
+    constraint: TokenConstraint | None = None
+    stop_text: Callable[[list[int]], bool] | None = None  # True once the text reached a stop string
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 def _process(scores: torch.Tensor, row: Row) -> int:
@@ -115,6 +159,39 @@ def next_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
     return [batched[b] if plain[b] else _process(logits[b], row) for b, row in enumerate(rows)]
 
 
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
+def apply_constraints(logits: torch.Tensor, rows: list[Row]) -> None:
+    """Set the logits [B, V] of the ids each constrained row's grammar forbids to -inf, in place.
+    Ids past the grammar's vocabulary (a model's padded embedding rows) are forbidden too."""
+    idx = [b for b, row in enumerate(rows) if row.constraint is not None]
+    if not idx:
+        return
+    bits = torch.from_numpy(np.stack([rows[b].constraint.mask_bits() for b in idx]))  # type: ignore[union-attr]
+    allowed = ((bits.unsqueeze(-1) >> _SHIFTS) & 1).bool().reshape(len(idx), -1)
+    vocab = logits.shape[-1]
+    if allowed.shape[1] < vocab:
+        allowed = torch.cat([allowed, allowed.new_zeros(len(idx), vocab - allowed.shape[1])], dim=1)
+    where = torch.tensor(idx, device=logits.device)
+    picked = logits.index_select(0, where)
+    picked.masked_fill_(~allowed[:, :vocab].to(logits.device), float("-inf"))
+    logits.index_copy_(0, where, picked)
+
+
+def _logprobs(logits: torch.Tensor, rows: list[Row]) -> dict[int, torch.Tensor]:
+    """Log-softmax of the raw logits of the rows that asked for logprobs, by batch index."""
+    return {b: torch.log_softmax(logits[b], -1) for b, row in enumerate(rows) if row.params.logprobs}
+
+
+def _record_logprob(row: Row, lp: torch.Tensor, tok: int) -> None:
+    top: list[tuple[int, float]] = []
+    if row.params.top_logprobs > 0:
+        values, ids = torch.topk(lp, min(row.params.top_logprobs, lp.shape[-1]))
+        top = list(zip(ids.tolist(), values.tolist(), strict=True))
+    row.logprobs.append(TokenLogprob(tok, float(lp[tok]), top))
+
+
 @torch.inference_mode()
 def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows: list[Row], *,
              step_logits: list[torch.Tensor] | None = None) -> list[Row]:
@@ -140,16 +217,22 @@ def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
         logits = out.logits[:, -1, :].float()
         if step_logits is not None:
             step_logits.append(logits.detach().cpu().clone())
-        tokens = next_tokens(logits, [rows[i] for i in active])
-        for tok, i in zip(tokens, active, strict=True):
-            row = rows[i]
+        step_rows = [rows[i] for i in active]
+        raw_lp = _logprobs(logits, step_rows)
+        apply_constraints(logits, step_rows)
+        tokens = next_tokens(logits, step_rows)
+        for b, (tok, row) in enumerate(zip(tokens, step_rows, strict=True)):
             row.ids.append(tok)
+            if b in raw_lp:
+                _record_logprob(row, raw_lp[b], tok)
             if row.on_step is not None:
                 row.on_step(tok)
-            if tok in row.stop_ids:
+            if tok in row.stop_ids or (row.stop_text is not None and row.stop_text(row.ids)):
                 row.finish_reason = "stop"
             elif len(row.ids) >= row.params.max_new_tokens:
                 row.finish_reason = "length"
+            elif row.constraint is not None:
+                row.constraint.advance(tok)  # the next mask is computed during the next forward
         for i in active:
             cancel = rows[i].should_cancel
             if rows[i].finish_reason is None and cancel is not None and cancel():

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from core.errors import CaptionqError, InternalError, TransientError
+from jobs import formats
 from jobs.render import job_to_dict
 from jobs.service import ClaimedJob
 from jobs.tables import Job
@@ -58,11 +59,15 @@ class RetryLater(Exception):
 
 
 def generation_params(gen: dict[str, Any]) -> GenerationParams:
+    fmt = gen.get("response_format")
     return GenerationParams(
         max_new_tokens=int(gen.get("max_new_tokens", 512)), do_sample=bool(gen.get("do_sample", False)),
         temperature=float(gen.get("temperature", 1.0)), top_p=float(gen.get("top_p", 1.0)),
         top_k=int(gen.get("top_k", 0)), repetition_penalty=float(gen.get("repetition_penalty", 1.0)),
         seed=gen.get("seed"),
+        grammar=formats.grammar_for(fmt) if fmt else None, json_output=formats.is_json(fmt),
+        stop=tuple(gen.get("stop") or ()), logprobs=bool(gen.get("logprobs", False)),
+        top_logprobs=int(gen.get("top_logprobs", 0) or 0),
     )
 
 
@@ -113,12 +118,13 @@ def _run(rt: Runtime, claimed: ClaimedJob, watch: JobWatch) -> tuple[JobOutcome,
     prepare_seconds = time.monotonic() - t0
     watch.check()
     params = generation_params(req.get("generation") or {})
+    system = (req.get("generation") or {}).get("system_prompt")
     prompt_list = list(req.get("prompts") or [])
     mode = req.get("image_mode") or "separate"
     if req.get("task") == "grounding":
-        outcome = _grounding(rt, items, prompt_list, mode, params, watch)
+        outcome = _grounding(rt, items, prompt_list, mode, params, watch, system)
     else:
-        outcome = _chat(rt, layout(items, prompt_list[0], mode), prompt_list, params, watch)
+        outcome = _chat(rt, layout(items, prompt_list[0], mode), prompt_list, params, watch, system)
     return outcome, items, prepare_seconds
 
 
@@ -131,11 +137,12 @@ def _tensor(prep: PreparedInput) -> Any:
 
 
 def _round_result(prompt: str, res: ChatResult) -> RoundResult:
-    return RoundResult(prompt, res.text, res.finish_reason, res.prompt_tokens, res.output_tokens)
+    return RoundResult(prompt, res.text, res.finish_reason, res.prompt_tokens, res.output_tokens,
+                       has_json=res.has_json, json=res.json, logprobs=res.logprobs)
 
 
 def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: GenerationParams,
-          watch: JobWatch) -> JobOutcome:
+          watch: JobWatch, system: str | None = None) -> JobOutcome:
     pixel_values = _tensor(prep)
     outcome = JobOutcome()
     history: list[tuple[str, str]] | None = None
@@ -144,7 +151,7 @@ def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: Gene
         request = ChatRequest(
             question=prep.question if index == 0 else prompt, history=history,
             pixel_values=pixel_values, num_patches_list=prep.num_patches_list, params=params,
-            on_token=watch.on_token, should_cancel=watch.should_cancel,
+            on_token=watch.on_token, should_cancel=watch.should_cancel, system_message=system,
         )
         t0 = time.monotonic()
         result = watch.wait(rt.batcher.submit(request))
@@ -157,7 +164,7 @@ def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: Gene
 
 
 def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode: str,
-               params: GenerationParams, watch: JobWatch) -> JobOutcome:
+               params: GenerationParams, watch: JobWatch, system: str | None = None) -> JobOutcome:
     """One independent request per phrase (no history between them), all in the batcher at
     once; boxes are parsed into pixels of each original (upright) image."""
     futures = []
@@ -169,7 +176,7 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
             pixel_values = _tensor(prep)
         futures.append(rt.batcher.submit(ChatRequest(
             question=prep.question, pixel_values=pixel_values, num_patches_list=prep.num_patches_list,
-            params=params, should_cancel=watch.should_cancel,
+            params=params, should_cancel=watch.should_cancel, system_message=system,
         )))
     results = watch.wait_all(futures)
     if any(r.finish_reason == "canceled" for r in results):

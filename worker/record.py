@@ -23,6 +23,9 @@ class RoundResult:
     finish_reason: str
     input_tokens: int
     output_tokens: int
+    has_json: bool = False
+    json: Any = None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -41,11 +44,24 @@ class JobOutcome:
 def output_json(outcome: JobOutcome) -> dict[str, Any]:
     out: dict[str, Any] = {
         "text": outcome.text,
-        "rounds": [{"prompt": r.prompt, "text": r.text, "finish_reason": r.finish_reason}
-                   for r in outcome.rounds],
+        "rounds": [_round_json(r) for r in outcome.rounds],
     }
+    last = outcome.rounds[-1] if outcome.rounds else None
+    if last is not None and last.has_json:  # the final answer's parsed value (a JSON format)
+        out["json"] = last.json
     if outcome.boxes is not None:
         out["boxes"] = outcome.boxes
+    return out
+
+
+def _round_json(r: RoundResult) -> dict[str, Any]:
+    """A round as the job output shows it; ``json`` only when a JSON format was asked and the
+    grammar finished, ``logprobs`` only when asked."""
+    out: dict[str, Any] = {"prompt": r.prompt, "text": r.text, "finish_reason": r.finish_reason}
+    if r.has_json:
+        out["json"] = r.json
+    if r.logprobs is not None:
+        out["logprobs"] = r.logprobs
     return out
 
 

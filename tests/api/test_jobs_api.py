@@ -33,7 +33,9 @@ def test_submit_fills_defaults_and_enqueues_on_gpu(api, api_settings):
     assert req["image_mode"] == "separate" and req["task"] == "chat"
     assert req["prompts"] == ["Describe the images and videos in detail."]
     assert req["generation"] == {"max_new_tokens": 512, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
-                                 "top_k": 50, "repetition_penalty": 1.0, "seed": None}
+                                 "top_k": 50, "repetition_penalty": 1.0, "seed": None,
+                                 "response_format": None, "stop": None, "system_prompt": None,
+                                 "logprobs": False, "top_logprobs": 0}
     assert req["ttl_seconds"] == api_settings.default_ttl_seconds and req["priority"] == 7
     for key in ("output", "partial_text", "error", "metrics", "started_at", "finished_at", "batch_id"):
         assert job[key] is None

@@ -68,7 +68,8 @@ def test_normalisation_fills_every_default():
                    "max_tiles": 1}],
         "image_mode": "separate", "prompts": ["Describe the video in detail."], "task": "chat",
         "generation": {"max_new_tokens": 512, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
-                       "top_k": 50, "repetition_penalty": 1.0, "seed": None},
+                       "top_k": 50, "repetition_penalty": 1.0, "seed": None, "response_format": None,
+                       "stop": None, "system_prompt": None, "logprobs": False, "top_logprobs": 0},
         "webhook": None, "custom_id": None, "metadata": {}, "priority": 0, "ttl_seconds": 60,
     }
 
