@@ -119,7 +119,8 @@ IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "Same key and body within 24 h: the resource first created (200, "
                    "`Idempotent-Replayed: true`); another body: 422 `idempotency_key_reused`",
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[!-~]+$"},
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+               "pattern": "^[!-~]([ -~]*[!-~])?$"},
 }
 
 
@@ -158,8 +159,6 @@ def _storable(node: Any) -> None:
     if node.get("type") == "object" and node.get("additionalProperties") is True:
         node["propertyNames"] = {"pattern": STORABLE_TEXT}
         node["additionalProperties"] = {"$ref": REF.format(model="JsonValue")}
-    if node.get("type") == "array" and node.get("items") == {}:
-        node["items"] = {"$ref": REF.format(model="JobRequest")}  # BatchRequest.jobs
     for key, value in node.items():
         if key not in ("pattern", "propertyNames"):
             _storable(value)
@@ -170,11 +169,8 @@ def _document_requests(schema: dict[str, Any]) -> None:
     comps["JsonValue"] = JSON_VALUE
     for name in REQUEST_COMPONENTS:
         _storable(comps[name])
-    # exactly one of inline jobs and a manifest
-    comps["BatchRequest"]["oneOf"] = [
-        {"required": ["jobs"], "properties": {"jobs": {"type": "array"}}},
-        {"required": ["manifest_url"], "properties": {"manifest_url": {"type": "string"}}},
-    ]
+    comps["BatchRequest"]["description"] = (
+        "Give exactly one of `jobs` (JobRequest objects) and `manifest_url` (one JobRequest a line).")
     prompts = comps["JobRequest"]["properties"]["prompts"]["anyOf"][0]["items"]
     prompts["pattern"] = "^[^\\x00]*[^\\x00\\s][^\\x00]*$"  # not blank
     for item in schema.get("paths", {}).values():
