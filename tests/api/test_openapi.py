@@ -42,6 +42,13 @@ def check(document: dict[str, Any], body: Any, component: str) -> None:
 # --- schemathesis -----------------------------------------------------------------------------
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
           checks.response_schema_conformance, checks.response_headers_conformance]
+
+
+def checks_for(path: str) -> list[Any]:
+    """/readyz answers its documented 503 while no GPU worker is live, and none runs here."""
+    return [c for c in CHECKS if c is not checks.not_a_server_error] if path == "/readyz" else CHECKS
+
+
 EXAMPLES = 30  # per operation and mode (15 operations, 2 modes): ~30 s on 2 idle cores
 
 
@@ -59,7 +66,7 @@ def test_every_operation_answers_as_documented(server, tenant_a) -> None:  # typ
             @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                       suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
             def run(case: Any) -> None:
-                case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
+                case.call_and_validate(headers=headers, checks=checks_for(case.operation.path), timeout=30)
 
             try:
                 run()
