@@ -29,7 +29,9 @@ head = [
     f" (exit status {status}) on {os.cpu_count()} CPU cores ({cpu}), {version(['postgres', '--version'])},"
     f" {version(['redis-server', '--version']).split(' sha=')[0]}, Python {platform.python_version()};"
     " tiny InternLM2 checkpoint on CPU, 2 GPU-queue workers + 1 io worker with the scheduler;"
-    " sweep 2 s, re-send after 5 s, heartbeat 1 s, worker dead after 6 s.",
+    " sweep 2 s, re-send after 5 s, heartbeat 1 s, worker dead after 6 s;"
+    f" load average at the end {open('/proc/loadavg').read().split()[1]} (5 min): the times include"
+    " whatever else ran on the machine.",
     "",
     "| scenario | fault | jobs | succeeded | failed | lost | ended twice | all terminal after the fault (s) | webhooks undelivered |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

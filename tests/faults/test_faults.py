@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.harness import DEADLINE_AFTER_FAULT, SCENARIOS, FaultStack, record
+from tests.faults.harness import DEADLINE_AFTER_FAULT, FaultStack
+from tests.faults.scenarios import SCENARIOS, record
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
