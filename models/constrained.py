@@ -32,7 +32,7 @@ import llguidance.numpy as llnp
 import numpy as np
 
 from models.errors import InvalidInput
-from models.generation import FORBIDDEN, GenerationParams, Row
+from models.generation import GenerationParams, Row
 from models.grammar_vocab import TokenBytes, token_bytes
 from models.tokenizer import Tokenizer
 
@@ -123,9 +123,8 @@ class GrammarConstraint:
         self.vocab = vocab
         self.matcher = llguidance.LLMatcher(vocab.lltok, grammar, log_level=0)
         self._bits = np.zeros((1, vocab.words), dtype=np.int32)
-        self._bias = np.zeros(len(vocab.table.pieces), dtype=np.float32)
-        self.mask_seconds = 0.0  # time spent computing masks and biases (for benchmarks)
-        self.wait_seconds = 0.0  # time the decoding loop waited for one
+        self.mask_seconds = 0.0  # time spent computing masks (for benchmarks)
+        self.wait_seconds = 0.0  # time the decoding loop waited for a mask
         self._pending: Future[None] = _POOL.submit(self._fill)
 
     def _fill(self) -> None:
@@ -136,22 +135,13 @@ class GrammarConstraint:
             self._bits.view(np.uint32)[0, stop // 32] = np.uint32(1 << (stop % 32))
         else:
             llnp.fill_next_token_bitmask(self.matcher, self._bits, 0)
-        # bit i of word w = id 32 w + i -> 0.0 (allowed) or -FORBIDDEN, here rather than in the
-        # decoding loop: this thread overlaps the model's forward pass
-        allowed = np.unpackbits(self._bits.view(np.uint8)[0], bitorder="little")[: len(self._bias)]
-        np.multiply(allowed, FORBIDDEN, out=self._bias, dtype=np.float32, casting="unsafe")
-        self._bias -= FORBIDDEN
         self.mask_seconds += time.perf_counter() - t0
 
-    def bias(self) -> np.ndarray:
+    def mask_bits(self) -> np.ndarray:
         t0 = time.perf_counter()
         self._pending.result()
         self.wait_seconds += time.perf_counter() - t0
-        return self._bias
-
-    def allowed_ids(self) -> np.ndarray:
-        """The ids allowed next (tests)."""
-        return np.flatnonzero(self.bias() == 0)
+        return self._bits[0]
 
     def advance(self, token_id: int) -> None:
         self.matcher.consume_token(token_id)

@@ -84,13 +84,12 @@ class GenerationParams:
 class TokenConstraint(Protocol):
     """A row's grammar state (models.constrained.GrammarConstraint)."""
 
-    def bias(self) -> np.ndarray:
-        """float32 [grammar vocab]: 0 for the ids allowed next, -FORBIDDEN for the others (computed
-        on a background thread while the forward pass runs; this waits for it)."""
+    def mask_bits(self) -> np.ndarray:
+        """int32 words: bit (i % 32) of word i // 32 set = id i allowed next."""
         ...
 
     def advance(self, token_id: int) -> None:
-        """Accept the chosen token (and start computing the next bias)."""
+        """Accept the chosen token (and start computing the next mask)."""
         ...
 
 
@@ -166,19 +165,24 @@ FORBIDDEN = 1e30  # subtracted from the logit of a token the grammar forbids
 def apply_constraints(logits: torch.Tensor, rows: list[Row]) -> None:
     """Make the ids each constrained row's grammar forbids unpickable, in place: their logits drop
     by 1e30 (softmax gives them 0, argmax never picks them); allowed logits stay exactly as they
-    are (+0). The bias arrives ready from the constraint's background thread, so the decoding
-    loop only adds it (branch-free: ``masked_fill`` with an irregular mask over a 150k vocabulary
-    is several times slower). Ids past the grammar's vocabulary (padded embedding rows of a
-    model) are forbidden too."""
+    are (+0). Adding a bias is branch-free, several times faster than ``masked_fill`` with an
+    irregular mask on a 150k vocabulary. Ids past the grammar's vocabulary (padded embedding
+    rows of a model) are forbidden too."""
+    idx = [b for b, row in enumerate(rows) if row.constraint is not None]
+    if not idx:
+        return
+    bits = np.stack([rows[b].constraint.mask_bits() for b in idx])  # type: ignore[union-attr]
+    # one C pass from packed bits to one byte per id (bit i of word w = id 32 w + i)
+    allowed = torch.from_numpy(np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little"))
     vocab = logits.shape[-1]
-    for b, row in enumerate(rows):
-        if row.constraint is None:
-            continue
-        bias = torch.from_numpy(row.constraint.bias())
-        n = min(vocab, bias.shape[0])
-        logits[b, :n].add_(bias[:n].to(logits.device, logits.dtype))
-        if n < vocab:
-            logits[b, n:] -= FORBIDDEN
+    if allowed.shape[1] < vocab:
+        allowed = torch.cat([allowed, allowed.new_zeros(len(idx), vocab - allowed.shape[1])], dim=1)
+    bias = allowed[:, :vocab].to(logits.device, logits.dtype).sub_(1).mul_(FORBIDDEN)
+    if len(idx) == logits.shape[0]:
+        logits.add_(bias)
+    else:
+        for k, b in enumerate(idx):
+            logits[b].add_(bias[k])
 
 
 def _logprobs(logits: torch.Tensor, rows: list[Row]) -> dict[int, torch.Tensor]:
