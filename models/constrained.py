@@ -159,7 +159,7 @@ def stop_text_check(tok: Tokenizer, stops: tuple[str, ...]) -> Callable[[list[in
     window = max(len(s.encode("utf-8")) for s in stops) + 2
 
     def check(ids: list[int]) -> bool:
-        tail = tok.decode(ids[-window:], skip_special_tokens=False)
+        tail = tok.decode(ids[-window:])
         return any(s in tail for s in stops)
 
     return check

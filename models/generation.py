@@ -14,8 +14,8 @@ Logits processing order follows transformers: repetition penalty, then (sampling
 temperature, top-k, top-p, then argmax (greedy) or a draw from the row's own
 ``torch.Generator`` (seeded from ``GenerationParams.seed``, or at random).
 
-Structured output (:mod:`models.constrained`): a row's ``constraint`` sets the logits of every
-token its grammar does not allow next to ``-inf`` before the logits processing above, in that row
+Structured output (:mod:`models.constrained`): a row's ``constraint`` lowers the logits of every
+token its grammar does not allow next by 1e30 before the logits processing above, in that row
 only (a free row's logits are never touched, so its tokens do not depend on constrained
 neighbours). The constraint computes the next mask in a background thread while the model runs
 the next forward pass. ``stop_text`` ends a row when its decoded text reaches a stop string.
@@ -159,24 +159,30 @@ def next_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
     return [batched[b] if plain[b] else _process(logits[b], row) for b, row in enumerate(rows)]
 
 
-_SHIFTS = torch.arange(32, dtype=torch.int32)
+FORBIDDEN = 1e30  # subtracted from the logit of a token the grammar forbids
 
 
 def apply_constraints(logits: torch.Tensor, rows: list[Row]) -> None:
-    """Set the logits [B, V] of the ids each constrained row's grammar forbids to -inf, in place.
-    Ids past the grammar's vocabulary (a model's padded embedding rows) are forbidden too."""
+    """Make the ids each constrained row's grammar forbids unpickable, in place: their logits drop
+    by 1e30 (softmax gives them 0, argmax never picks them); allowed logits stay exactly as they
+    are (+0). Adding a bias is branch-free, several times faster than ``masked_fill`` with an
+    irregular mask on a 150k vocabulary. Ids past the grammar's vocabulary (padded embedding
+    rows of a model) are forbidden too."""
     idx = [b for b, row in enumerate(rows) if row.constraint is not None]
     if not idx:
         return
-    bits = torch.from_numpy(np.stack([rows[b].constraint.mask_bits() for b in idx]))  # type: ignore[union-attr]
-    allowed = ((bits.unsqueeze(-1) >> _SHIFTS) & 1).bool().reshape(len(idx), -1)
+    bits = np.stack([rows[b].constraint.mask_bits() for b in idx])  # type: ignore[union-attr]
+    # one C pass from packed bits to one byte per id (bit i of word w = id 32 w + i)
+    allowed = torch.from_numpy(np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little"))
     vocab = logits.shape[-1]
     if allowed.shape[1] < vocab:
         allowed = torch.cat([allowed, allowed.new_zeros(len(idx), vocab - allowed.shape[1])], dim=1)
-    where = torch.tensor(idx, device=logits.device)
-    picked = logits.index_select(0, where)
-    picked.masked_fill_(~allowed[:, :vocab].to(logits.device), float("-inf"))
-    logits.index_copy_(0, where, picked)
+    bias = allowed[:, :vocab].to(logits.device, logits.dtype).sub_(1).mul_(FORBIDDEN)
+    if len(idx) == logits.shape[0]:
+        logits.add_(bias)
+    else:
+        for k, b in enumerate(idx):
+            logits[b].add_(bias[k])
 
 
 def _logprobs(logits: torch.Tensor, rows: list[Row]) -> dict[int, torch.Tensor]:
