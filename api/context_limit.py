@@ -53,6 +53,12 @@ def max_position_embeddings(config: dict[str, Any]) -> int | None:
     converted to transformers' layout); a plain LLM config at the top."""
     for section in (config.get("llm_config"), config.get("text_config"), config):
         if isinstance(section, dict) and isinstance(section.get("max_position_embeddings"), int):
+            scaling = section.get("rope_scaling") or section.get("rope_parameters") or {}
+            kind = scaling.get("type") or scaling.get("rope_type") if isinstance(scaling, dict) else None
+            if kind == "dynamic":
+                # InternLM2's dynamic-NTK rope stretches past max_position_embeddings and the
+                # official code answers such prompts (the engine runs them alone): no model limit.
+                return None
             return int(section["max_position_embeddings"])
     return None
 

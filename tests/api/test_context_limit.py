@@ -44,6 +44,17 @@ def test_the_context_comes_from_the_checkpoint_and_a_setting_caps_it(tmp_path: P
     assert load_context_limit(Settings(model=str(ckpt), max_context_tokens=9000)).max_tokens == CONTEXT
 
 
+def test_a_dynamic_ntk_model_has_no_model_limit_only_the_setting(tmp_path: Path) -> None:
+    """InternLM2's dynamic-NTK rope answers past max_position_embeddings (the engine runs such
+    a prompt alone), so only the operator's cap applies at submission."""
+    ckpt = write_checkpoint(tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["llm_config"]["rope_scaling"] = {"type": "dynamic", "factor": 2.0}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    assert load_context_limit(Settings(model=str(ckpt))).max_tokens is None
+    assert load_context_limit(Settings(model=str(ckpt), max_context_tokens=4096)).max_tokens == 4096
+
+
 def test_an_unreadable_checkpoint_leaves_the_setting(tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere")
     assert load_context_limit(Settings(model=missing)).max_tokens is None
