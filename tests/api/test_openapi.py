@@ -57,6 +57,7 @@ def test_every_operation_answers_as_documented(server, tenant_a) -> None:  # typ
     api_schema = schemathesis.openapi.from_url(server.base_url + "/openapi.json")
     headers = {"Authorization": f"Bearer {tenant_a.api_key}"}
     failures: list[str] = []
+    generator_gave_up: list[str] = []
     operations = [r.ok() for r in api_schema.get_all_operations()]
     assert len(operations) >= 15
     for operation in operations:
@@ -74,8 +75,14 @@ def test_every_operation_answers_as_documented(server, tenant_a) -> None:  # typ
                 assert mode == schemathesis.GenerationMode.NEGATIVE
             except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup among them
                 kind = f"{type(exc).__module__}.{type(exc).__name__}"
+                if mode == schemathesis.GenerationMode.NEGATIVE and "Cannot generate" in str(exc):
+                    # The invalid-data generator (hypothesis-jsonschema) gives up on some array
+                    # shapes; that says nothing of the API. Counted, and bounded below.
+                    generator_gave_up.append(operation.label)
+                    continue
                 failures.append(f"{operation.label} ({mode.value}): {kind}: {exc}"[:3000])
     assert not failures, "\n\n".join(failures)
+    assert len(generator_gave_up) <= 2, generator_gave_up
 
 
 # --- targeted ---------------------------------------------------------------------------------

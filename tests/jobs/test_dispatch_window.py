@@ -19,7 +19,7 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-def windowed(jobs_settings: Settings) -> Any:
+def windowed(jobs_settings: Settings, quiet: None) -> Any:
     s = service(jobs_settings.model_copy(update={"dispatch_window": 10}))
     drain(jobs_settings)
     yield s

@@ -23,7 +23,7 @@ def _job(svc, job_id):  # type: ignore[no-untyped-def]
         return s.get(Job, job_id)
 
 
-def test_a_queued_job_whose_message_is_gone_is_sent_again(jobs_settings, tenant, make_request, svc):
+def test_a_queued_job_whose_message_is_gone_is_sent_again(jobs_settings, tenant, make_request, svc, quiet):
     job = svc.submit(tenant, make_request(priority=7))
     assert job.id in [m["id"] for m in drain(jobs_settings, expect=1)]  # the message is gone
     assert job.id not in [m["id"] for m in drain(jobs_settings)] or resend_queued(svc, utcnow()) == 0
