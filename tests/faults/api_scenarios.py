@@ -260,7 +260,9 @@ def isolation(fs: FaultStack, base: str, keys: dict[str, str], document: dict[st
         secrets = [queued, ended, batch, message, marker]
         by_param = {"job_id": queued, "batch_id": batch, "message_id": message, "custom_id": marker}
         zeros = "0" * 26
-        unknown = {"job_id": f"job_{zeros}", "batch_id": f"bat_{zeros}", "message_id": f"msg_{zeros}"}
+        unknown = {"job_id": f"job_{zeros}", "batch_id": f"bat_{zeros}", "message_id": f"msg_{zeros}",
+                   "custom_id": "custom-id-nobody-has"}
+        a_keys = {"/v1/jobs": marker, "/v1/batches": f"{marker}-b"}  # A's Idempotency-Keys
         bodies = {"/v1/jobs": {"media": job["media"]}, "/v1/batches": {"jobs": [{"media": job["media"]}]}}
         for path, item in document["paths"].items():
             for method, op in item.items():
@@ -278,25 +280,27 @@ def isolation(fs: FaultStack, base: str, keys: dict[str, str], document: dict[st
                     variants += [{k: v} for k, v in query.items()]
                 for q in variants:
                     fig.requests += 2
-                    r = _call(b, method, concrete, q, bodies.get(path), marker)
+                    r = _call(b, method, concrete, q, bodies.get(path), a_keys.get(path))
                     # the same request with ids nobody has: B's answer must be the same, but for
                     # the id B itself sent, which a 404's detail may repeat
                     fake = re.sub(r"\{(\w+)\}", lambda m: unknown.get(m[1], m[0]), path)
-                    fake_q = {k: unknown.get(k, "not-" + v) for k, v in q.items()}
-                    ref = _call(b, method, fake, q and fake_q, bodies.get(path), marker)
+                    fake_q = {k: unknown[k] for k in q}
+                    ref = _call(b, method, fake, q and fake_q, bodies.get(path), a_keys.get(path))
                     sent = [by_param[n] for n in path_names] + list(q.values())
                     seen = r.text
                     for name, value in by_param.items():
                         if value in sent:
-                            seen = seen.replace(value, unknown.get(name, "not-" + value))
+                            seen = seen.replace(value, unknown[name])
                     leaked = [x for x in secrets if x in seen]
                     # /readyz answers its documented 503 here: no GPU worker runs in this stack
                     if leaked or (r.status_code >= 500 and path != "/readyz"):
                         fig.wrong += 1
                         fig.bad(f"B {method.upper()} {concrete} {q}: {r.status_code} shows {leaked}")
+                    if method == "post" and not path_names and r.status_code != 202:
+                        fig.wrong += 1  # A's Idempotency-Key must make B's own job or batch
+                        fig.bad(f"B POST {path}, A's Idempotency-Key: {r.status_code} {r.text[:200]}")
                     if path_names or q:
-                        same = r.status_code == ref.status_code and (
-                            seen == ref.text or (path.endswith("/jobs") and method == "post"))
+                        same = r.status_code == ref.status_code and seen == ref.text
                         if not same or (path_names and (r.status_code, _code(r)) != (404, "not_found")):
                             fig.wrong += 1
                             fig.bad(f"B {method.upper()} {concrete} {q}: {r.status_code} {_code(r)} "
