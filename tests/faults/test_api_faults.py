@@ -17,8 +17,9 @@ import pytest
 
 from tests.api import helpers
 from tests.faults import hostile as hostile_cases
-from tests.faults.api_scenarios import ApiFigures, hostile, isolation, load
+from tests.faults.api_scenarios import ApiFigures, hostile, load
 from tests.faults.harness import FaultStack
+from tests.faults.isolation import isolation
 from tests.faults.scenarios import record
 
 pytestmark = pytest.mark.services
