@@ -97,3 +97,20 @@ def test_tenant_isolation_on_every_route(api: Api) -> None:
     fig = isolation(api.fs, api.base, api.keys, api.document)
     check(fig)
     assert len(api.document["paths"]) >= 12
+
+
+def test_the_judge_can_fail() -> None:
+    """The hostile scenario's verdicts, on answers it must refuse."""
+    from tests.faults.api_scenarios import judge
+
+    h = hostile_cases.Hostile("x", "GET", "/v1/jobs", status=422)
+    problem = {"type": "t", "title": "t", "status": 422, "detail": "d", "code": "invalid_request"}
+    ok = httpx.Response(422, json=problem, headers={"content-type": "application/problem+json"})
+    assert judge(h, ok, outage=False) == ""
+    assert judge(h, httpx.Response(500, json={**problem, "status": 500}), outage=False)
+    assert judge(h, httpx.Response(422, text="no"), outage=False)  # not problem+json
+    assert judge(h, httpx.Response(400, json={**problem, "status": 400},
+                                   headers={"content-type": "application/problem+json"}), outage=False)
+    down = httpx.Response(503, json={**problem, "status": 503, "code": "unavailable"},
+                          headers={"content-type": "application/problem+json", "retry-after": "2"})
+    assert judge(h, down, outage=True) == "" and judge(h, down, outage=False)
