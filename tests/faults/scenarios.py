@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from core.db import Database
 from jobs.tables import WebhookMessage
 from tests.faults.harness import DEADLINE_AFTER_FAULT, FaultStack, Figures
+
+if TYPE_CHECKING:
+    from tests.faults.api_scenarios import ApiFigures
 
 FULL = os.environ.get("CAPTIONQ_FAULTS_SCALE", "small") == "full"
 
@@ -106,8 +110,8 @@ SCENARIOS: dict[str, Callable[[FaultStack], Figures]] = {
 }
 
 
-def record(figures: Figures) -> None:
-    """Append the figures to ``CAPTIONQ_FAULTS_REPORT`` (scripts/faults.sh makes the table)."""
+def record(figures: Figures | ApiFigures) -> None:
+    """Append the figures to ``CAPTIONQ_FAULTS_REPORT`` (scripts/faults.sh makes the tables)."""
     path = os.environ.get("CAPTIONQ_FAULTS_REPORT")
     if path:
         with open(path, "a") as f:
