@@ -7,6 +7,8 @@ import contextlib
 import socket
 import threading
 
+from tests.support.sockets import pump
+
 
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -62,16 +64,4 @@ class TcpProxy:
                     return
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tests.api.helpers import free_port
+from tests.support.sockets import pump
 
 
 def _as_postgres(args: list[str]) -> list[str]:
@@ -155,19 +156,8 @@ class Forwarder:
             with self._lock:
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.cut()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support.sockets import pump
+
 
 @dataclass
 class ServerState:
@@ -261,8 +263,8 @@ class FaultProxy:
                 return
             upstream = socket.create_connection(self.upstream)
             limit = int(mode.split(":")[1]) if mode.startswith("cut:") else None
-            threading.Thread(target=_pump, args=(client, upstream, None), daemon=True).start()
-            _pump(upstream, client, limit)
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            pump(upstream, client, limit)
             upstream.close()
         except OSError:
             pass
@@ -289,23 +291,3 @@ def _read_request(sock: socket.socket) -> None:
                 if not chunk:
                     return
                 need -= len(chunk)
-
-
-def _pump(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-    sent = 0
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            if limit is not None and sent + len(data) >= limit:
-                dst.sendall(data[: limit - sent])
-                break
-            dst.sendall(data)
-            sent += len(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
