@@ -83,6 +83,9 @@ def create_app(
 
     for module in (ops, jobs, batches, events, webhook_deliveries):
         app.include_router(module.router)
+    from api.openai import routes as openai_routes
+
+    app.include_router(openai_routes.router)
     # Added innermost first: metrics see every request, the body cap applies before any route
     # reads, and an unexpected error is answered inside them all.
     app.add_middleware(problems.CatchAllMiddleware)
