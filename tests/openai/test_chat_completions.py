@@ -128,3 +128,44 @@ def test_a_longer_stream_arrives_in_pieces(client: Any) -> None:
     whole = client.chat.completions.create(model="internvl2-internlm2", messages=messages,
                                            max_tokens=160, temperature=0)
     assert "".join(content) == whole.choices[0].message.content
+
+
+def _job_after(stack: Stack, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = stack.get(job_id)
+        if job["status"] in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
+def test_a_client_leaving_a_stream_cancels_the_job(client: Any, stack: Stack) -> None:
+    messages = [{"role": "user", "content": "Tell me a very long story."}]
+    with client.chat.completions.with_streaming_response.create(
+            model="internvl2-internlm2", messages=messages, max_tokens=1200, temperature=0,
+            stream=True) as response:
+        job_id = response.headers["x-captionq-job-id"]
+        for line in response.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # the first generated text: the job is running; leave
+    job = _job_after(stack, job_id)
+    assert job["status"] == "canceled", job
+
+
+def test_a_client_leaving_a_completion_cancels_the_job(stack: Stack) -> None:
+    import openai
+
+    impatient = openai.OpenAI(base_url=f"{stack.server.base_url}/openai/v1", api_key=stack.api_key,
+                              max_retries=0, timeout=1.0)
+    with stack.client() as c:
+        before = {j["id"] for j in c.get("/v1/jobs", params={"limit": 5}).json()["data"]}
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="internvl2-internlm2", max_tokens=1200, temperature=0,
+                                          messages=[{"role": "user", "content": "Tell me a long story."}])
+    with stack.client() as c:
+        jobs = c.get("/v1/jobs", params={"limit": 1}).json()["data"]
+    assert jobs[0]["id"] not in before  # the completion's own job
+    job = _job_after(stack, jobs[0]["id"])
+    assert job["status"] == "canceled", job
