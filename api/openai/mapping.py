@@ -122,15 +122,16 @@ def media_question(text: str, media: list[dict[str, Any]]) -> str:
     images = [m for m in media if m["type"] == "image"]
     if len(media) == 1 and images:
         return f"{IMAGE_PLACEHOLDER}\n{text}"
-    parts, image_no, videos = [], 0, len(media) - len(images)
+    parts, image_no, video_no, videos = [], 0, 0, len(media) - len(images)
     for m in media:
         if m["type"] == "image":
             image_no += 1
             parts.append(f"Image-{image_no}: {IMAGE_PLACEHOLDER}\n" if len(images) > 1 or videos
                          else f"{IMAGE_PLACEHOLDER}\n")
         else:
+            video_no += 1
             frames = int(m.get("num_frames", 8))
-            label = f"Video-{len(parts) + 1}:\n" if videos > 1 else ""
+            label = f"Video-{video_no}:\n" if videos > 1 else ""
             parts.append(label + "".join(f"Frame{j}: {IMAGE_PLACEHOLDER}\n" for j in range(1, frames + 1)))
     return "".join(parts) + text
 
@@ -194,8 +195,9 @@ def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop is not None:
         gen["stop"] = [stop] if isinstance(stop, str) else stop
-    if body.get("response_format") is not None:
-        gen["response_format"] = body["response_format"]
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
+        gen["response_format"] = fmt  # {"type": "text"} is OpenAI's spelling of no format
     if body.get("logprobs"):
         gen["logprobs"] = True
         if body.get("top_logprobs"):

@@ -102,3 +102,9 @@ async def _stream(request: Request, ctx: AppContext, tenant_id: str, job: Job, s
     finally:
         if not ended:
             await jobs.cancel(request, ctx, tenant_id, job.id)
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def not_found(path: str) -> JSONResponse:
+    """Anything else under the prefix (the Batch API, embeddings, …) in OpenAI's shape."""
+    return openai_error(404, f"/openai/v1/{path} is not supported by this server", code="not_found")

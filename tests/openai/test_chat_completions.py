@@ -169,3 +169,24 @@ def test_a_client_leaving_a_completion_cancels_the_job(stack: Stack) -> None:
     assert jobs[0]["id"] not in before  # the completion's own job
     job = _job_after(stack, jobs[0]["id"])
     assert job["status"] == "canceled", job
+
+
+def test_response_format_and_system_message_reach_the_job(client: Any, stack: Stack) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="internvl2-internlm2", max_tokens=8, temperature=0,
+        response_format={"type": "choice", "choices": ["cat", "dog"]},  # captionq's extension
+        messages=[{"role": "system", "content": "Answer with one word."},
+                  {"role": "user", "content": "Cat or dog?"}])
+    answer = raw.parse()
+    assert answer.choices[0].message.content in ("cat", "dog")
+    request = stack.get(raw.headers["x-captionq-job-id"])["request"]
+    assert request["generation"]["system_prompt"] == "Answer with one word."
+    assert request["generation"]["max_new_tokens"] == 8 and request["generation"]["do_sample"] is False
+
+
+def test_unsupported_endpoints_are_openai_not_found(client: Any) -> None:
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="internvl2-internlm2", input="hi")
+    assert missing.value.body["type"] == "invalid_request_error"
