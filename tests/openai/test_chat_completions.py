@@ -190,3 +190,14 @@ def test_unsupported_endpoints_are_openai_not_found(client: Any) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.embeddings.create(model="internvl2-internlm2", input="hi")
     assert missing.value.body["type"] == "invalid_request_error"
+
+
+def test_job_history_is_checked_at_submission(stack: Stack) -> None:
+    with stack.client() as c:
+        bad_shape = c.post("/v1/jobs", json={"prompts": ["q"], "history": [["only a question"]]})
+        grounding = c.post("/v1/jobs", json={"prompts": ["cat"], "task": "grounding",
+                                              "history": [["q", "a"]],
+                                              "media": [{"type": "image", "url": "s3://b/k.png"}]})
+    assert bad_shape.status_code == 422 and bad_shape.json()["errors"][0]["loc"][:2] == ["history", 0]
+    assert grounding.status_code == 422
+    assert ["history"] in [e["loc"] for e in grounding.json()["errors"]]
