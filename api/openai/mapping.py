@@ -29,7 +29,7 @@ _IGNORED = {"user", "store", "service_tier", "parallel_tool_calls", "prediction"
             "verbosity"}
 _AT_DEFAULT: dict[str, Any] = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None,
                                "tools": None, "tool_choice": None, "functions": None,
-                               "function_call": None, "audio": None, "top_logprobs": None}
+                               "function_call": None, "audio": None}
 _KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
           "seed", "stop", "n", "stream", "stream_options", "response_format", "metadata", "logprobs",
           "top_logprobs", *_IGNORED, *_AT_DEFAULT}

@@ -49,11 +49,20 @@ def completion(job: dict[str, Any], model: str) -> dict[str, Any]:
             "model": model, "choices": [choice], "usage": usage(job), "system_fingerprint": None}
 
 
+def _token_logprob(entry: dict[str, Any]) -> dict[str, Any]:
+    token = str(entry.get("token", ""))
+    return {"token": token, "logprob": entry.get("logprob"), "bytes": list(token.encode()),
+            "top_logprobs": [{"token": str(t.get("token", "")), "logprob": t.get("logprob"),
+                              "bytes": list(str(t.get("token", "")).encode())}
+                             for t in entry.get("top_logprobs") or []]}
+
+
 def _logprobs(last: dict[str, Any]) -> dict[str, Any] | None:
+    """captionq's per-token ``{token, id, logprob, top_logprobs}`` in OpenAI's shape."""
     lp = last.get("logprobs")
-    if lp is None:
+    if not isinstance(lp, list):
         return None
-    return {"content": lp if isinstance(lp, list) else lp.get("content", []), "refusal": None}
+    return {"content": [_token_logprob(e) for e in lp if isinstance(e, dict)], "refusal": None}
 
 
 def chunk(job_id: str, model: str, created: int, delta: dict[str, Any],

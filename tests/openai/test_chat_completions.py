@@ -85,8 +85,12 @@ def test_multi_turn_equals_the_two_round_chat_golden(client: Any, image_url: str
         {"role": "user", "content": second["question"]},
     ]
     answer = client.chat.completions.create(model="internvl2-internlm2", messages=messages,
-                                            max_tokens=MAX_TOKENS, temperature=0)
+                                            max_tokens=MAX_TOKENS, temperature=0, logprobs=True,
+                                            top_logprobs=2)
     assert answer.choices[0].message.content == second["response"]
+    tokens = answer.choices[0].logprobs.content
+    assert len(tokens) == MAX_TOKENS and all(len(t.top_logprobs) == 2 for t in tokens)
+    assert "".join(t.token for t in tokens) == second["response"]
     assert answer.usage.prompt_tokens == len(second["input_ids"][0])
 
 
