@@ -119,8 +119,28 @@ async def file_content(request: Request, file_id: str, tenant_id: Tenant) -> Str
     return StreamingResponse(_result_lines(ctx, batch.id, model, errors), media_type="application/jsonl")
 
 
+def _rows(ctx: AppContext, batch_id: str, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+    """The batch's jobs in submission order with their metrics (for ``usage``), keyset-paged."""
+    import sqlalchemy as sa
+
+    from jobs.tables import Job
+
+    last = -1
+    while True:
+        with ctx.db.session() as session:
+            rows = session.execute(
+                sa.select(Job.id, Job.seq, Job.custom_id, Job.status, Job.output, Job.error, Job.metrics)
+                .where(Job.batch_id == batch_id, Job.seq > last).order_by(Job.seq).limit(chunk)).all()
+        if not rows:
+            return
+        for r in rows:
+            yield {"job_id": r.id, "custom_id": r.custom_id, "status": r.status, "output": r.output,
+                   "error": r.error, "metrics": r.metrics}
+        last = rows[-1].seq
+
+
 def _result_lines(ctx: AppContext, batch_id: str, model: str, errors: bool) -> Iterator[bytes]:
-    for row in ctx.service.iter_batch_results(batch_id):
+    for row in _rows(ctx, batch_id):
         ok = row["status"] == "succeeded"
         if row["status"] in ("queued", "running") or ok == errors:
             continue

@@ -54,6 +54,7 @@ def test_batch_round_trip(client: Any, stack: Stack, image_url: str, golden: dic
     assert text == e3["rounds"][0]["response"]
     assert image == e1["rounds"][0]["response"]
     assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in out)
+    assert all(x["response"]["body"]["usage"]["completion_tokens"] == 16 for x in out)
     # Underneath: a captionq batch whose jobs carry the custom_ids.
     with stack.client() as c:
         jobs = c.get("/v1/jobs", params={"batch_id": batch.id}).json()["data"]
