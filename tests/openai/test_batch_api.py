@@ -75,3 +75,31 @@ def test_bad_batch_requests(client: Any) -> None:
                               completion_window="24h")
     with pytest.raises(openai.NotFoundError):
         client.batches.retrieve("bat_doesnotexist")
+
+
+def test_batch_cancel(client: Any, stack: Stack) -> None:
+    lines = [_line(f"long-{i}", "Tell me a very long story.", max_tokens=1200) for i in range(3)]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = client.files.create(file=("long.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    # Cancel once a job runs: captionq's batch cancel flags running jobs first, then cancels the
+    # queued ones, so a job claimed between the two steps would finish instead.
+    deadline = time.monotonic() + 60
+    with stack.client() as c:
+        while time.monotonic() < deadline:
+            jobs = c.get("/v1/jobs", params={"batch_id": batch.id}).json()["data"]
+            if any(j["status"] == "running" for j in jobs):
+                break
+            time.sleep(0.1)
+    batch = client.batches.cancel(batch.id)
+    assert batch.status in ("cancelling", "cancelled")
+    deadline = time.monotonic() + 60
+    while batch.status != "cancelled" and time.monotonic() < deadline:
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "cancelled", stack.logs()
+    assert batch.request_counts.failed == 3 and batch.output_file_id is None
+    errors = [json.loads(x) for x in client.files.content(batch.error_file_id).text.splitlines()]
+    assert sorted(e["custom_id"] for e in errors) == ["long-0", "long-1", "long-2"]
+    assert all(e["response"] is None and e["error"]["code"] for e in errors)
