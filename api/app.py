@@ -83,6 +83,12 @@ def create_app(
 
     for module in (ops, jobs, batches, events, webhook_deliveries):
         app.include_router(module.router)
+    from api.openai import batches as openai_batches
+    from api.openai import files as openai_files
+    from api.openai import routes as openai_routes
+
+    for openai_module in (openai_files, openai_batches, openai_routes):  # routes' catch-all last
+        app.include_router(openai_module.router)
     # Added innermost first: metrics see every request, the body cap applies before any route
     # reads, and an unexpected error is answered inside them all.
     app.add_middleware(problems.CatchAllMiddleware)

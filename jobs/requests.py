@@ -131,6 +131,10 @@ class JobRequest(BaseModel):
     image_mode: Literal["separate", "combined"] = "separate"
     prompts: list[Prompt] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
     task: Literal["chat", "grounding"] = "chat"
+    # Earlier turns [(question, answer)] exactly as chat(history=...) takes them (questions with
+    # their <image> placeholders written out); the first prompt is then asked as is.
+    history: list[Annotated[list[Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]],
+                            Field(min_length=2, max_length=2)]] | None = Field(None, max_length=MAX_PROMPTS)
     generation: Generation = Field(default_factory=lambda: Generation.model_validate({}))
     webhook: Webhook | None = None
     custom_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
@@ -269,6 +273,12 @@ def normalize_job_request(
             errs.append(error([*prefix, "prompts", i], "prompt must not be blank"))
     if req["task"] == "grounding" and not any(m["type"] == "image" for m in req["media"]):
         errs.append(error([*prefix, "media"], "task 'grounding' needs at least one image"))
+    if req["history"] is None:
+        del req["history"]  # stored requests stay as they were without it
+    elif req["task"] == "grounding":
+        errs.append(error([*prefix, "history"], "task 'grounding' takes no history"))
+    else:
+        req["history"] = [list(turn) for turn in req["history"]]
     hook = req["webhook"]
     if hook is not None:
         try:

@@ -124,7 +124,11 @@ def _run(rt: Runtime, claimed: ClaimedJob, watch: JobWatch) -> tuple[JobOutcome,
     if req.get("task") == "grounding":
         outcome = _grounding(rt, items, prompt_list, mode, params, watch, system)
     else:
-        outcome = _chat(rt, layout(items, prompt_list[0], mode), prompt_list, params, watch, system)
+        history = [(str(q), str(a)) for q, a in req["history"]] if req.get("history") else None
+        prep = layout(items, prompt_list[0], mode)
+        if history is not None:  # the placeholders are written out in the history / question
+            prep = PreparedInput(prompt_list[0], prep.pixel_values, prep.num_patches_list, prep.items)
+        outcome = _chat(rt, prep, prompt_list, params, watch, system, history)
     return outcome, items, prepare_seconds
 
 
@@ -142,10 +146,10 @@ def _round_result(prompt: str, res: ChatResult) -> RoundResult:
 
 
 def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: GenerationParams,
-          watch: JobWatch, system: str | None = None) -> JobOutcome:
+          watch: JobWatch, system: str | None = None,
+          history: list[tuple[str, str]] | None = None) -> JobOutcome:
     pixel_values = _tensor(prep)
     outcome = JobOutcome()
-    history: list[tuple[str, str]] | None = None
     for index, prompt in enumerate(prompt_list):
         watch.new_round(index)
         request = ChatRequest(
