@@ -25,7 +25,7 @@ from fastapi import Request
 
 from api.context import AppContext
 from api.live_hub import LOST, Subscription, hub_for
-from jobs import live
+from jobs import batches, live
 from jobs.render import job_to_dict
 from jobs.states import TERMINAL
 
@@ -108,6 +108,14 @@ async def announce_cancel(request: Request, ctx: AppContext, job_id: str) -> Non
         return
     with contextlib.suppress(Exception):
         await hub.client.publish(live.CANCEL_CHANNEL, job_id)
+
+
+async def announce_batch_cancel(request: Request, ctx: AppContext, batch_id: str) -> None:
+    """:func:`announce_cancel` for every job of a canceled batch that is running now."""
+    if hub_for(request, ctx.settings.events_redis_url) is None:
+        return
+    for job_id in await to_thread.run_sync(batches.running_job_ids, ctx.service, batch_id):
+        await announce_cancel(request, ctx, job_id)
 
 
 async def _read(ctx: AppContext, tenant_id: str, job_id: str) -> dict[str, Any]:

@@ -369,7 +369,22 @@ def cancel_batch(service: JobService, tenant_id: str, batch_id: str) -> Batch:
             tx.after_bulk(session, done, JobStatus.QUEUED, now, effects)
             ids_ = outbox.add(session, effects.messages, now)
         service.publish(ids_)
+    # Again after the queued ones: a job claimed while they were being canceled was still queued
+    # at the first flag and is running now; without this it would run to its end.
+    with service.db.session() as session:
+        session.execute(
+            sa.update(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING.value)
+            .values(cancel_requested=True)
+        )
     return get_batch(service, tenant_id, batch_id)
+
+
+def running_job_ids(service: JobService, batch_id: str) -> list[str]:
+    """The batch's jobs a worker is running now: after a cancel, the ones to announce to the
+    workers (jobs.live.CANCEL_CHANNEL) so they stop at their next step, not at their next poll."""
+    with service.db.session() as session:
+        return list(session.scalars(sa.select(Job.id).where(
+            Job.batch_id == batch_id, Job.status == JobStatus.RUNNING.value)))
 
 
 def iter_results(service: JobService, tenant_id: str, batch_id: str) -> Iterator[bytes]:

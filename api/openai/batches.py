@@ -17,6 +17,7 @@ from anyio import to_thread
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from api import waiting
 from api.body import read_json
 from api.context import AppContext, get_ctx, tenant
 from api.openai import files
@@ -149,7 +150,9 @@ async def get_batch(request: Request, batch_id: str, tenant_id: Tenant) -> dict[
 async def cancel_batch(request: Request, batch_id: str, tenant_id: Tenant) -> dict[str, Any]:
     ctx = get_ctx(request)
     await to_thread.run_sync(_get, ctx, tenant_id, batch_id)
-    return batch_object(await to_thread.run_sync(batches.cancel_batch, ctx.service, tenant_id, batch_id))
+    batch = await to_thread.run_sync(batches.cancel_batch, ctx.service, tenant_id, batch_id)
+    await waiting.announce_batch_cancel(request, ctx, batch_id)
+    return batch_object(batch)
 
 
 @router.get("/batches")

@@ -10,6 +10,7 @@ from anyio import to_thread
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from api import waiting
 from api.body import read_json
 from api.context import AppContext, get_ctx, tenant
 from api.openapi import body_schema
@@ -111,6 +112,7 @@ async def list_batches(
 async def cancel_batch(request: Request, batch_id: str, tenant_id: Tenant) -> JSONResponse:
     ctx = get_ctx(request)
     batch = await to_thread.run_sync(batches.cancel_batch, ctx.service, tenant_id, batch_id)
+    await waiting.announce_batch_cancel(request, ctx, batch_id)  # running jobs stop at their next step
     return JSONResponse(batch_to_dict(batch), status_code=202)
 
 

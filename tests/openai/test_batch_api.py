@@ -78,14 +78,15 @@ def test_bad_batch_requests(client: Any) -> None:
 
 
 def test_batch_cancel(client: Any, stack: Stack) -> None:
-    # One line: once it runs, no queued job is left to be claimed during the cancel (see below).
-    lines = [_line("long-0", "Tell me a very long story.", max_tokens=1200)]
+    # A grammar of 1,100 letters: the random-weight model cannot end the answer early.
+    line = _line("long-0", "Tell me a very long story.", max_tokens=1200)
+    line["body"]["response_format"] = {"type": "regex", "pattern": "a{1100}"}
+    lines = [line]
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     uploaded = client.files.create(file=("long.jsonl", io.BytesIO(data)), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    # Cancel once a job runs: captionq's batch cancel flags running jobs first, then cancels the
-    # queued ones, so a job claimed between the two steps would finish instead.
+    # Cancel once the job runs: a running job stops at its next generation step.
     deadline = time.monotonic() + 60
     with stack.client() as c:
         while time.monotonic() < deadline:
