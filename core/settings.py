@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_allowed_buckets: list[str] = Field(default_factory=list)  # empty = any bucket
     media_root: Path = Path("./media")
+    # Where the OpenAI facade keeps uploaded batch input files: an ``s3://bucket/prefix/`` that
+    # every API host shares. Unset: ``<data_dir>/openai-files`` (one host only).
+    openai_files_url: str | None = None
     allow_private_urls: bool = False
     # Resolve http(s) host names when a job is submitted (refusing names with private addresses
     # early). Off by default: the fetch itself always checks the address it connects to.

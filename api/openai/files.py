@@ -1,8 +1,10 @@
 """``/openai/v1/files``: batch input files (JSONL, purpose ``batch``) and the output / error
 files of batches.
 
-Uploaded files are kept under ``<data_dir>/openai-files/<tenant>/`` (one host: the API processes
-of one machine share it). Output and error files are not stored: ``file-out-<batch id>`` and
+Uploaded files are streamed to ``CAPTIONQ_OPENAI_FILES_URL`` (``s3://bucket/prefix/``, shared by
+every API host; ``<prefix><tenant>/<file id>.jsonl`` and a ``.json`` description beside it), or
+without it kept under ``<data_dir>/openai-files/<tenant>/`` (the API processes of one machine
+share that). Output and error files are not stored: ``file-out-<batch id>`` and
 ``file-err-<batch id>`` are rendered from the batch's jobs whenever they are read.
 """
 
@@ -23,6 +25,8 @@ from api.context import AppContext, get_ctx, tenant
 from api.openai import render
 from api.openai.errors import OpenAIError, OpenAIRoute
 from jobs import batches, ids
+from storage.errors import MediaNotFound
+from storage.objects import iter_lines, put_object
 
 router = APIRouter(prefix="/openai/v1", tags=["openai"], route_class=OpenAIRoute, include_in_schema=False)
 Tenant = Annotated[str, Depends(tenant)]
@@ -45,8 +49,21 @@ def file_object(file_id: str, size: int, created: int, filename: str, purpose: s
             "purpose": purpose, "status": "processed", "expires_at": None, "status_details": None}
 
 
+def _s3(ctx: AppContext, tenant_id: str) -> str | None:
+    base = ctx.settings.openai_files_url
+    return None if base is None else f"{base.rstrip('/')}/{tenant_id}/"
+
+
 def read_meta(ctx: AppContext, tenant_id: str, file_id: str) -> dict[str, Any]:
     if not _ID.match(file_id):
+        raise _not_found(file_id)
+    base = _s3(ctx, tenant_id)
+    if base is not None:
+        try:
+            for _, line in iter_lines(f"{base}{file_id}.json", ctx.checker.config):
+                return json.loads(line)  # type: ignore[no-any-return]
+        except MediaNotFound:
+            pass
         raise _not_found(file_id)
     meta = _dir(ctx, tenant_id) / f"{file_id}.json"
     if not meta.exists():
@@ -56,8 +73,18 @@ def read_meta(ctx: AppContext, tenant_id: str, file_id: str) -> dict[str, Any]:
 
 def input_lines(ctx: AppContext, tenant_id: str, file_id: str) -> Iterator[bytes]:
     read_meta(ctx, tenant_id, file_id)
+    base = _s3(ctx, tenant_id)
+    if base is not None:
+        for _, line in iter_lines(f"{base}{file_id}.jsonl", ctx.checker.config):
+            yield line + b"\n"
+        return
     with open(_dir(ctx, tenant_id) / f"{file_id}.jsonl", "rb") as f:
         yield from f
+
+
+def _too_large() -> OpenAIError:
+    return OpenAIError(f"the file is larger than {MAX_FILE_BYTES} bytes", status=413,
+                       param="file", code="file_too_large")
 
 
 @router.post("/files")
@@ -69,6 +96,24 @@ async def upload(request: Request, tenant_id: Tenant, file: Annotated[UploadFile
     file_id = f"file-{ids.job_id().removeprefix('job_')}"
     folder = _dir(ctx, tenant_id)
 
+    def capped() -> Iterator[bytes]:
+        size = 0
+        while chunk := file.file.read(1 << 20):  # streamed, never whole in memory
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise _too_large()  # a multipart upload in progress is aborted by put_object
+            yield chunk
+
+    def store_s3(base: str) -> dict[str, Any]:
+        stored = put_object(f"{base}{file_id}.jsonl", capped(), "application/jsonl", ctx.checker.config)
+        obj = file_object(file_id, stored.size, int(time.time()), file.filename or "batch.jsonl", purpose)
+        put_object(f"{base}{file_id}.json", json.dumps(obj).encode(), "application/json", ctx.checker.config)
+        return obj
+
+    base = _s3(ctx, tenant_id)
+    if base is not None:
+        return await to_thread.run_sync(store_s3, base)  # type: ignore[no-any-return]
+
     def store() -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         size = 0
@@ -78,8 +123,7 @@ async def upload(request: Request, tenant_id: Tenant, file: Annotated[UploadFile
                 if size > MAX_FILE_BYTES:
                     out.close()
                     (folder / f"{file_id}.jsonl").unlink()
-                    raise OpenAIError(f"the file is larger than {MAX_FILE_BYTES} bytes", status=413,
-                                      param="file", code="file_too_large")
+                    raise _too_large()
                 out.write(chunk)
         obj = file_object(file_id, size, int(time.time()), file.filename or "batch.jsonl", purpose)
         (folder / f"{file_id}.json").write_text(json.dumps(obj))

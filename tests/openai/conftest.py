@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import services
 from tests.worker.stack import Stack, build_stack, destroy_stack
 
 KIT = Path(__file__).resolve().parents[1] / "data" / "conformance"
@@ -17,7 +18,8 @@ KIT = Path(__file__).resolve().parents[1] / "data" / "conformance"
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    st = build_stack(tmp_path_factory.mktemp("openai"))
+    files = services.create_bucket()  # uploaded batch files go to S3, as a multi-host API needs
+    st = build_stack(tmp_path_factory.mktemp("openai"), openai_files_url=f"s3://{files.bucket}/openai-files/")
     try:
         st.start_worker(queues="gpu,io")
         yield st

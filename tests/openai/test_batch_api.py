@@ -7,6 +7,7 @@ import io
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -32,6 +33,10 @@ def test_batch_round_trip(client: Any, stack: Stack, image_url: str, golden: dic
     uploaded = client.files.create(file=("requests.jsonl", io.BytesIO(data)), purpose="batch")
     assert uploaded.bytes == len(data) and uploaded.purpose == "batch"
     assert client.files.content(uploaded.id).content == data
+    stored = urlsplit(stack.settings.openai_files_url or "")  # streamed to the shared bucket
+    key = f"{stored.path.lstrip('/')}{stack.tenant_id}/{uploaded.id}.jsonl"
+    assert stack.bucket is not None
+    assert stack.bucket.client().get_object(Bucket=stored.netloc, Key=key)["Body"].read() == data
 
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h", metadata={"run": "nightly"})
