@@ -79,19 +79,27 @@ def is_outage(exc: BaseException) -> bool:
     ))
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def resolve(exc: BaseException) -> tuple[CaptionqError, str]:
+    """The captionq error an exception is answered as, and the message a client may read: a
+    database or broker outage is ``ServiceUnavailable``; anything unexpected is logged with its
+    traceback and shown only as "internal error" (its text may hold addresses or data)."""
     if is_outage(exc):
         log.warning("dependency unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200])
         exc = ServiceUnavailable("the database or the message broker cannot be reached right now; "
                                  "retry later")
     err = as_captionq_error(exc)
-    status = err.http_status
-    if status >= 500 and not isinstance(exc, CaptionqError):
+    if err.http_status >= 500 and not isinstance(exc, CaptionqError):
         log.exception("unexpected error", exc_info=exc)
+        return err, "internal error"
+    return err, err.message
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    err, detail = resolve(exc)
+    status = err.http_status
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if err.retryable and status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    detail = err.message if status < 500 or isinstance(exc, CaptionqError) else "internal error"
     errors = err.errors if isinstance(err, InvalidRequest) else None
     return problem(status, err.code, err.title, detail, errors=errors, headers=headers)
 

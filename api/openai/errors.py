@@ -9,7 +9,6 @@ exception handlers would see them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -20,10 +19,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from api import problems
-from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
+from core.errors import InvalidRequest
 from jobs import storable
-
-log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
@@ -73,14 +70,8 @@ def response_for(exc: BaseException) -> JSONResponse:
         loc = [str(p) for p in (errs[0].get("loc", ()) if errs else ()) if p not in ("body", "query")]
         return openai_error(400, str(errs[0].get("msg")) if errs else "invalid request",
                             param=".".join(loc) or None, code="invalid_request")
-    if problems.is_outage(exc):
-        exc = ServiceUnavailable("the database or the message broker cannot be reached right now; "
-                                 "retry later")
-    err = as_captionq_error(exc)
+    err, message = problems.resolve(exc)
     status = err.http_status
-    if status >= 500 and not isinstance(exc, CaptionqError):
-        log.exception("unexpected error", exc_info=exc)
-    message = err.message if status < 500 or isinstance(exc, CaptionqError) else "internal error"
     param = None
     if isinstance(err, InvalidRequest):
         status = 400  # OpenAI answers every invalid request 400 (BadRequestError)
