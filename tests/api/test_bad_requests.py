@@ -215,22 +215,28 @@ CASES: list[Case] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ctx(server, tenant_a, s3_bucket):  # type: ignore[no-untyped-def]
+def corpus_context(client: Any, bucket: Any) -> dict[str, Any]:
+    """Tenant A's objects the cases refer to (``{job_id}``, ``{bad_manifest}``, …), made through
+    ``client`` (tenant A's) and ``bucket``; the fault suite's hostile requests use them too."""
     lines = [json.dumps(job(custom_id=f"r{i}")) for i in range(1, 30)]
     lines[16] = json.dumps({"media": [{"type": "image", "url": "gopher://x/y"}], "custom_id": "r17"})
     dup = [json.dumps(job(custom_id="x")), json.dumps(job(custom_id="y")), json.dumps(job(custom_id="x"))]
-    with helpers.client(server.base_url, tenant_a.api_key) as c:
-        job_id = c.post("/v1/jobs", json=job()).json()["id"]
-        finished = c.post("/v1/jobs", json=job()).json()["id"]
-        c.post(f"/v1/jobs/{finished}/cancel")
-        batch_id = c.post("/v1/batches", json={"jobs": [job()]}).json()["id"]
+    job_id = client.post("/v1/jobs", json=job()).json()["id"]
+    finished = client.post("/v1/jobs", json=job()).json()["id"]
+    client.post(f"/v1/jobs/{finished}/cancel")
+    batch_id = client.post("/v1/batches", json={"jobs": [job()]}).json()["id"]
     return {
         "job_id": f"/v1/jobs/{job_id}", "finished_job_id": f"/v1/jobs/{finished}",
-        "batch_id": f"/v1/batches/{batch_id}", "bucket": s3_bucket.bucket, "png": helpers.png_bytes(),
-        "bad_manifest": s3_bucket.put("manifests/corpus-bad.jsonl", "\n".join(lines).encode()),
-        "dup_manifest": s3_bucket.put("manifests/corpus-dup.jsonl", "\n".join(dup).encode()),
+        "batch_id": f"/v1/batches/{batch_id}", "bucket": bucket.bucket, "png": helpers.png_bytes(),
+        "bad_manifest": bucket.put("manifests/corpus-bad.jsonl", "\n".join(lines).encode()),
+        "dup_manifest": bucket.put("manifests/corpus-dup.jsonl", "\n".join(dup).encode()),
     }
+
+
+@pytest.fixture(scope="module")
+def ctx(server, tenant_a, s3_bucket):  # type: ignore[no-untyped-def]
+    with helpers.client(server.base_url, tenant_a.api_key) as c:
+        return corpus_context(c, s3_bucket)
 
 
 def _headers(case: Case, a_key: str, b_key: str) -> dict[str, str]:

@@ -51,6 +51,12 @@ class ApiFigures:
         if len(self.samples) < 20:
             self.samples.append(sample[:400])
 
+    def transport_error(self, what: str, exc: Exception) -> None:
+        """A request that got no answer at all (the caller holds the figures' lock)."""
+        self.requests += 1
+        self.transport_errors += 1
+        self.bad(f"{what}: {type(exc).__name__}: {exc}")
+
 
 def is_problem(r: httpx.Response) -> bool:
     if not r.headers.get("content-type", "").startswith("application/problem+json"):
@@ -131,9 +137,7 @@ def load(base: str, api_key: str, image_url: str, clients: int = CLIENTS,
                                 problem = f"sse {r.status_code}"
                 except httpx.TransportError as exc:
                     with lock:
-                        fig.requests += 1
-                        fig.transport_errors += 1
-                        fig.bad(f"{op}: {type(exc).__name__}: {exc}")
+                        fig.transport_error(op, exc)
                     continue
                 elapsed = time.perf_counter() - t0
                 with lock:
@@ -199,9 +203,7 @@ def hostile(base: str, keys: dict[str, str], cases: list[Hostile], *,
             r = send(base, keys, h)
         except httpx.TransportError as exc:
             with lock:
-                fig.requests += 1
-                fig.transport_errors += 1
-                fig.bad(f"{h.name}: {type(exc).__name__}: {exc}")
+                fig.transport_error(h.name, exc)
             return
         verdict = judge(h, r, outage=outage is not None)
         with lock:

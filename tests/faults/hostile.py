@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from tests.api import helpers
 from tests.api.test_bad_requests import CASES
 
 NUL, SURROGATE = "\x00", "\ud800"  # PostgreSQL stores neither; UTF-8 cannot encode the second
@@ -194,20 +193,3 @@ def build(ctx: dict[str, Any], document: dict[str, Any], a_key: str) -> list[Hos
     out += _strings_in_bodies(NUL, "NUL") + _strings_in_bodies(SURROGATE, "lone surrogate")
     out += _every_parameter(document) + _ssrf() + _protocol(a_key)
     return out
-
-
-def make_ctx(client: Any, bucket: Any) -> dict[str, Any]:
-    """Tenant A's objects the corpus refers to (as tests/api/test_bad_requests.py's ``ctx``)."""
-    lines = [json.dumps(_job(custom_id=f"r{i}")) for i in range(1, 30)]
-    lines[16] = json.dumps({"media": [{"type": "image", "url": "gopher://x/y"}], "custom_id": "r17"})
-    dup = [json.dumps(_job(custom_id="x")), json.dumps(_job(custom_id="y")), json.dumps(_job(custom_id="x"))]
-    job_id = client.post("/v1/jobs", json=_job()).json()["id"]
-    finished = client.post("/v1/jobs", json=_job()).json()["id"]
-    client.post(f"/v1/jobs/{finished}/cancel")
-    batch_id = client.post("/v1/batches", json={"jobs": [_job()]}).json()["id"]
-    return {
-        "job_id": f"/v1/jobs/{job_id}", "finished_job_id": f"/v1/jobs/{finished}",
-        "batch_id": f"/v1/batches/{batch_id}", "bucket": bucket.bucket, "png": helpers.png_bytes(),
-        "bad_manifest": bucket.put("manifests/corpus-bad.jsonl", "\n".join(lines).encode()),
-        "dup_manifest": bucket.put("manifests/corpus-dup.jsonl", "\n".join(dup).encode()),
-    }

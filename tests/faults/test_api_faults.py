@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.api import helpers
+from tests.api.test_bad_requests import corpus_context
 from tests.faults import hostile as hostile_cases
 from tests.faults.api_scenarios import ApiFigures, hostile, load
 from tests.faults.harness import FaultStack
@@ -67,7 +68,7 @@ def test_many_clients(api: Api) -> None:
 
 def _cases(api: Api) -> list[hostile_cases.Hostile]:
     with helpers.client(api.base, api.keys["a"]) as c:
-        ctx = hostile_cases.make_ctx(c, api.fs.bucket)
+        ctx = corpus_context(c, api.fs.bucket)
     return hostile_cases.build(ctx, api.document, api.keys["a"])
 
 
