@@ -107,7 +107,8 @@ def test_io_worker_runs_the_scheduler_without_a_model(stack: Stack) -> None:
     w = stack.start_worker(queues="io", beat=True)
     try:
         deadline = time.monotonic() + 30
-        while "captionq.sweep" not in w.text().split("ready.", 1)[-1] and time.monotonic() < deadline:
+        # beat's "Sending due task ... (captionq.sweep)" comes first; wait for the worker's receipt
+        while "Task captionq.sweep[" not in w.text().split("ready.", 1)[-1] and time.monotonic() < deadline:
             time.sleep(0.2)
         log = w.text()
         assert "scheduler running: sweep every 1.0 s" in log
