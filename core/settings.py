@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     batch_max_tokens: int = 32768
     batch_wait_ms: int = 20
     batching: bool = True
+    # ``continuous``: requests join the running decode batch at step boundaries and a finished
+    # row's slot is reused at once (models.continuous); ``static``: batches form, run to their
+    # last token and only then take the next requests (models.batcher). ``batch_max_requests``
+    # is the number of decode slots and ``batch_max_tokens`` the KV-cache budget in either mode.
+    batch_mode: Literal["continuous", "static"] = "continuous"
     vision_chunk_tiles: int = 64
 
     # --- media ---------------------------------------------------------------------------

@@ -50,11 +50,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatcherStats:
+    """Counters of an engine thread, static or continuous (what ``GET /v1/workers`` and the
+    heartbeat report). ``rows_stepped / decode_steps`` is the mean number of rows a decoding
+    step ran; over ``slots`` it is the batch occupancy."""
+
     batches: int = 0
     requests: int = 0
     largest_batch: int = 0
     oom_splits: int = 0
-    busy_seconds: float = 0.0  # time spent in engine.generate_batch
+    busy_seconds: float = 0.0  # time spent running the model
+    slots: int = 0  # decode rows the engine runs at most at once
+    kv_budget_tokens: int = 0  # KV-cache positions it may hold at once
+    tokens_generated: int = 0
+    decode_steps: int = 0
+    rows_stepped: int = 0
 
 
 @dataclass
@@ -77,7 +86,7 @@ class Batcher:
         self.max_requests = max(1, int(max_requests))
         self.max_tokens = max(1, int(max_tokens))
         self.wait_s = max(0.0, float(wait_ms) / 1000.0)
-        self.stats = BatcherStats()
+        self.stats = BatcherStats(slots=self.max_requests, kv_budget_tokens=self.max_tokens)
         self._pending: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -245,6 +254,10 @@ class Batcher:
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        # a row leaves the batch after its last token: one step per token of the longest answer
+        self.stats.tokens_generated += sum(r.output_tokens for r in results)
+        self.stats.rows_stepped += sum(r.output_tokens for r in results)
+        self.stats.decode_steps += max((r.output_tokens for r in results), default=0)
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)
 
