@@ -201,6 +201,10 @@ class Batcher:
                 return
             finally:
                 self._load = None
+        self._serve()
+
+    def _serve(self) -> None:
+        """Static batching until closed: take a batch, run it to its last token, repeat."""
         while True:
             batch = self._take_batch()
             if batch is None:

@@ -306,36 +306,68 @@ class Engine:
             embeds[b, where] = mine[: int(where.sum())]
         return embeds
 
+    @torch.inference_mode()
+    def prefill(self, p: Prepared) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One request's prompt through the model, alone (no padding): the float32 logits of its
+        last position ``[1, V]`` and each layer's keys and values ``[1, H, prompt, D]``. The same
+        forward call as the static path's prefill for a batch of one."""
+        from models.kv_cache import reserved_cache
+
+        embeds, mask = self.build_inputs([p])
+        mask = mask.to(embeds.device)
+        cache = reserved_cache(self.model.config.get_text_config(), p.prompt_tokens)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (layer.keys, layer.values) for layer in cache.layers  # type: ignore[union-attr,misc]
+        ]
+        return out.logits[:, -1, :].float(), layers
+
+    def start_row(self, p: Prepared) -> RowState:
+        """The generation state of one request: its :class:`Row` (sampling, stop, hooks, cancel
+        check), its structured-output extras and its text stream."""
+        req = p.request
+        extra = RowExtras.build(self.tokenizer, self.stop_id, req.params)
+        stream = None
+        if req.on_token is not None:
+            stream = TextStream(self.tokenizer, self.template.stop_str, req.on_token)
+        row = Row(params=req.params, stop_ids=frozenset({self.stop_id}),
+                  on_step=stream if extra.streams_live else None,
+                  should_cancel=safe_cancel(req.should_cancel), **extra.kwargs)
+        return RowState(p, row, extra, stream)
+
+    def finish_row(self, state: RowState) -> ChatResult:
+        """The result of a row that has ended (its stream flushed)."""
+        p, row = state.prepared, state.row
+        assert row.finish_reason is not None
+        done = state.extra.finish(row, prompts.clean_response(self.template, self.tokenizer.decode(row.ids)))
+        text = done.text
+        if state.stream is not None:
+            state.stream.finish(text)
+        return ChatResult(
+            text=text, prompt_tokens=p.prompt_tokens, output_tokens=len(row.ids),
+            finish_reason=row.finish_reason, output_ids=list(row.ids),
+            history=prompts.next_history(p.request.history, p.question, text),
+            has_json=done.has_json, json=done.json_value, logprobs=done.logprobs,
+        )
+
     def _run_group_unsafe(self, group: list[Prepared]) -> list[ChatResult]:
         embeds, mask = self.build_inputs(group)
-        rows, extras, streams = [], [], []
-        for p in group:
-            req = p.request
-            extra = RowExtras.build(self.tokenizer, self.stop_id, req.params)
-            stream = None
-            if req.on_token is not None:
-                stream = TextStream(self.tokenizer, self.template.stop_str, req.on_token)
-            rows.append(Row(params=req.params, stop_ids=frozenset({self.stop_id}),
-                            on_step=stream if extra.streams_live else None,
-                            should_cancel=safe_cancel(req.should_cancel), **extra.kwargs))
-            extras.append(extra)
-            streams.append(stream)
-        run_generation(self.model, embeds, mask, rows)
-        out = []
-        for p, row, extra, stream in zip(group, rows, extras, streams, strict=True):
-            assert row.finish_reason is not None
-            done = extra.finish(row, prompts.clean_response(self.template, self.tokenizer.decode(row.ids)))
-            text = done.text
-            if stream is not None:
-                stream.finish(text)
-            out.append(ChatResult(
-                text=text, prompt_tokens=p.prompt_tokens, output_tokens=len(row.ids),
-                finish_reason=row.finish_reason, output_ids=list(row.ids),
-                history=prompts.next_history(p.request.history, p.question, text),
-                has_json=done.has_json, json=done.json_value, logprobs=done.logprobs,
-            ))
-        return out
+        states = [self.start_row(p) for p in group]
+        run_generation(self.model, embeds, mask, [st.row for st in states])
+        return [self.finish_row(st) for st in states]
+
+
+@dataclasses.dataclass
+class RowState:
+    """A request while it generates: see :meth:`Engine.start_row`."""
+
+    prepared: Prepared
+    row: Row
+    extra: RowExtras
+    stream: TextStream | None
 
 
 __all__ = ["ChatRequest", "ChatResult", "Engine", "EngineError", "EngineInfo", "FinishReason",
-           "GenerationParams", "Prepared"]
+           "GenerationParams", "Prepared", "RowState"]

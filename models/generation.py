@@ -198,6 +198,29 @@ def _record_logprob(row: Row, lp: torch.Tensor, tok: int) -> None:
     row.logprobs.append(TokenLogprob(tok, float(lp[tok]), top))
 
 
+def take_step(logits: torch.Tensor, rows: list[Row]) -> list[int]:
+    """One decoding step's bookkeeping for ``rows`` (row b = ``logits[b]``, raw float32 [B, V]):
+    logprobs of the raw logits, grammar masks, the token pick, then per row the token appended,
+    its hook called and ``finish_reason`` set when it stopped or reached its length. Returns the
+    tokens picked. Shared by the static loop below and the continuous one (models.continuous)."""
+    raw_lp = _logprobs(logits, rows)
+    apply_constraints(logits, rows)
+    tokens = next_tokens(logits, rows)
+    for b, (tok, row) in enumerate(zip(tokens, rows, strict=True)):
+        row.ids.append(tok)
+        if b in raw_lp:
+            _record_logprob(row, raw_lp[b], tok)
+        if row.on_step is not None:
+            row.on_step(tok)
+        if tok in row.stop_ids or (row.stop_text is not None and row.stop_text(row.ids)):
+            row.finish_reason = "stop"
+        elif len(row.ids) >= row.params.max_new_tokens:
+            row.finish_reason = "length"
+        elif row.constraint is not None:
+            row.constraint.advance(tok)  # the next mask is computed during the next forward
+    return tokens
+
+
 @torch.inference_mode()
 def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows: list[Row], *,
              step_logits: list[torch.Tensor] | None = None) -> list[Row]:
@@ -223,22 +246,7 @@ def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
         logits = out.logits[:, -1, :].float()
         if step_logits is not None:
             step_logits.append(logits.detach().cpu().clone())
-        step_rows = [rows[i] for i in active]
-        raw_lp = _logprobs(logits, step_rows)
-        apply_constraints(logits, step_rows)
-        tokens = next_tokens(logits, step_rows)
-        for b, (tok, row) in enumerate(zip(tokens, step_rows, strict=True)):
-            row.ids.append(tok)
-            if b in raw_lp:
-                _record_logprob(row, raw_lp[b], tok)
-            if row.on_step is not None:
-                row.on_step(tok)
-            if tok in row.stop_ids or (row.stop_text is not None and row.stop_text(row.ids)):
-                row.finish_reason = "stop"
-            elif len(row.ids) >= row.params.max_new_tokens:
-                row.finish_reason = "length"
-            elif row.constraint is not None:
-                row.constraint.advance(tok)  # the next mask is computed during the next forward
+        tokens = take_step(logits, [rows[i] for i in active])
         for i in active:
             cancel = rows[i].should_cancel
             if rows[i].finish_reason is None and cancel is not None and cancel():
