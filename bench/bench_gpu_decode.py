@@ -146,7 +146,8 @@ def run_batcher(batcher: Batcher, reqs: list[ChatRequest], label: str) -> tuple[
         took = time.perf_counter() - t0
     s = batcher.stats
     log(f"  {label}: {len(reqs)} images in {took:.2f} s = {len(reqs) / took:.2f} images/s "
-        f"({s.decode_steps} steps, largest batch {s.largest_batch})")
+        f"({s.decode_steps} steps, largest batch {s.largest_batch}, model busy {s.busy_seconds:.1f} s"
+        + (f", of which joining prompts {s.prefill_seconds:.1f} s" if s.prefill_seconds else "") + ")")
     return took, out
 
 

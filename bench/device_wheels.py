@@ -9,13 +9,15 @@ uvicorn, pydantic and pydantic-settings, boto3 (``storage`` imports it even when
 and it has transformers 5.17 where models/ is pinned to 5.24. This script downloads, with pip,
 the versions installed in this virtualenv (the ones the test suite runs; transformers at the
 pyproject.toml pin) as wheels for CPython ``--python-version`` on x86-64, unpacks them into one
-folder — botocore's data cut down to S3's and the shared files (16.9 MB of other AWS services'
-models otherwise) — and writes it as ``worker-site.tar.xz`` (~12 MB: xz packs transformers' 13.5 MB
-wheel into 4.4 MB). It removes loose wheels from ``--dest``: bench/gpu_session.sh's transformers
-wheel and this tarball together would not fit.
+folder — botocore's data cut down to S3's and the shared files, transformers' model folders cut
+down to the families models/ uses, SQLAlchemy without its optional compiled modules (:func:`keep`)
+— and writes it as ``worker-site.tar.xz`` (~8 MB in 2026-12). It removes loose wheels from
+``--dest``. The same tarball serves every GPU session script (they unpack ``.whl/*.tar.xz``).
 
-The tool that runs the command carries at most 64 MiB, the working tree included (~47 MB in
-2026-11): the script prints the total and fails above it.
+llguidance (structured output) is not carried: models/ imports it only when a request asks for
+a grammar, and the benchmarks ask for none. The tool that runs the command carries at most
+64 MiB, the working tree included (~56 MiB in 2026-12): the script prints the total and fails
+above it.
 """
 
 from __future__ import annotations
@@ -58,9 +60,24 @@ def download(names: list[str], dest: Path, python: str) -> None:
                    check=True)
 
 
+#: the model families models/ converts checkpoints onto (models.checkpoint.spec), and what their
+#: modules import; transformers' other ~550 model folders (51 of its 60 MB) stay behind
+TRANSFORMERS_MODELS = {"__init__.py", "auto", "internvl", "llama", "qwen2", "phi3"}
+#: parts of transformers nothing on the worker's path imports (training, pipelines, export, CLI)
+TRANSFORMERS_UNUSED = {"pipelines", "cli", "exporters", "trainer.py", "testing_utils.py"}
+
+
 def keep(name: str) -> bool:
-    """botocore/data: only the top-level files and S3's service model."""
+    """botocore/data: only the top-level files and S3's service model; transformers/models: only
+    the families in TRANSFORMERS_MODELS; sqlalchemy: its pure-Python modules (the compiled
+    speed-ups are optional, 9.5 MB unpacked, and a benchmark's few queries do not need them)."""
     parts = name.split("/")
+    if parts[0] == "sqlalchemy" and name.endswith(".so"):
+        return False
+    if parts[:2] == ["transformers", "models"] and len(parts) > 2:
+        return parts[2] in TRANSFORMERS_MODELS
+    if parts[0] == "transformers" and len(parts) > 1 and parts[1] in TRANSFORMERS_UNUSED:
+        return False
     return not (parts[:2] == ["botocore", "data"] and len(parts) > 3 and parts[2] != "s3")
 
 

@@ -59,6 +59,7 @@ class BatcherStats:
     largest_batch: int = 0
     oom_splits: int = 0
     busy_seconds: float = 0.0  # time spent running the model
+    prefill_seconds: float = 0.0  # of which prompts (ViT + LLM) of requests joining (continuous)
     slots: int = 0  # decode rows the engine runs at most at once
     kv_budget_tokens: int = 0  # KV-cache positions it may hold at once
     tokens_generated: int = 0

@@ -25,16 +25,27 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llguidance
-import llguidance.numpy as llnp
 import numpy as np
 
 from models.errors import InvalidInput
 from models.generation import GenerationParams, Row
 from models.grammar_vocab import TokenBytes, token_bytes
 from models.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import llguidance
+
+
+def _llguidance() -> Any:
+    """The llguidance module, imported on first use: an engine whose requests never ask for a
+    structured output never loads it (a 7.5 MB native library)."""
+    import llguidance
+    import llguidance.numpy  # fill_next_token_bitmask lives in the submodule
+
+    return llguidance
+
 
 # One thread: masks of a batch's rows are computed one after the other while the engine thread
 # runs the model (on a 2-core CPU the other core; more threads would compete with torch's).
@@ -43,7 +54,7 @@ _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionq-grammar")
 
 def check_grammar(grammar: str) -> None:
     """Raises InvalidInput when llguidance cannot use ``grammar``."""
-    problem = llguidance.LLMatcher.validate_grammar(grammar)
+    problem = _llguidance().LLMatcher.validate_grammar(grammar)
     if problem:
         raise InvalidInput(f"response_format cannot be used: {problem.strip()}")
 
@@ -95,7 +106,8 @@ class GrammarVocab:
     def __init__(self, tok: Tokenizer, stop_id: int) -> None:
         self.table = token_bytes(tok)
         self.stop_id = stop_id
-        self.lltok = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Wrapper(tok, self.table, stop_id)))
+        ll = _llguidance()
+        self.lltok = ll.LLTokenizer(ll.TokenizerWrapper(_Wrapper(tok, self.table, stop_id)))
         self.words = (len(self.table.pieces) + 31) // 32
 
     def text_of(self, ids: list[int]) -> str:
@@ -121,7 +133,7 @@ class GrammarConstraint:
 
     def __init__(self, vocab: GrammarVocab, grammar: str) -> None:
         self.vocab = vocab
-        self.matcher = llguidance.LLMatcher(vocab.lltok, grammar, log_level=0)
+        self.matcher: llguidance.LLMatcher = _llguidance().LLMatcher(vocab.lltok, grammar, log_level=0)
         self._bits = np.zeros((1, vocab.words), dtype=np.int32)
         self.mask_seconds = 0.0  # time spent computing masks (for benchmarks)
         self.wait_seconds = 0.0  # time the decoding loop waited for a mask
@@ -134,7 +146,7 @@ class GrammarConstraint:
             stop = self.vocab.stop_id
             self._bits.view(np.uint32)[0, stop // 32] = np.uint32(1 << (stop % 32))
         else:
-            llnp.fill_next_token_bitmask(self.matcher, self._bits, 0)
+            _llguidance().numpy.fill_next_token_bitmask(self.matcher, self._bits, 0)
         self.mask_seconds += time.perf_counter() - t0
 
     def mask_bits(self) -> np.ndarray:

@@ -172,7 +172,9 @@ class ContinuousBatcher(Batcher):
                 raise
             return
         finally:
-            self.stats.busy_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.stats.busy_seconds += took
+            self.stats.prefill_seconds += took
         self.stats.tokens_generated += 1
         if self._ended(state):
             self._finish(engine, item, state)
