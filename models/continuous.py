@@ -7,9 +7,11 @@ The engine thread loops over one decoding step at a time. Between two steps it:
 
 1. **admits** waiting requests in arrival order while a slot is free (``max_requests`` slots) and
    the request fits a slot (prompt + ``max_new_tokens`` <= ``max_tokens / max_requests``
-   positions: each slot's share of the KV-cache budget, :mod:`models.slots`). Each newcomer's
-   prompt runs alone through the ViT and the LLM (its prefill), its keys and values are copied
-   into its slot and its first token is picked; from the next step on it decodes with the rest.
+   positions: each slot's share of the KV-cache budget, :mod:`models.slots`). Newcomers' prompts
+   run through the ViT and the LLM (their prefill; prompts of equal length together, unpadded:
+   bulk jobs with one template and tile count share one forward), their keys and values are
+   copied into their slots and their first tokens are picked; from the next step on they decode
+   with the rest.
    At most ``prefill_tokens`` prompt tokens are admitted between two steps (at least one
    request), so a burst of long prompts delays the running rows by a bounded time;
 2. **steps** every running row at once (:class:`models.decode_step.DecodeStep`, a CUDA graph on a
@@ -17,8 +19,8 @@ The engine thread loops over one decoding step at a time. Between two steps it:
 3. **retires** rows that stopped, reached their length or were canceled: their results go out
    and their slots are free for the next admission, right away.
 
-A row's numbers never depend on its neighbours: its prefill runs alone, and in a step each row
-attends only to its own slot. In float32 on the CPU its tokens equal the same request run alone
+A row's numbers never depend on its neighbours: its prefill has no padding, and in a step each
+row attends only to its own slot. In float32 on the CPU its tokens equal the same request run alone
 through ``Engine.generate_batch`` (tests/models/test_continuous.py, for staggered arrivals,
 cancels and mixed settings).
 
@@ -148,9 +150,12 @@ class ContinuousBatcher(Batcher):
             if self._start(alone):
                 self._run([alone])
             return []
-        for item in taken:
-            if self._start(item):
-                self._join(engine, item)
+        live = [item for item in taken if self._start(item)]
+        by_length: dict[int, list[_Item]] = {}
+        for item in live:
+            by_length.setdefault(item.prepared.prompt_tokens, []).append(item)
+        for group in by_length.values():  # equal lengths share one unpadded forward
+            self._join(engine, group)
         if taken:
             self.stats.batches += 1
         return taken
@@ -159,15 +164,15 @@ class ContinuousBatcher(Batcher):
         return next(s for s in range(self.max_requests) if s not in self._running)
 
     @torch.inference_mode()
-    def _join(self, engine: Engine, item: _Item) -> None:
-        """Prefill one request into a free slot and pick its first token."""
+    def _join(self, engine: Engine, group: list[_Item]) -> None:
+        """Prefill requests of one prompt length into free slots and pick their first tokens."""
         started = time.perf_counter()
         try:
-            state = engine.start_row(item.prepared)
-            logits, layers = engine.prefill(item.prepared)
-            take_step(logits, [state.row])
+            states = [engine.start_row(item.prepared) for item in group]
+            logits, layers = engine.prefill([item.prepared for item in group])
+            take_step(logits, [st.row for st in states])
         except BaseException as exc:
-            self._fail([item], exc)
+            self._fail(group, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -175,14 +180,15 @@ class ContinuousBatcher(Batcher):
             took = time.perf_counter() - started
             self.stats.busy_seconds += took
             self.stats.prefill_seconds += took
-        self.stats.tokens_generated += 1
-        if self._ended(state):
-            self._finish(engine, item, state)
-            return
-        slot = self._free_slot()
+        self.stats.tokens_generated += len(group)
         assert self.step is not None
-        length = self.step.kv.store(slot, layers)
-        self._running[slot] = _Running(item, state, length)
+        for b, (item, state) in enumerate(zip(group, states, strict=True)):
+            if self._ended(state):
+                self._finish(engine, item, state)
+                continue
+            slot = self._free_slot()
+            length = self.step.kv.store(slot, [(k[b:b + 1], v[b:b + 1]) for k, v in layers])
+            self._running[slot] = _Running(item, state, length)
         self.stats.largest_batch = max(self.stats.largest_batch, len(self._running))
 
     @torch.inference_mode()

@@ -81,6 +81,9 @@ from models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+#: per layer, keys and values ``[B, kv_heads, positions, head_dim]``
+KVLayers = list[tuple[torch.Tensor, torch.Tensor]]
+
 _RESERVED = (prompts.IMG_CONTEXT_TOKEN, prompts.IMG_START_TOKEN, prompts.IMG_END_TOKEN)
 
 
@@ -307,19 +310,21 @@ class Engine:
         return embeds
 
     @torch.inference_mode()
-    def prefill(self, p: Prepared) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """One request's prompt through the model, alone (no padding): the float32 logits of its
-        last position ``[1, V]`` and each layer's keys and values ``[1, H, prompt, D]``. The same
-        forward call as the static path's prefill for a batch of one."""
+    def prefill(self, group: Sequence[Prepared]) -> tuple[torch.Tensor, KVLayers]:
+        """Prompts of equal length through the model together, unpadded: the float32 logits of
+        each one's last position ``[B, V]`` and each layer's keys and values ``[B, H, prompt,
+        D]``. The same forward call as the static path's prefill, with no padding to mask."""
         from models.kv_cache import reserved_cache
 
-        embeds, mask = self.build_inputs([p])
+        if len({p.prompt_tokens for p in group}) != 1:
+            raise InvalidInput("prefill takes prompts of one length")
+        embeds, mask = self.build_inputs(group)
         mask = mask.to(embeds.device)
-        cache = reserved_cache(self.model.config.get_text_config(), p.prompt_tokens)
+        cache = reserved_cache(self.model.config.get_text_config(), group[0].prompt_tokens)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
-        layers: list[tuple[torch.Tensor, torch.Tensor]] = [
+        layers: KVLayers = [
             (layer.keys, layer.values) for layer in cache.layers  # type: ignore[union-attr,misc]
         ]
         return out.logits[:, -1, :].float(), layers

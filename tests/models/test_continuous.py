@@ -77,6 +77,17 @@ def test_staggered_arrivals_give_the_tokens_of_each_request_alone(engine: Engine
     assert s.tokens_generated == sum(len(x) for x in expected)
 
 
+def test_newcomers_of_one_prompt_length_share_one_prefill(engine: Engine) -> None:
+    reqs = [_image(i, 2, 5 + i) for i in range(4)]  # one template, one tile count: equal lengths
+    expected = _alone(engine, reqs)
+    with ContinuousBatcher(engine, start=False, max_requests=4, max_tokens=4 * 1024) as batcher:
+        futures = [batcher.submit(r) for r in reqs]
+        batcher.start()
+        got = [f.result(timeout=120).output_ids for f in futures]
+    assert got == expected
+    assert batcher.stats.batches == 1 and batcher.stats.largest_batch == 4  # one admission round
+
+
 def test_mixed_settings_share_steps_without_changing_anyone(engine: Engine) -> None:
     reqs = [
         _text(0, 12),
