@@ -96,11 +96,13 @@ class Runtime:
         with self._lock:
             if self._engine is None:
                 from models.batcher import Batcher
+                from models.continuous import ContinuousBatcher
 
                 s = self.settings
                 max_requests = s.batch_max_requests if s.batching else 1
-                batcher = Batcher.loading(self._load_engine, max_requests=max_requests,
-                                          max_tokens=s.batch_max_tokens, wait_ms=s.batch_wait_ms)
+                kind = ContinuousBatcher if s.batch_mode == "continuous" else Batcher
+                batcher = kind.loading(self._load_engine, max_requests=max_requests,
+                                       max_tokens=s.batch_max_tokens, wait_ms=s.batch_wait_ms)
                 engine = batcher.engine  # raises what the load raised
                 apply_switch_interval(s, engine.info.device)
                 # Compile (or load from numba's cache) and check the exact resize now, not in the
