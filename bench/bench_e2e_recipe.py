@@ -158,7 +158,7 @@ the first N images only (`--deadline`). Targets: service ≥ 12 images/s on an H
 the recipe.
 """
 
-COLUMNS = ["run", "device", "layout, dtype", "images (tiles) x new tokens", "recipe img/s (B)",
+COLUMNS = ["run", "device", "layout, dtype", "images (tiles) x new tokens", "recipe img/s, chunk size",
            "service img/s", "ratio", "identical answers", "torch / transformers"]
 
 
@@ -170,7 +170,7 @@ def append_row(path: Path, s: dict[str, Any]) -> None:
     svc, rec = s["service"], s["recipe"]
     cells = [time.strftime("%Y-%m-%d %H:%M"), s["device_name"], f"{s['layout']}, {s['dtype']}",
              f"{s['images']} ({svc['tiles'] / max(1, svc['images']):.0f} per image, max {s['max_tiles']}) x "
-             f"{s['new_tokens']}", f"{_rate(rec)} ({s['recipe_batch']})", _rate(svc),
+             f"{s['new_tokens']}", f"{_rate(rec)}, B {s['recipe_batch']}", _rate(svc),
              f"**{s['ratio']:.2f}x**" + (" (partial)" if s["partial"] else ""),
              f"{s['identical']}/{s['compared']}", f"{s['torch']} / {s['transformers']}"]
     latest = (f"Latest run: {s['device_name']}, Python {s['python']}; {count(s['params'])} parameters, "
