@@ -1,4 +1,4 @@
-"""Prepare, here, what bench/gpu_session_worker.sh carries to the GPU machine in ``.whl/``.
+"""Prepare, here, what bench/gpu_session_worker.sh and gpu_session_e2e.sh carry in ``.whl/``.
 
     python bench/device_wheels.py [--dest .whl] [--python-version 3.12]
 
