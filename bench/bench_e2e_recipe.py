@@ -12,7 +12,8 @@ random-weight InternVL2 in the original layout (bench/worker_bench_lib.py's layo
 InternVL2-8B's, 16 GB of bf16, reused from ``--workdir``).
 
 1. **Service**: the API and one real ``captionq worker --queues gpu,io`` process with the
-   service's default settings, in the embedded local mode (SQLite, kombu's filesystem broker,
+   service's default settings but ``--slots`` and ``--kv-tokens`` (64 and 65,536: a GPU's), in
+   the embedded local mode (SQLite, kombu's filesystem broker,
    ``file://`` media: the GPU machine has no PostgreSQL, Redis or S3), as
    bench/bench_worker_batching.py runs it. After 4 warm-up jobs, one ``POST /v1/batches`` of every
    image (``max_tiles``, the question, ``max_new_tokens``, ``do_sample: false``), timed until the
@@ -20,6 +21,10 @@ InternVL2-8B's, 16 GB of bf16, reused from ``--workdir``).
 2. **Recipe**: the same checkpoint loaded in this process with ``Engine.load`` (the service's
    conversion, dtype and attention), then the card's ``batch_chat`` over chunks of
    ``--recipe-batch`` images (bench/batch_chat_recipe.py), timed from the first file read.
+
+3. **Engine alone**: the same engine, in this process, with the service's batching settings, fed
+   the same requests already tiled, all at once: what the worker's engine could do with no
+   service around it (the target: the service at least 0.9x of it).
 
 Printed side by side: images/s and output tokens/s of each, and the ratio; the targets are at
 least 12 images/s for the service on an H100/H200 and at least 3x the recipe. ``--deadline``
@@ -52,6 +57,7 @@ from tests.worker.stack import Stack, build_local_stack, destroy_stack  # noqa: 
 _T0 = time.perf_counter()
 TARGET_IPS, TARGET_RATIO = 12.0, 3.0
 WARMUP = 4
+ENGINE_ALONE_S = 45.0  # what the deadline keeps for the engine-alone leg
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--recipe-batch", type=int, default=16, help="images per batch_chat call")
     ap.add_argument("--concurrency", type=int, default=32, help="the worker's task threads")
+    ap.add_argument("--slots", type=int, default=64,
+                    help="decode slots of the service's engine and of the engine alone")
+    ap.add_argument("--batch-mode", choices=["continuous", "static"], default="continuous")
+    ap.add_argument("--kv-tokens", type=int, default=65536,
+                    help="KV-cache positions over all slots (the service's batch_max_tokens)")
     ap.add_argument("--deadline", type=float, default=None,
                     help="seconds from start by which the run must end (rates then from what finished)")
     ap.add_argument("--workdir", type=Path, default=None,
@@ -101,7 +112,7 @@ def run_service(stack: Stack, urls: list[str], qs: list[str], a: argparse.Namesp
         run_batch(stack, jobs_body(urls[:WARMUP], qs[:WARMUP], a, "warm"), 3600.0)
         limit = None
         if a.deadline is not None:
-            recipe_floor = ready_s + 60.0
+            recipe_floor = ready_s + 60.0 + ENGINE_ALONE_S
             limit = max(0.0, (a.deadline - elapsed() - recipe_floor) / 2)
         log(f"service: worker ready in {ready_s:.1f} s, warm-up done; {len(urls)} images"
             + ("" if limit is None else f", limit {limit:.0f} s"))
@@ -134,15 +145,48 @@ def run_recipe_half(ckpt: Path, files: list[Path], qs: list[str], a: argparse.Na
     engine = Engine.load(ckpt, device=a.device, dtype=dtype)
     load_s = time.perf_counter() - t0
     run_chunk(engine, files[:2], qs[:2], a.max_tiles, 2)  # kernels, allocator, the resize's compilation
-    stop_at = None if a.deadline is None else _T0 + a.deadline - 10.0
+    # the engine-alone leg comes after the recipe: leave it ENGINE_ALONE_S
+    stop_at = None if a.deadline is None else _T0 + a.deadline - 10.0 - ENGINE_ALONE_S
     log(f"recipe: loaded in {load_s:.1f} s ({engine.info.attn_implementation} attention), warm-up done; "
         f"{len(files)} images in chunks of {a.recipe_batch}")
     r = run_recipe(engine, files, qs, batch=a.recipe_batch, max_tiles=a.max_tiles, new_tokens=a.new_tokens,
                    stop_at=stop_at, log=log)
     peak = torch.cuda.max_memory_allocated() / 2**30 if a.device.startswith("cuda") else 0.0
+    alone = run_engine_alone(engine, files, qs, a)
     return {"images": r.images, "seconds": r.seconds, "partial": r.partial, "ips": r.images_per_s,
             "tps": r.output_tokens / r.seconds, "tiles": r.tiles, "texts": r.texts, "load_s": load_s,
-            "attn": engine.info.attn_implementation, "peak_gib": peak}
+            "attn": engine.info.attn_implementation, "peak_gib": peak, "alone": alone}
+
+
+def run_engine_alone(engine: Any, files: list[Path], qs: list[str], a: argparse.Namespace) -> dict[str, Any]:
+    """The service's engine with the service's batching settings, in this process, fed the same
+    requests already tiled (the worker's task threads do that part), all submitted at once."""
+    import torch
+
+    from models.batcher import Batcher
+    from models.continuous import ContinuousBatcher
+    from models.engine import ChatRequest
+    from models.generation import GenerationParams
+    from models.preprocess import load_image
+
+    n = len(files)
+    if a.deadline is not None and a.deadline - elapsed() < 30:
+        log("engine alone: skipped (deadline)")
+        return {"images": 0, "ips": float("nan"), "seconds": 0.0}
+    params = GenerationParams(max_new_tokens=a.new_tokens)
+    reqs = []
+    for f, q in zip(files, qs, strict=True):
+        tiles = load_image(f.read_bytes(), max_num=a.max_tiles, image_size=engine.info.image_size)
+        reqs.append(ChatRequest(q, pixel_values=torch.from_numpy(tiles.pixel_values), params=params))
+    kind = ContinuousBatcher if a.batch_mode == "continuous" else Batcher
+    with kind(engine, max_requests=a.slots, max_tokens=a.kv_tokens) as batcher:
+        t0 = time.perf_counter()
+        futures = [batcher.submit(r) for r in reqs]
+        done = [f.result() for f in futures]
+        took = time.perf_counter() - t0
+    log(f"engine alone ({a.batch_mode}, {a.slots} slots): {n} images in {took:.1f} s = "
+        f"{n / took:.2f} images/s")
+    return {"images": n, "ips": n / took, "seconds": took, "texts": {i: r.text for i, r in enumerate(done)}}
 
 
 HEADER = """# End to end through the API vs the model card's `batch_chat`, on a GPU
@@ -199,7 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"model: random InternVL2 ({LAYOUTS[a.layout].label}), {count(n_params)} params, {dtype} on "
         f"{a.device}; {a.images} photos 1920x1080 ready; max {a.max_tiles} tiles, {a.new_tokens} new tokens")
     with tempfile.TemporaryDirectory() as tmp:
-        stack = build_local_stack(Path(tmp), model=str(ckpt), device=a.device, dtype=dtype)
+        stack = build_local_stack(Path(tmp), model=str(ckpt), device=a.device, dtype=dtype,
+                                  batch_max_requests=a.slots, batch_max_tokens=a.kv_tokens,
+                                  batch_mode=a.batch_mode)
         try:
             urls = [stack.put_file(f) for f in files]
             svc = run_service(stack, urls, qs, a)
@@ -224,9 +270,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"service images/s: {svc['ips']:.2f}; target ≥ {TARGET_IPS:.0f} on an H100/H200 "
           + (("met" if svc["ips"] >= TARGET_IPS else "missed") if big_gpu else "(not applicable here)"))
     print(f"identical answers: {same}/{len(common)} images done by both")
+    alone = rec["alone"]
+    worker_ratio = svc["ips"] / alone["ips"] if alone["images"] else float("nan")
+    print(f"engine alone ({a.batch_mode}, {a.slots} slots, tiles ready): {alone['ips']:.2f} images/s; the "
+          f"service / the engine alone: {worker_ratio:.2f}x; target ≥ 0.9x "
+          + ("met" if worker_ratio >= 0.9 else "missed"))
     summary = {"layout": a.layout, "dtype": dtype, "images": a.images, "max_tiles": a.max_tiles,
                "new_tokens": a.new_tokens, "recipe_batch": a.recipe_batch, "service": svc, "recipe": rec,
-               "ratio": ratio, "partial": partial, "identical": same, "compared": len(common),
+               "ratio": ratio, "partial": partial, "worker_ratio": worker_ratio, "identical": same,
+               "compared": len(common),
                "params": n_params, "reused": reused, "load_average": os.getloadavg()[0], **env}
     if a.results is not None:
         append_row(a.results, summary)
