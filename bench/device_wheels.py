@@ -10,7 +10,8 @@ and it has transformers 5.17 where models/ is pinned to 5.24. This script downlo
 the versions installed in this virtualenv (the ones the test suite runs; transformers at the
 pyproject.toml pin) as wheels for CPython ``--python-version`` on x86-64, unpacks them into one
 folder — botocore's data cut down to S3's and the shared files, transformers' model folders cut
-down to the families models/ uses, SQLAlchemy without its optional compiled modules (:func:`keep`)
+down to the families models/ uses, SQLAlchemy without its optional compiled modules,
+fastapi-offline without the /docs pages' scripts (:func:`keep`)
 — and writes it as ``worker-site.tar.xz`` (~8 MB in 2026-12). It removes loose wheels from
 ``--dest``. The same tarball serves every GPU session script (they unpack ``.whl/*.tar.xz``).
 
@@ -40,7 +41,9 @@ LIMIT = 64 * 2**20
 SERVICE = ["celery", "kombu", "amqp", "vine", "billiard", "tzlocal", "tzdata", "sqlalchemy", "alembic",
            "mako", "fastapi", "starlette", "uvicorn", "pydantic", "pydantic-core", "pydantic-settings",
            "python-dotenv", "annotated-types", "typing-inspection", "typing-extensions", "boto3",
-           "botocore", "s3transfer", "jmespath", "httpx", "httpcore", "opentelemetry-api"]
+           "botocore", "s3transfer", "jmespath", "httpx", "httpcore", "opentelemetry-api",
+           "fastapi-offline", "python-multipart", "jsonschema", "jsonschema-specifications", "referencing",
+           "rpds-py"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64"]
 
@@ -74,6 +77,8 @@ def keep(name: str) -> bool:
     parts = name.split("/")
     if parts[0] == "sqlalchemy" and name.endswith(".so"):
         return False
+    if parts[:2] == ["fastapi_offline", "static"] and name.endswith((".js", ".css")):
+        return False  # /docs' Swagger UI and ReDoc (2.8 MB); the directory must stay (favicon)
     if parts[:2] == ["transformers", "models"] and len(parts) > 2:
         return parts[2] in TRANSFORMERS_MODELS
     if parts[0] == "transformers" and len(parts) > 1 and parts[1] in TRANSFORMERS_UNUSED:

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
-import llguidance
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_CHOICES = 256
@@ -57,6 +56,8 @@ def schema_of(fmt: Mapping[str, Any]) -> dict[str, Any]:
 
 def grammar_for(fmt: Mapping[str, Any]) -> str:
     """The llguidance grammar of a (checked) format."""
+    import llguidance  # on first use: a service whose jobs ask for no format never loads it
+
     kind = fmt["type"]
     if kind in ("json_schema", "json_object"):
         # Compact JSON (no free whitespace): a model cannot spend its tokens on blank space, and
@@ -114,6 +115,8 @@ def _shape(fmt: Any) -> None:
 def check_format(fmt: Any) -> None:
     """Raises :class:`FormatError` with a message a user can act on."""
     _shape(fmt)
+    import llguidance
+
     problem = llguidance.LLMatcher.validate_grammar(grammar_for(fmt))
     if problem:
         field = {"json_schema": "json_schema", "json_object": "type", "choice": "choices",
