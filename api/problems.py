@@ -67,16 +67,22 @@ def is_outage(exc: BaseException) -> bool:
     """The database or the broker cannot be reached (connection refused, dropped, timed out,
     the server shutting down): a retry later may succeed, so it is 503, not 500."""
     import kombu.exceptions
-    import redis.exceptions
     import sqlalchemy.exc
 
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, (
         sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
-        kombu.exceptions.OperationalError, redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError, ConnectionError, TimeoutError,
+        kombu.exceptions.OperationalError, *_redis_outages(), ConnectionError, TimeoutError,
     ))
+
+
+def _redis_outages() -> tuple[type[Exception], ...]:
+    try:  # the embedded local mode (SQLite, filesystem broker) runs without the redis client
+        import redis.exceptions
+    except ImportError:
+        return ()
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def resolve(exc: BaseException) -> tuple[CaptionqError, str]:
@@ -142,11 +148,10 @@ def install(app: FastAPI) -> None:
 
 def _outage_types() -> tuple[type[Exception], ...]:
     import kombu.exceptions
-    import redis.exceptions
     import sqlalchemy.exc
 
     return (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError, kombu.exceptions.OperationalError,
-            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, TimeoutError)
+            *_redis_outages(), ConnectionError, TimeoutError)
 
 
 async def _outage_handler(_request: Request, exc: Exception) -> JSONResponse:
