@@ -59,7 +59,8 @@ def model_load_failure(model: str, exc: BaseException) -> str:
 def create_app(settings: Settings) -> Celery:
     """``make_celery(settings)`` plus this package's tasks."""
     app = make_celery(settings)
-    broker_fixes.apply()
+    if not settings.uses_local_broker:  # the fixes are to kombu's Redis transport
+        broker_fixes.apply()
     app.conf.beat_schedule_filename = str(settings.data_dir / "beat-schedule")
     if settings.uses_local_broker:
         # kombu's filesystem transport has no fanout exchange for remote control.
