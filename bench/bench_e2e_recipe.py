@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-tiles", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--recipe-batch", type=int, default=16, help="images per batch_chat call")
-    ap.add_argument("--concurrency", type=int, default=32, help="the worker's task threads")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="the worker's task threads (default: the worker's own, 2 x slots)")
     ap.add_argument("--slots", type=int, default=64,
                     help="decode slots of the service's engine and of the engine alone")
     ap.add_argument("--batch-mode", choices=["continuous", "static"], default="continuous")
