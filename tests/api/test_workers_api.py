@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from cli import workers_cmd
 from core.db import Database, utcnow
 from jobs import heartbeats
 from jobs.tables import Job
@@ -90,6 +91,12 @@ def test_live_and_dead_workers_with_their_rates(api_settings, api, api_b, anon) 
         others = api_b.get("/v1/workers").json()  # shared capacity: tenant B sees the same fleet
         assert {live_id, dead_id} <= {w["id"] for w in others["data"]}
         assert anon.get("/v1/workers").status_code == 401
+        shown = workers_cmd.table(got["body"]).splitlines()  # what `captionq workers` prints
+        assert shown[0].split()[:3] == ["ID", "STATUS", "MODEL"]
+        live_line = next(line for line in shown if line.startswith(live_id))
+        assert live_line.split()[1:5] == ["live", "tiny-model", "8", "32768"] and "50%" in live_line
+        assert next(line for line in shown if line.startswith(dead_id)).split()[1] == "dead"
+        assert shown[-1].startswith(f"{totals['live_workers']} live worker(s): {totals['slots']} slots")
     finally:
         hb.close()  # a clean shutdown: its row goes
         heartbeats.forget(db, dead_id)
