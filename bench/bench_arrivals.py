@@ -21,13 +21,16 @@ What it does, on the random-weight checkpoint of ``bench/worker_bench_lib.py``'s
    loop: a late submit counts against the mode); throughput = requests / (last end - first
    arrival).
 
-It prints p50/p99 latency and throughput per mode and load, and the ratios side by side:
+It prints p50/p99 latency, throughput and batch occupancy (rows per decoding step over the
+slots, from the batcher's ``stats``) per mode and load, and the ratios side by side:
 continuous p99 / static p99 (target at 80 %: <= 0.5x) and continuous / static throughput
 (target: >= 1x). Without ``models.continuous`` it runs the static batcher only and says
 "continuous: not available". All of the model's torch work runs on one thread at a time (each
 batcher's engine thread; the first one loads the model, see ``models.batcher``). Requests are
 text-only by default (``--media tile``: one 448 px tile each), which keeps a run on 2 CPU cores
-under about 3 minutes at the default settings.
+under about 3 minutes at the default settings. Run it on an otherwise idle machine: capacity is
+measured once, so other load during that run lowers it and every load level with it.
+``tests/models/test_bench_arrivals.py`` runs it at toy size.
 """
 
 from __future__ import annotations
@@ -138,8 +141,11 @@ def drive(batcher: AnyBatcher, schedule: list[Arrival]) -> dict[str, float]:
     results = [f.result() for f in futures]  # raises a failed request's error
     latencies = [end - a.at for end, a in zip(ends, schedule, strict=True)]
     span = max(ends) - schedule[0].at
+    st = batcher.stats  # rows per decoding step over the slots: how full the batches ran
+    occupancy = st.rows_stepped / st.decode_steps / st.slots if st.decode_steps and st.slots else 0.0
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
-            "throughput": len(schedule) / span, "tokens_per_s": sum(r.output_tokens for r in results) / span}
+            "throughput": len(schedule) / span, "tokens_per_s": sum(r.output_tokens for r in results) / span,
+            "occupancy": occupancy}
 
 
 def measure_capacity(batcher: Batcher, requests: list[ChatRequest]) -> float:
@@ -216,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 batcher.close()
             r = runs[mode]
             print(f"load {load_level:4.0%}  {mode:10s}  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s  "
-                  f"{r['throughput']:6.2f} requests/s  {r['tokens_per_s']:7.1f} tokens/s", flush=True)
+                  f"{r['throughput']:6.2f} requests/s  {r['tokens_per_s']:7.1f} tokens/s  "
+                  f"occupancy {r['occupancy']:4.0%}", flush=True)
         if "continuous" in runs:
             c, s = runs["continuous"], runs["static"]
             p99, tput = c["p99"] / s["p99"], c["throughput"] / s["throughput"]

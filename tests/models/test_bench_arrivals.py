@@ -31,6 +31,7 @@ def test_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         for mode in modes:
             r = runs[mode]
             assert 0 < r["p50"] <= r["p99"] and r["throughput"] > 0 and r["tokens_per_s"] > 0
+            assert 0 < r["occupancy"] <= 1
     if len(modes) == 2:
         assert "continuous / static: p99" in printed and "ratios" in out["runs"][0.8]
     else:
