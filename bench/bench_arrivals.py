@@ -7,9 +7,9 @@ batching, same engine, same arrival schedule (CPU by default).
 
 What it does, on the random-weight checkpoint of ``bench/worker_bench_lib.py``'s layout:
 
-1. capacity: ``--requests`` requests submitted at once to the static batcher
+1. capacity: ``--requests`` requests queued at once for the static batcher
    (:class:`models.batcher.Batcher`, ``--slots`` rows a batch) and timed until the last one
-   ends; capacity = requests / seconds (the static batcher at saturation);
+   ends; capacity = requests / seconds (the static batcher at saturation, full batches);
 2. for each load level (``--loads``, fractions of that capacity) a Poisson arrival schedule
    (exponential gaps, fixed ``--seed``) of ``--requests`` requests, each with its own
    ``max_new_tokens`` drawn uniformly from ``--min-new..--max-new`` (a random model never emits
@@ -148,14 +148,20 @@ def drive(batcher: AnyBatcher, schedule: list[Arrival]) -> dict[str, float]:
             "occupancy": occupancy}
 
 
-def measure_capacity(batcher: Batcher, requests: list[ChatRequest]) -> float:
-    """Requests/s of the static batcher given every request at once (it is already running:
-    the first batch starts at once with what has arrived, as in the worker)."""
-    t0 = time.perf_counter()
-    futures = [batcher.submit(r) for r in requests]
-    for f in futures:
-        f.result()
-    return len(requests) / (time.perf_counter() - t0)
+def measure_capacity(engine: Engine, requests: list[ChatRequest], kw: dict[str, Any]) -> float:
+    """Requests/s of the static batcher at saturation: every request is queued before its engine
+    thread starts (a running batcher would start the first one alone on its idle engine), timed
+    from the first submit to the last end."""
+    batcher = Batcher(engine, start=False, **kw)
+    try:
+        t0 = time.perf_counter()
+        futures = [batcher.submit(r) for r in requests]
+        batcher.start()
+        for f in futures:
+            f.result()
+        return len(requests) / (time.perf_counter() - t0)
+    finally:
+        batcher.close()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -194,12 +200,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # The first batcher's engine thread loads the model; later batchers get the loaded engine.
     # Each is closed (its thread ended) before the next starts: one torch thread alive at a time.
-    static = Batcher.loading(load, **kw)
-    engine = static.engine
-    for f in [static.submit(r) for r in requests[: min(a.slots, 4)]]:  # warm-up
-        f.result()
-    capacity = measure_capacity(static, requests)
-    static.close()
+    first = Batcher.loading(load, **kw)
+    try:
+        engine = first.engine
+        for f in [first.submit(r) for r in requests[: min(a.slots, 4)]]:  # warm-up
+            f.result()
+    finally:
+        first.close()
+    capacity = measure_capacity(engine, requests, kw)
     log(f"{LAYOUTS[a.layout].label}, {n_params / 1e6:.1f}M params, {dtype} on {a.device}; "
         f"{a.requests} requests ({a.media}, {a.min_new}..{a.max_new} new tokens), {a.slots} slots; "
         f"capacity (static, all at once): {capacity:.2f} requests/s")
