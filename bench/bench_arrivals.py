@@ -236,7 +236,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             c, s = runs["continuous"], runs["static"]
             p99, tput = c["p99"] / s["p99"], c["throughput"] / s["throughput"]
             runs["ratios"] = {"p99": p99, "throughput": tput}
-            target = "  (targets at 80 %: p99 <= 0.50x, throughput >= 1.00x)" if load_level >= 0.8 else ""
+            target = ""
+            if load_level >= 0.8:
+                met = {True: "met", False: "missed"}
+                target = (f"  (targets at 80 %: p99 <= 0.50x, {met[p99 <= 0.5]}; "
+                          f"throughput >= 1.00x, {met[tput >= 1.0]})")
             print(f"load {load_level:4.0%}  continuous / static: p99 {p99:.2f}x  "
                   f"throughput {tput:.2f}x{target}", flush=True)
         out["runs"][load_level] = runs
