@@ -171,6 +171,59 @@ class WebhookMessageList(BaseModel):
     next_cursor: str | None
 
 
+class EngineCounters(BaseModel):
+    """A worker engine's counters since it started (``models.batcher.BatcherStats``)."""
+
+    model_config = _OPEN
+    slots: int = Field(description="Decode rows the engine runs at most at once")
+    kv_budget_tokens: int = Field(description="KV-cache positions it may hold at once")
+    tokens_generated: int
+    decode_steps: int
+    rows_stepped: int = Field(description="Sum over decoding steps of the rows each ran")
+    busy_seconds: float = Field(description="Time spent running the model")
+    requests: int
+    batches: int
+
+
+class Worker(BaseModel):
+    """One GPU worker process (``GET /v1/workers``). Rates are over its last heartbeat interval
+    (``window_seconds``); null until it has sent two heartbeats with statistics."""
+
+    model_config = _OPEN
+    id: str = Field(description="hostname:pid:random, as the worker registered")
+    object: Literal["worker"]
+    status: Literal["live", "dead"] = Field(
+        description="dead: no heartbeat for worker_dead_seconds (its jobs are requeued; the row goes)")
+    model: str | None
+    started_at: Time
+    last_heartbeat_at: Time
+    slots: int | None = Field(description="Decode slots (requests decoded at once)")
+    kv_budget_tokens: int | None = Field(description="KV-cache budget in tokens")
+    tokens_per_s: float | None = Field(description="Tokens generated per second over the interval")
+    batch_occupancy: float | None = Field(
+        description="Mean rows per decoding step / slots over the interval (0..1); null: no step ran")
+    busy_fraction: float | None = Field(description="Share of the interval spent running the model")
+    window_seconds: float | None = Field(description="The interval the rates are over")
+    running_jobs: int = Field(description="Jobs (of any tenant) this worker is running now")
+    engine: EngineCounters | None = Field(description="The counters the rates come from")
+
+
+class WorkerTotals(BaseModel):
+    model_config = _OPEN
+    live_workers: int
+    slots: int
+    kv_budget_tokens: int
+    tokens_per_s: float
+    running_jobs: int
+
+
+class WorkerList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    data: list[Worker]
+    totals: WorkerTotals = Field(description="Sums over the live workers")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -185,5 +238,5 @@ class Readiness(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Health, Readiness,
+    Worker, WorkerList, Health, Readiness,
 )

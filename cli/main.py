@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from cli import caption, client, devtools, keys, models_cmd, server
+from cli import caption, client, devtools, keys, models_cmd, server, workers_cmd
 from cli.common import console
 
 try:  # typer vendors click (typer._click) in the versions this project uses
@@ -40,6 +40,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(models_cmd.app, name="models")
 for _name, _fn in client.COMMANDS.items():
     app.command(_name)(_fn)
+app.command("workers")(workers_cmd.workers)
 
 
 def main() -> None:

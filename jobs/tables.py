@@ -124,6 +124,8 @@ class Worker(Base):
     model: Mapped[str | None] = mapped_column(sa.String(200))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # the engine's counters and rates as of the last heartbeat (jobs.heartbeats.StatsWindow)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class Outbox(Base):

@@ -96,14 +96,15 @@ class LoadModel(bootsteps.StartStopStep):
             raise SystemExit(EXIT_MODEL_UNUSABLE) from None
         # Registered only once it can run jobs: /readyz counts live heartbeats as gpu capacity.
         rt.start_heartbeat()
-        info, cap = engine.info, rt.capacity()
+        # slots and KV budget as the engine counts them (what GET /v1/workers reports)
+        info, cap, stats = engine.info, rt.capacity(), rt.engine_stats()
         log.info(
             "gpu worker serving %s (%s, template %s) on %s as %s, %s attention; context %d tokens; "
-            "capacity: %d task threads, batches of up to %d requests / %d tokens (wait %d ms), "
+            "capacity: %d decode slots, KV budget %d tokens (batch wait %d ms), %d task threads, "
             "%d torch threads, GIL switch interval %.2f ms", info.name, info.llm_family, info.template,
-            info.device, info.dtype, info.attn_implementation, info.max_context, parent.concurrency,
-            cap["batch_max_requests"], cap["batch_max_tokens"], cap["batch_wait_ms"], cap["torch_threads"],
-            cap["gil_switch_interval_ms"],
+            info.device, info.dtype, info.attn_implementation, info.max_context, stats["slots"],
+            stats["kv_budget_tokens"], cap["batch_wait_ms"], parent.concurrency,
+            cap["torch_threads"], cap["gil_switch_interval_ms"],
         )
 
 

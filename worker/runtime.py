@@ -13,6 +13,7 @@ that a runtime used outside the worker (benchmarks, tests) works the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -143,9 +144,24 @@ class Runtime:
                 self.worker_id = new_worker_id()
                 model = self._engine.info.name if self._engine is not None else None
                 self.heartbeat = Heartbeat(self.db, self.worker_id, self.settings.heartbeat_seconds,
-                                           model=model)
+                                           model=model, stats_source=self.engine_stats)
             assert self.worker_id is not None
             return self.worker_id
+
+    def engine_stats(self) -> dict[str, Any]:
+        """The engine's counters, keyed by ``models.batcher.BatcherStats``' field names (slots,
+        kv_budget_tokens, tokens_generated, decode_steps, rows_stepped, busy_seconds, ...): what
+        each heartbeat stores and ``GET /v1/workers`` shows. Read from the heartbeat thread while
+        the engine thread counts: each field is read whole, and a field one batch ahead of
+        another only shifts that batch into the next interval's rates."""
+        batcher = self._batcher
+        if batcher is not None:
+            return dataclasses.asdict(batcher.stats)
+        from models.batcher import BatcherStats
+
+        s = self.settings  # no engine yet: its configured capacity, nothing counted
+        return dataclasses.asdict(BatcherStats(slots=s.batch_max_requests if s.batching else 1,
+                                               kv_budget_tokens=s.batch_max_tokens))
 
     @property
     def engine(self) -> Engine:

@@ -26,7 +26,9 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 
 def test_migrations_up_down_up(local: Settings):
-    assert current(local) == "0002"
+    assert current(local) == "0003"
+    downgrade(local, "0002")  # the workers' stats column goes
+    assert "stats" not in _columns(local, "workers")
     downgrade(local, "0001")  # the heartbeat/lease columns go, the rest stays
     assert current(local) == "0001"
     downgrade(local, "base")
@@ -37,6 +39,15 @@ def test_migrations_up_down_up(local: Settings):
     engine.dispose()
     assert {"tenants", "api_keys", "jobs", "batches", "outbox", "webhook_messages", "webhook_attempts",
             "idempotency_keys", "workers"} <= names
+    assert "stats" in _columns(local, "workers")
+
+
+def _columns(settings: Settings, table: str) -> set[str]:
+    engine = sa.create_engine(settings.sqlalchemy_url)
+    try:
+        return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
 
 
 def test_local_mode_smoke(local: Settings):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 COMMANDS = ["serve", "worker", "migrate", "keys", "up", "caption", "submit", "wait", "status",
-            "results", "cancel", "make-test-checkpoint"]
+            "results", "cancel", "workers", "make-test-checkpoint"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ lives on — never runs torch (models.batcher explains the ~2x this is worth on 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from core.settings import Settings
+from models.batcher import BatcherStats
 from models.engine import Engine
 from worker.runtime import Runtime, apply_switch_interval
 
@@ -38,6 +40,11 @@ def test_the_model_loads_on_the_engine_thread(kit_dir: Path, tmp_path: Path,
         assert rt.load_model() is engine and rt.batcher.engine is engine  # once
         assert loaded_on == [rt.batcher._thread] and loaded_on[0] is not threading.current_thread()
         assert rt.capacity()["torch_threads"] == 1
+        # what the heartbeat stores: BatcherStats' fields, as the engine thread counts them
+        stats = rt.engine_stats()
+        assert list(stats) == [f.name for f in dataclasses.fields(BatcherStats)]
+        assert stats["slots"] == rt.settings.batch_max_requests and stats["kv_budget_tokens"] == \
+            rt.settings.batch_max_tokens
     finally:
         rt.close()
 

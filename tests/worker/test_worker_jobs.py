@@ -108,6 +108,29 @@ def test_e3_text_only_equals_official_chat(stack: Stack, golden: dict[str, Any])
     assert done["metrics"]["tiles"] == 0
 
 
+def test_the_worker_reports_its_engine_in_get_workers(stack: Stack, golden: dict[str, Any]) -> None:
+    """The heartbeat carries the engine's counters (GET /v1/workers); the startup line names the
+    slots and KV budget it reports."""
+    e3 = golden["E3_chat_text_only"]
+    succeeded(stack, stack.submit({"prompts": [e3["question"]], "generation": GREEDY16}))
+    s = stack.settings
+    slots = s.batch_max_requests if s.batching else 1
+    deadline = time.monotonic() + 4 * s.heartbeat_seconds + 5
+    with stack.client() as c:
+        while True:  # the next beat after the job carries its tokens
+            mine = [w for w in c.get("/v1/workers").json()["data"] if w["status"] == "live"
+                    and (w["engine"] or {}).get("tokens_generated", 0) >= 16]
+            if mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert mine, stack.logs()
+    w = mine[0]
+    assert w["slots"] == slots and w["kv_budget_tokens"] == s.batch_max_tokens
+    assert w["engine"]["decode_steps"] >= 16 and w["engine"]["requests"] >= 1
+    assert f"{slots} decode slots, KV budget {s.batch_max_tokens} tokens" in \
+        stack.workers[0].text()
+
+
 def test_prefer_wait_answers_with_the_finished_job(stack: Stack, golden: dict[str, Any]) -> None:
     e3 = golden["E3_chat_text_only"]
     with stack.client() as c:
