@@ -195,7 +195,9 @@ class Batcher:
     def _loop(self) -> None:
         if self._load is not None:
             try:
-                self._loaded.set_result(self._load())
+                engine = self._load()
+                self._prepare(engine)
+                self._loaded.set_result(engine)
             except BaseException as exc:  # the caller of .engine gets it; pending requests fail
                 self._loaded.set_exception(exc)
                 self.close(cancel_pending=True)
@@ -203,6 +205,10 @@ class Batcher:
             finally:
                 self._load = None
         self._serve()
+
+    def _prepare(self, engine: Engine) -> None:
+        """Set up what serving needs beyond the engine, on the engine thread, before ``engine``
+        is handed to callers (a failure here is a load failure). Nothing for static batches."""
 
     def _serve(self) -> None:
         """Static batching until closed: take a batch, run it to its last token, repeat."""

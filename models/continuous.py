@@ -101,22 +101,29 @@ class ContinuousBatcher(Batcher):
         return cls(None, load=load, max_requests=max_requests, max_tokens=max_tokens, wait_ms=wait_ms)
 
     # --- engine thread ----------------------------------------------------------------------
-    def _serve(self) -> None:
-        engine = self.engine
+    def _prepare(self, engine: Engine) -> None:
+        """Allocate the slots and the decoding step (their memory is part of the load)."""
         why = unsupported(engine)
         if why is not None:
             log.info("continuous batching off (%s): static batches", why)
-            super()._serve()
             return
         capacity = slot_capacity(engine, self.max_requests, self.max_tokens)
-        dtype = engine.model.get_input_embeddings().weight.dtype
-        device = engine.model.get_input_embeddings().weight.device
+        embed = engine.model.get_input_embeddings().weight
         kv = SlotKV(engine.model.config.get_text_config(), slots=self.max_requests, capacity=capacity,
-                    dtype=dtype, device=device)
+                    dtype=embed.dtype, device=embed.device)
         self.step = DecodeStep(engine.model, kv, graphs=self.graphs)
         self.stats.kv_budget_tokens = self.max_requests * capacity
         log.info("continuous batching: %d slots x %d positions (%.2f GiB of KV cache), CUDA graphs %s",
                  self.max_requests, capacity, kv.nbytes / 2**30, "on" if self.step.use_graphs else "off")
+
+    def _serve(self) -> None:
+        engine = self.engine
+        if self.step is None and unsupported(engine) is None:
+            self._prepare(engine)  # an engine given ready-made: no load step ran
+        if self.step is None:
+            super()._serve()
+            return
+        capacity = self.step.kv.capacity
         while True:
             admitted = self._admit(engine, capacity)
             if admitted is None:

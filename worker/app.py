@@ -100,9 +100,10 @@ class LoadModel(bootsteps.StartStopStep):
         info, cap, stats = engine.info, rt.capacity(), rt.engine_stats()
         log.info(
             "gpu worker serving %s (%s, template %s) on %s as %s, %s attention; context %d tokens; "
-            "capacity: %d decode slots, KV budget %d tokens (batch wait %d ms), %d task threads, "
-            "%d torch threads, GIL switch interval %.2f ms", info.name, info.llm_family, info.template,
-            info.device, info.dtype, info.attn_implementation, info.max_context, stats["slots"],
+            "capacity: %s batching, %d decode slots, KV budget %d tokens (batch wait %d ms), %d task "
+            "threads, %d torch threads, GIL switch interval %.2f ms", info.name, info.llm_family,
+            info.template, info.device, info.dtype, info.attn_implementation, info.max_context,
+            rt.settings.batch_mode, stats["slots"],
             stats["kv_budget_tokens"], cap["batch_wait_ms"], parent.concurrency,
             cap["torch_threads"], cap["gil_switch_interval_ms"],
         )
