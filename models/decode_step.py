@@ -15,6 +15,7 @@ because a step needs three things that ``forward`` does not give:
 - **fixed shapes.** A step runs over the first ``S`` slots and ``L`` columns, ``S`` and ``L``
   rounded up to buckets (powers of two), so each (S, L) pair is captured once as a CUDA graph
   and then replayed: one launch instead of several hundred, and the host is free between steps.
+  Without graphs (the CPU) the shapes are the occupied slots and the longest row, unrounded.
 
 Graphs are captured lazily, per bucket, on the first step that needs one. Where capture is not
 possible (the CPU, a failure on an older GPU or driver) the same code runs eagerly; the logits
@@ -77,7 +78,11 @@ class DecodeStep:
 
     def buckets(self, rows: int, longest: int) -> tuple[int, int]:
         """(S, L) for ``rows`` occupied slots (the highest index + 1) and a longest row that
-        will hold ``longest`` positions after this step."""
+        will hold ``longest`` positions after this step. Graphs need few distinct shapes: powers
+        of two. Eager steps take the shapes as they are (the length rounded up to 16 for aligned
+        attention): on a CPU the step's cost grows with every row and column it computes."""
+        if not self.use_graphs:
+            return rows, min(self.kv.capacity, -(-longest // 16) * 16)
         return (bucket(rows, self.kv.slots),
                 bucket(longest, self.kv.capacity, floor=min(MIN_LENGTH_BUCKET, self.kv.capacity)))
 
