@@ -22,16 +22,13 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
         --new-tokens 8 --slots 4 --workdir /tmp/captionq-bench-tiny --deadline 300)
 else
   args=(--layout 8b --device cuda --deadline "${BENCH_DEADLINE:-300}" --workdir /tmp/captionq-bench-8b)
-  mkdir -p /tmp/site
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      .whl/*.whl || exit 1
-  fi
-  for t in .whl/*.tar.xz; do [ -e "$t" ] && { tar -xJf "$t" -C /tmp/site || exit 1; }; done
-  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  CARRIED=1
 fi
+SITE=${SITE:-/tmp/site} WHEELS=${WHEELS:-.whl}
+source bench/device_site.sh
+if [ "${CARRIED:-0}" = 1 ]; then carry_site || exit 1; fi
 echo "== $(date -u +%FT%TZ) gpu_session_decode: logs in $OUT"
-{ command -v nvidia-smi >/dev/null && nvidia-smi -L; $PY bench/gpu_versions.py; } 2>&1 | tee "$OUT/versions.txt"
+record_versions
 status=0
 if [ "${DRY_RUN:-0}" != 1 ]; then
   echo "== $(date -u +%T) pytest -m gpu"

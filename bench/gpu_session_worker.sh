@@ -36,19 +36,9 @@ SITE=${SITE:-/tmp/site} WHEELS=${WHEELS:-.whl}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 echo "== $(date -u +%FT%TZ) gpu_session_worker: $LAYOUT layout on $DEVICE, $JOBS jobs x $NEW_TOKENS tokens; logs in $OUT"
 
-if [ "$CARRIED" = 1 ]; then
-  mkdir -p "$SITE"
-  if compgen -G "$WHEELS/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-      "$WHEELS"/*.whl || exit 1
-  fi
-  for t in "$WHEELS"/*.tar.xz; do
-    [ -e "$t" ] || { echo "WARNING: no $WHEELS/*.tar.xz: run python bench/device_wheels.py here first"; break; }
-    tar -xJf "$t" -C "$SITE" || exit 1
-  done
-  export PYTHONPATH="$SITE:$PYTHONPATH"
-fi
-{ command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1; $PY bench/gpu_versions.py 2>&1; } | tee "$OUT/versions.txt"
+source bench/device_site.sh
+if [ "$CARRIED" = 1 ]; then carry_site || exit 1; fi
+record_versions
 echo "== $(date -u +%T) imports of the worker path"
 timeout 120 $PY -c "import api.app, worker.app, worker.tasks, cli.main, tests.worker.stack" \
   || { echo "the worker path does not import here: see above (a package missing from .whl?)"; exit 1; }
