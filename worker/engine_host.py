@@ -24,8 +24,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -169,6 +171,12 @@ def serve(settings: Settings, requests: Any, events: Any,
         events.put(("stats", host.stats()))
         events.close()
         events.join_thread()
+    # Everything is answered and flushed: skip the interpreter's teardown of torch and the
+    # loaded model (over a second), which only delays the worker's own exit.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _serve_messages(host: _Host, requests: Any) -> None:
