@@ -11,5 +11,6 @@ from bench.bench_gil_proxy import main
 def test_short_run() -> None:
     before = sys.getswitchinterval()
     out = main(["--threads", "2", "--calls", "5", "--gpu-ms", "1", "--steps", "3", "--repeat", "1"])
-    assert sorted(out) == ["alone", "engine_process", "in_process"] and all(s > 0 for s in out.values())
+    assert sorted(out) == ["alone", "engine_process", "in_process"]
+    assert all(s > 0 for r in out.values() for s in r)
     assert sys.getswitchinterval() == before
