@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # last token and only then take the next requests (models.batcher). ``batch_max_requests``
     # is the number of decode slots and ``batch_max_tokens`` the KV-cache budget in either mode.
     batch_mode: Literal["continuous", "static"] = "continuous"
+    # Run the engine (model + batcher) in its own process, spawned by the worker, out of reach of
+    # the task threads' GIL (worker/engine_client.py). None: on for an accelerator, off for
+    # device ``cpu`` (measured in docs/ARCHITECTURE.md, "The engine process").
+    engine_process: bool | None = None
     vision_chunk_tiles: int = 64
 
     # --- media ---------------------------------------------------------------------------

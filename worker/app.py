@@ -6,9 +6,11 @@ One worker process per GPU. Why the ``threads`` pool, also for the gpu queue:
   before the consumer starts, so nothing is taken off the queue until the model can run it).
   Nothing ever forks after torch was imported and used: the prefork pool would either load the
   model N times or fork children from a parent that ran torch, and those can hang on torch's
-  thread pools. Within the process only the batcher's engine thread ever runs torch: it loads
-  the model itself (``Batcher.loading``), because on the CPU a thread team left by another
-  live thread (this main thread) slows every batch by up to 2x. The embedded beat also runs as
+  thread pools. The engine itself runs in a process of its own on an accelerator (started with
+  ``spawn``, see worker.engine_client: out of reach of the task threads' GIL), or else on the
+  batcher's engine thread, the only thread that runs the model's torch: it loads the model
+  itself (``Batcher.loading``), because on the CPU a thread team left by another live thread
+  (this main thread) slows every batch by up to 2x. The embedded beat also runs as
   a thread here (:class:`ThreadedBeat`), not as Celery's forked beat process;
 - many task threads (default ``2 x batch_max_requests``) each download, decode and tile their
   job and hand it to the one :class:`models.batcher.Batcher`, so the batcher always has enough
@@ -47,6 +49,9 @@ DEFAULT_IO_CONCURRENCY = 8
 # MODEL_LOAD_FAILED, which ``captionq up`` and ``captionq caption`` read back and show as is.
 EXIT_MODEL_UNUSABLE = 2
 MODEL_LOAD_FAILED = "error: cannot load the model"
+# A worker whose engine process died exits at once with this code (its supervisor restarts it;
+# the broker redelivers its unacknowledged jobs and the sweeper recovers those left running).
+EXIT_ENGINE_DIED = 1
 
 
 def model_load_failure(model: str, exc: BaseException) -> str:
@@ -76,6 +81,16 @@ def app_from_env() -> Celery:
     return create_app(load_settings())
 
 
+def exit_on_engine_death(exitcode: int | None) -> None:
+    """The engine process died: say so in one line and end this worker now, without a warm
+    shutdown (its task threads could only fail their jobs; as after a crash, the jobs come back
+    through the broker or the sweeper and count one more attempt)."""
+    print(f"error: the engine process exited unexpectedly (code {exitcode}); the worker stops",
+          file=sys.__stderr__, flush=True)
+    logging.shutdown()
+    os._exit(EXIT_ENGINE_DIED)
+
+
 class LoadModel(bootsteps.StartStopStep):
     """Load the model in this process before the consumer takes any message (gpu queue only)."""
 
@@ -87,8 +102,9 @@ class LoadModel(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         rt = runtime.current()
+        rt.on_engine_exit = exit_on_engine_death
         try:
-            engine = rt.load_model()
+            rt.load_model()
         except Exception as exc:
             # Celery logs any other exception here as a CRITICAL traceback and exits 1.
             # sys.__stderr__: Celery redirects sys.stderr into its logger, which would prefix the line.
@@ -97,15 +113,15 @@ class LoadModel(bootsteps.StartStopStep):
         # Registered only once it can run jobs: /readyz counts live heartbeats as gpu capacity.
         rt.start_heartbeat()
         # slots and KV budget as the engine counts them (what GET /v1/workers reports)
-        info, cap, stats = engine.info, rt.capacity(), rt.engine_stats()
+        info, cap, stats = rt.engine_info, rt.capacity(), rt.engine_stats()
         log.info(
             "gpu worker serving %s (%s, template %s) on %s as %s, %s attention; context %d tokens; "
             "capacity: %s batching, %d decode slots, KV budget %d tokens (batch wait %d ms), %d task "
-            "threads, %d torch threads, GIL switch interval %.2f ms", info.name, info.llm_family,
-            info.template, info.device, info.dtype, info.attn_implementation, info.max_context,
-            rt.settings.batch_mode, stats["slots"],
-            stats["kv_budget_tokens"], cap["batch_wait_ms"], parent.concurrency,
-            cap["torch_threads"], cap["gil_switch_interval_ms"],
+            "threads, %d torch threads, GIL switch interval %.2f ms; engine %s", info.name,
+            info.llm_family, info.template, info.device, info.dtype, info.attn_implementation,
+            info.max_context, rt.settings.batch_mode, stats["slots"], stats["kv_budget_tokens"],
+            cap["batch_wait_ms"], parent.concurrency, cap["torch_threads"], cap["gil_switch_interval_ms"],
+            "in its own process" if cap["engine_process"] else "in this process",
         )
 
 

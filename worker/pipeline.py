@@ -98,7 +98,7 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     finally:
         watch.close()
     metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
-                           model=rt.engine.info.name, prepare_seconds=prepare_seconds)
+                           model=rt.engine_info.name, prepare_seconds=prepare_seconds)
     job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
                                                                   claim=claimed))
     if job is None:

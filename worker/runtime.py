@@ -3,7 +3,15 @@
 A worker process runs Celery's ``threads`` pool, so every task thread of the process shares one
 :class:`Runtime`: one database engine (a connection pool), one storage configuration, one
 publisher, one live-event publisher and — for the gpu queue — one model (:class:`Engine`) behind
-one :class:`Batcher` whose thread owns the accelerator.
+one batcher whose thread owns the accelerator.
+
+Where the engine runs (``Settings.engine_process``, see :func:`uses_engine_process`):
+
+- in its own process (:mod:`worker.engine_client`, :mod:`worker.engine_host`), the default on an
+  accelerator: there the engine thread is bound by Python and kernel launches, and beside the
+  task threads of this process it would wait for the GIL at every torch call;
+- in this process, on the batcher's thread (the default for device ``cpu``, where the engine's
+  torch calls are long and an extra process only costs start time and memory).
 
 The model is loaded in this process (never in a forking parent: a child forked from a process
 that ran torch can hang on its thread pools), once, under a lock. ``worker.app`` loads it when
@@ -18,7 +26,8 @@ import logging
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from core.db import Database
 from core.settings import Settings
@@ -34,7 +43,12 @@ if TYPE_CHECKING:
 
     from jobs.heartbeats import Heartbeat
     from models.batcher import Batcher
-    from models.engine import Engine
+    from models.engine import Engine, EngineInfo
+    from worker.engine_client import EngineProcess, RemoteEngine
+
+    # what a task thread submits to, and the engine as this process sees it (its ``.info``)
+    AnyBatcher: TypeAlias = Batcher | EngineProcess
+    AnyEngine: TypeAlias = Engine | RemoteEngine
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +82,19 @@ def apply_switch_interval(settings: Settings, device: str) -> float:
     return sys.getswitchinterval()
 
 
+def uses_engine_process(settings: Settings) -> bool:
+    """Whether a gpu worker runs its engine in a process of its own: the setting when given,
+    else yes for any device but the CPU (``auto`` resolves to CUDA when there is one)."""
+    if settings.engine_process is not None:
+        return settings.engine_process
+    device = settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device != "cpu"
+
+
 class Runtime:
     def __init__(self, settings: Settings, *, celery_app: Celery | None = None) -> None:
         self.settings = settings
@@ -80,32 +107,39 @@ class Runtime:
         # Only a gpu worker runs jobs; the listener starts with the model (load_model).
         self.cancels: CancelListener | None = None
         self._lock = threading.Lock()
-        self._engine: Engine | None = None
-        self._batcher: Batcher | None = None
+        self._engine: AnyEngine | None = None
+        self._batcher: AnyBatcher | None = None
+        # Called (on a reader thread) if the engine process dies; the worker exits there.
+        self.on_engine_exit: Callable[[int | None], None] | None = None
         # A gpu worker's identity in ``workers`` and the thread that keeps its heartbeat; jobs it
         # claims carry the id (jobs.heartbeats).
         self.worker_id: str | None = None
         self.heartbeat: Heartbeat | None = None
 
     # --- the model ------------------------------------------------------------------------
-    def load_model(self) -> Engine:
-        """Load the engine and start the batcher (once; later calls return the same engine).
+    def load_model(self) -> AnyEngine:
+        """Load the engine and start the batcher (once; later calls return the same engine), in
+        the engine process or in this one (see the module doc).
 
-        The engine thread loads the model itself (``Batcher.loading``), so no thread but that one
-        ever runs torch: the caller here is Celery's main thread, which lives on, and a model
-        loaded on it would make every CPU batch about 2x slower (see models.batcher)."""
+        In this process the engine thread loads the model itself (``Batcher.loading``), so no
+        thread but that one ever runs torch: the caller here is Celery's main thread, which lives
+        on, and a model loaded on it would make every CPU batch about 2x slower (see
+        models.batcher)."""
         with self._lock:
             if self._engine is None:
-                from models.batcher import Batcher
-                from models.continuous import ContinuousBatcher
-
                 s = self.settings
-                max_requests = s.batch_max_requests if s.batching else 1
-                kind = ContinuousBatcher if s.batch_mode == "continuous" else Batcher
-                batcher = kind.loading(self._load_engine, max_requests=max_requests,
-                                       max_tokens=s.batch_max_tokens, wait_ms=s.batch_wait_ms)
-                engine = batcher.engine  # raises what the load raised
-                apply_switch_interval(s, engine.info.device)
+                batcher: AnyBatcher
+                if uses_engine_process(s):
+                    from worker.engine_client import EngineProcess
+
+                    batcher = EngineProcess.start(s, on_exit=self._engine_exited)
+                    engine: AnyEngine = batcher.engine  # raises what the load raised
+                else:
+                    from worker.engine_host import make_batcher
+
+                    batcher = make_batcher(s, self._load_engine)
+                    engine = batcher.engine  # raises what the load raised
+                    apply_switch_interval(s, engine.info.device)
                 # Compile (or load from numba's cache) and check the exact resize now, not in the
                 # first job: the first image would otherwise wait a few seconds for it.
                 from models import tile_resize
@@ -120,20 +154,13 @@ class Runtime:
     def _load_engine(self) -> Engine:
         """On the engine thread: torch's thread count (OpenMP's is per calling thread), then the
         model."""
-        import torch
+        from worker.engine_host import load_engine
 
-        from models.engine import Engine
+        return load_engine(self.settings)
 
-        torch.set_num_threads(torch_threads(self.settings))
-        s = self.settings
-        return Engine.load(
-            s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation,
-            quantization=s.quantization, cache_dir=s.data_dir / "converted",
-            vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
-            allow_download=True,  # a hub id not cached is fetched (refused when offline)
-            # the operator's cap on prompt + new tokens; None: only the model's own limit
-            max_context_tokens=s.max_context_tokens,
-        )
+    def _engine_exited(self, exitcode: int | None) -> None:
+        if self.on_engine_exit is not None:
+            self.on_engine_exit(exitcode)
 
     def start_heartbeat(self) -> str:
         """Register this process as a live gpu worker and keep its heartbeat (once)."""
@@ -153,7 +180,8 @@ class Runtime:
         kv_budget_tokens, tokens_generated, decode_steps, rows_stepped, busy_seconds, ...): what
         each heartbeat stores and ``GET /v1/workers`` shows. Read from the heartbeat thread while
         the engine thread counts: each field is read whole, and a field one batch ahead of
-        another only shifts that batch into the next interval's rates."""
+        another only shifts that batch into the next interval's rates. From the engine process,
+        as it last sent them (at most ~1 s old)."""
         batcher = self._batcher
         if batcher is not None:
             return dataclasses.asdict(batcher.stats)
@@ -164,11 +192,16 @@ class Runtime:
                                                kv_budget_tokens=s.batch_max_tokens))
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> AnyEngine:
+        """The engine (in the engine process's mode, an object that has only its ``.info``)."""
         return self._engine if self._engine is not None else self.load_model()
 
     @property
-    def batcher(self) -> Batcher:
+    def engine_info(self) -> EngineInfo:
+        return self.engine.info
+
+    @property
+    def batcher(self) -> AnyBatcher:
         if self._batcher is None:
             self.load_model()
         assert self._batcher is not None
@@ -180,7 +213,8 @@ class Runtime:
 
     def capacity(self) -> dict[str, Any]:
         s = self.settings
-        return {"batch_max_requests": s.batch_max_requests if s.batching else 1,
+        return {"engine_process": uses_engine_process(s),
+                "batch_max_requests": s.batch_max_requests if s.batching else 1,
                 "batch_max_tokens": s.batch_max_tokens, "batch_wait_ms": s.batch_wait_ms,
                 "torch_threads": torch_threads(s),
                 "gil_switch_interval_ms": round(sys.getswitchinterval() * 1000, 3)}

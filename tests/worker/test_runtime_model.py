@@ -21,7 +21,7 @@ from worker.runtime import Runtime, apply_switch_interval
 def _settings(tmp_path: Path, model: Path) -> Settings:
     return Settings(model=str(model), device="cpu", dtype="float32", torch_threads=1,
                     database_url=f"sqlite:///{tmp_path}/captionq.db", data_dir=tmp_path / "data",
-                    local_mode=True)
+                    local_mode=True, engine_process=False)
 
 
 def test_the_model_loads_on_the_engine_thread(kit_dir: Path, tmp_path: Path,
