@@ -27,8 +27,8 @@ from worker.engine_client import EngineProcess
 from worker.runtime import Runtime
 
 
-def _settings(tmp_path: Path, model: Path) -> Settings:
-    return Settings(model=str(model), device="cpu", dtype="float32", torch_threads=1, batch_mode="static",
+def _settings(tmp_path: Path, model: Path, batch_mode: str = "static") -> Settings:
+    return Settings(model=str(model), device="cpu", dtype="float32", torch_threads=1, batch_mode=batch_mode,
                     database_url=f"sqlite:///{tmp_path}/captionq.db", data_dir=tmp_path / "data",
                     local_mode=True, engine_process=True, log_level="WARNING")
 
@@ -116,14 +116,16 @@ def test_a_dead_engine_process_fails_what_is_in_flight(
 
 
 def test_the_runtime_reports_the_engine_process_stats(tiny_qwen2: Path, tmp_path: Path) -> None:
-    rt = Runtime(_settings(tmp_path, tiny_qwen2))
+    rt = Runtime(_settings(tmp_path, tiny_qwen2, "continuous"))
     try:
-        assert rt.engine_stats() == {}
+        before = rt.engine_stats()  # no engine yet: the configured capacity, nothing counted
+        assert before["slots"] == 16 and before["requests"] == before["tokens_generated"] == 0
         rt.load_model()
         assert rt.engine_info.name == "internvl2-qwen2" and rt.capacity()["engine_process"] is True
         request = ChatRequest(question="hi", params=GenerationParams(max_new_tokens=3))
         rt.batcher.submit(request).result(timeout=60)
         stats = rt.engine_stats()
         assert stats["requests"] == 1 and stats["batches"] == 1 and stats["slots"] == 16
+        assert stats["tokens_generated"] == 3 and stats["decode_steps"] == 2  # token 1: the prefill
     finally:
         rt.close()
