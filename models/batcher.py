@@ -204,6 +204,8 @@ class Batcher:
                 return
             finally:
                 self._load = None
+        else:
+            self._prepare(self.engine)  # an engine given ready-made
         self._serve()
 
     def _prepare(self, engine: Engine) -> None:
@@ -266,8 +268,9 @@ class Batcher:
         self.stats.requests += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         # a row leaves the batch after its last token: one step per token of the longest answer
-        self.stats.tokens_generated += sum(r.output_tokens for r in results)
-        self.stats.rows_stepped += sum(r.output_tokens for r in results)
+        tokens = sum(r.output_tokens for r in results)
+        self.stats.tokens_generated += tokens
+        self.stats.rows_stepped += tokens
         self.stats.decode_steps += max((r.output_tokens for r in results), default=0)
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)

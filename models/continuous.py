@@ -42,7 +42,7 @@ import torch
 
 from models.batcher import Batcher, _Item, _release_cached_memory
 from models.decode_step import DecodeStep
-from models.engine import Engine, RowState
+from models.engine import Engine, RowState, is_out_of_memory
 from models.errors import EngineError, OutOfMemory
 from models.generation import take_step
 from models.slots import SlotKV
@@ -117,13 +117,10 @@ class ContinuousBatcher(Batcher):
                  self.max_requests, capacity, kv.nbytes / 2**30, "on" if self.step.use_graphs else "off")
 
     def _serve(self) -> None:
-        engine = self.engine
-        if self.step is None and unsupported(engine) is None:
-            self._prepare(engine)  # an engine given ready-made: no load step ran
-        if self.step is None:
+        if self.step is None:  # _prepare found the model unsupported
             super()._serve()
             return
-        capacity = self.step.kv.capacity
+        engine, capacity = self.engine, self.step.kv.capacity
         while True:
             admitted = self._admit(engine, capacity)
             if admitted is None:
@@ -250,7 +247,7 @@ class ContinuousBatcher(Batcher):
         item.future.set_result(result)
 
     def _fail(self, items: list[_Item], exc: BaseException) -> None:
-        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        if is_out_of_memory(exc):
             _release_cached_memory()
             exc = OutOfMemory(f"out of memory: {exc}")
         for item in items:

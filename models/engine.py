@@ -87,6 +87,15 @@ KVLayers = list[tuple[torch.Tensor, torch.Tensor]]
 _RESERVED = (prompts.IMG_CONTEXT_TOKEN, prompts.IMG_START_TOKEN, prompts.IMG_END_TOKEN)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch ran out of device memory (``OutOfMemoryError``), or an allocation failed on the
+    host (a ``RuntimeError`` that says so)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 class Engine:
     """See the module docstring. Not thread-safe: one thread (the batcher's) runs the model."""
 
@@ -266,10 +275,8 @@ class Engine:
     def _run_group(self, group: list[Prepared]) -> list[ChatResult]:
         try:
             return self._run_group_unsafe(group)
-        except torch.OutOfMemoryError as exc:
-            raise OutOfMemory(f"out of memory on a batch of {len(group)}: {exc}") from exc
         except RuntimeError as exc:
-            if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+            if is_out_of_memory(exc):
                 raise OutOfMemory(f"out of memory on a batch of {len(group)}: {exc}") from exc
             raise
 
