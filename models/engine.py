@@ -76,6 +76,7 @@ from models.constrained import RowExtras
 from models.errors import ContextTooLong, EngineError, InvalidInput, OutOfMemory
 from models.generation import GenerationParams, Row
 from models.generation import generate as run_generation
+from models.generation import prefill as run_prefill
 from models.text_stream import TextStream, safe_cancel
 from models.tokenizer import Tokenizer
 
@@ -321,20 +322,12 @@ class Engine:
         """Prompts of equal length through the model together, unpadded: the float32 logits of
         each one's last position ``[B, V]`` and each layer's keys and values ``[B, H, prompt,
         D]``. The same forward call as the static path's prefill, with no padding to mask."""
-        from models.kv_cache import reserved_cache
-
         if len({p.prompt_tokens for p in group}) != 1:
             raise InvalidInput("prefill takes prompts of one length")
         embeds, mask = self.build_inputs(group)
-        mask = mask.to(embeds.device)
-        cache = reserved_cache(self.model.config.get_text_config(), group[0].prompt_tokens)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                         cache=cache, use_cache=True, logits_to_keep=1)
-        layers: KVLayers = [
-            (layer.keys, layer.values) for layer in cache.layers  # type: ignore[union-attr,misc]
-        ]
-        return out.logits[:, -1, :].float(), layers
+        logits, cache, _ = run_prefill(self.model, embeds, mask.to(embeds.device), group[0].prompt_tokens)
+        layers: KVLayers = [(layer.keys, layer.values) for layer in cache.layers]
+        return logits, layers
 
     def start_row(self, p: Prepared) -> RowState:
         """The generation state of one request: its :class:`Row` (sampling, stop, hooks, cancel

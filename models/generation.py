@@ -221,6 +221,21 @@ def take_step(logits: torch.Tensor, rows: list[Row]) -> list[int]:
     return tokens
 
 
+def prefill(model: Any, inputs_embeds: torch.Tensor, mask: torch.Tensor, capacity: int
+            ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """The prompt's forward pass over a reserved cache of ``capacity`` positions: float32 logits
+    of each row's last position ``[B, V]``, the cache, and the positions (``cumsum(mask) - 1``,
+    left padding at 0). The static loop below and ``Engine.prefill`` (continuous batching) share
+    it, so a prompt's numbers are the same on both paths."""
+    from models.kv_cache import reserved_cache
+
+    cache = reserved_cache(model.config.get_text_config(), capacity)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
+                cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :].float(), cache, positions
+
+
 @torch.inference_mode()
 def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows: list[Row], *,
              step_logits: list[torch.Tensor] | None = None) -> list[Row]:
@@ -228,22 +243,16 @@ def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
 
     ``step_logits`` (conformance only) collects each step's raw logits, float32 [B_active, V]
     (rows in their original order while none has finished)."""
-    from models.kv_cache import reserved_cache
-
     if inputs_embeds.shape[0] != len(rows):
         raise InvalidInput("one Row per batch row is required")
     mask = attention_mask.to(inputs_embeds.device, torch.long)
     most_new = max((row.params.max_new_tokens for row in rows), default=1)
-    cache = reserved_cache(model.config.get_text_config(), inputs_embeds.shape[1] + most_new)
     active = list(range(len(rows)))
     for i in active:
         rows[i].params.validate()
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
-                cache=cache, use_cache=True, logits_to_keep=1)
+    logits, cache, positions = prefill(model, inputs_embeds, mask, inputs_embeds.shape[1] + most_new)
     next_pos = positions[:, -1:] + 1
     while True:
-        logits = out.logits[:, -1, :].float()
         if step_logits is not None:
             step_logits.append(logits.detach().cpu().clone())
         tokens = take_step(logits, [rows[i] for i in active])
@@ -263,4 +272,5 @@ def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tens
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=next_pos, cache=cache,
                     use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
