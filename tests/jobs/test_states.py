@@ -245,9 +245,13 @@ def test_claim_commits_without_the_wal_flush_and_a_lost_claim_is_recognised(svc,
     from sqlalchemy import event
 
     statements: list[tuple[str, object]] = []
+    here = threading.get_ident()
 
     def seen(conn, _cursor, statement, *_a):  # type: ignore[no-untyped-def]
-        statements.append((" ".join(statement.split())[:40], conn.engine))
+        # Only this thread's statements: a lease renewer left running by an earlier test
+        # in the same process writes on its own thread.
+        if threading.get_ident() == here:
+            statements.append((" ".join(statement.split())[:40], conn.engine))
 
     event.listen(sa.engine.Engine, "before_cursor_execute", seen)
     try:
