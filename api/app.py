@@ -53,7 +53,7 @@ def create_app(
         checker=StorageUrlChecker(settings),
         limits=RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
                              max_context_tokens=context.max_tokens, count_tokens=context.count_tokens),
-        auth=Authenticator(db, disabled=settings.auth == "disabled"),
+        auth=Authenticator(db, settings),
         metrics=Metrics(db),
     )
 
@@ -79,9 +79,9 @@ def create_app(
     problems.install(app)
     openapi.install(app)
 
-    from api.routes import batches, events, jobs, ops, webhook_deliveries, workers
+    from api.routes import batches, events, jobs, keys, ops, webhook_deliveries, workers
 
-    for module in (ops, jobs, batches, events, webhook_deliveries, workers):
+    for module in (ops, jobs, batches, events, webhook_deliveries, workers, keys):
         app.include_router(module.router)
     from api.openai import batches as openai_batches
     from api.openai import files as openai_files

@@ -21,7 +21,8 @@ from jobs.idempotency import MAX_KEY_LENGTH
 from jobs.requests import JobRequest
 
 REF = "#/components/schemas/{model}"
-MODELS: dict[str, type[BaseModel]] = {"JobRequest": JobRequest, "BatchRequest": BatchRequest}
+MODELS: dict[str, type[BaseModel]] = {"JobRequest": JobRequest, "BatchRequest": BatchRequest,
+                                      "KeyRequest": schemas.KeyRequest}
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -71,6 +72,10 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
         202: _json("WebhookMessage", "The message, pending, with its attempts so far")},
     ("get", "/v1/workers"): {200: _json("WorkerList", "Every GPU worker with a heartbeat row, and the "
                                                        "live ones' totals")},
+    ("get", "/v1/keys"): {200: _json("ApiKeyList", "The tenant's API keys, oldest first (no secrets)")},
+    ("post", "/v1/keys"): {201: _json("CreatedApiKey", "The new key; `api_key` is shown this once")},
+    ("post", "/v1/keys/{key_id}/revoke"): {200: _json("ApiKey", "The key, revoked (every API process "
+                                                                  "refuses it within the auth cache TTL)")},
     ("get", "/healthz"): {200: _json("Health", "The process is alive")},
     ("get", "/readyz"): {200: _json("Readiness", "Ready: the database, the broker and a worker answer")},
     ("get", "/metrics"): {200: _text("text/plain", "Prometheus text format")},
@@ -79,6 +84,7 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
 ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON (`invalid_json`)",
     401: "Missing or invalid API key (`unauthorized`)",
+    403: "The key lacks the scope the route needs (`insufficient_scope`)",
     404: "No such resource for this tenant, or an id that cannot exist (`not_found`)",
     409: "Conflict: `job_finished`, `batch_finished` or `idempotency_in_flight`",
     413: "The body is over the size limit (`payload_too_large`)",
@@ -94,11 +100,13 @@ def error_statuses(method: str, path: str) -> list[int]:
     """The problem statuses a route can answer."""
     statuses = {422, 500}
     if path.startswith("/v1/"):
-        statuses |= {401, 503}
+        statuses |= {401, 403, 503}
     if "{" in path or path == "/v1/webhook-deliveries":
         statuses.add(404)
+    if method == "post" and path in ("/v1/jobs", "/v1/batches", "/v1/keys"):
+        statuses |= {400, 413, 415}
     if method == "post" and path in ("/v1/jobs", "/v1/batches"):
-        statuses |= {400, 409, 413, 415}
+        statuses.add(409)
     if path.endswith("/cancel"):
         statuses.add(409)
     if path in ("/readyz", "/metrics"):
@@ -131,8 +139,9 @@ IDEMPOTENCY_KEY = {
 STORABLE_TEXT = "^[^\\x00]*$"
 _ID_BODY = "[0-7][0-9a-hjkmnp-tv-z]{25}"  # jobs.ids: 128 bits, lower-case Crockford base32
 ID_PATTERNS = {"job_id": f"^job_{_ID_BODY}$", "batch_id": f"^bat_{_ID_BODY}$",
-               "message_id": f"^msg_{_ID_BODY}$"}
-REQUEST_COMPONENTS = ("JobRequest", "BatchRequest", "ImageItem", "VideoItem", "Generation", "Webhook")
+               "message_id": f"^msg_{_ID_BODY}$", "key_id": "^key_[0-9a-f]{16}$"}
+REQUEST_COMPONENTS = ("JobRequest", "BatchRequest", "ImageItem", "VideoItem", "Generation", "Webhook",
+                      "KeyRequest")
 # Written out two levels deep instead of recursively (schemathesis cannot generate invalid
 # data for a recursive schema); deeper strings are refused all the same.
 _SCALARS: list[dict[str, Any]] = [{"type": "string", "pattern": STORABLE_TEXT}, {"type": "number"},

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
+from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, TooManyRequests, as_captionq_error
 from jobs import storable
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if err.retryable and status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(err, TooManyRequests):
+        headers = err.headers
     errors = err.errors if isinstance(err, InvalidRequest) else None
     return problem(status, err.code, err.title, detail, errors=errors, headers=headers)
 

@@ -236,7 +236,42 @@ class Readiness(BaseModel):
     status: str
 
 
+Scope = Literal["submit", "read", "admin"]
+
+
+class ApiKey(BaseModel):
+    """An API key as the admin API shows it: never its secret."""
+
+    model_config = _OPEN
+    id: str = Field(description="key_… (the key itself reads cq_<id>_<secret>)")
+    object: Literal["api_key"]
+    tenant: str
+    name: str | None
+    scopes: list[Scope] = Field(description="submit: POST routes; read: GET routes; admin: /v1/keys")
+    created_at: Time
+    last_used_at: Time | None = Field(description="Last use, to within a minute; null: never used")
+    revoked_at: Time | None
+
+
+class KeyRequest(BaseModel):
+    """``POST /v1/keys``: both fields optional."""
+
+    model_config = ConfigDict(extra="forbid")
+    scopes: list[Scope] | None = Field(None, min_length=1, description="Default: submit and read")
+    name: str | None = Field(None, max_length=200, description="A label for the key")
+
+
+class CreatedApiKey(ApiKey):
+    api_key: str = Field(description="The key: shown in this answer only, a hash is stored")
+
+
+class ApiKeyList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    data: list[ApiKey]
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Health, Readiness,
+    Worker, WorkerList, Health, Readiness, ApiKey, CreatedApiKey, ApiKeyList,
 )
