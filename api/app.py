@@ -22,6 +22,7 @@ from api.context import AppContext
 from api.context_limit import load_context_limit
 from api.metrics import Metrics, MetricsMiddleware
 from api.params import storable_params
+from api.ratelimit import RateLimiter, RateLimitHeaders
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
@@ -55,6 +56,7 @@ def create_app(
                              max_context_tokens=context.max_tokens, count_tokens=context.count_tokens),
         auth=Authenticator(db, settings),
         metrics=Metrics(db),
+        limiter=RateLimiter(settings),
     )
 
     @asynccontextmanager
@@ -68,6 +70,7 @@ def create_app(
         hub = getattr(_app.state, "captionq_live_hub", None)  # SSE's shared pub/sub, if used
         if hub is not None:
             await hub.close()
+        await ctx.limiter.close()
         publisher.close()
         db.dispose()
 
@@ -79,9 +82,9 @@ def create_app(
     problems.install(app)
     openapi.install(app)
 
-    from api.routes import batches, events, jobs, keys, ops, webhook_deliveries, workers
+    from api.routes import batches, events, jobs, keys, ops, usage, webhook_deliveries, workers
 
-    for module in (ops, jobs, batches, events, webhook_deliveries, workers, keys):
+    for module in (ops, jobs, batches, events, webhook_deliveries, workers, keys, usage):
         app.include_router(module.router)
     from api.openai import batches as openai_batches
     from api.openai import files as openai_files
@@ -92,6 +95,7 @@ def create_app(
     # Added innermost first: metrics see every request, the body cap applies before any route
     # reads, and an unexpected error is answered inside them all.
     app.add_middleware(problems.CatchAllMiddleware)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
     return app

@@ -11,9 +11,11 @@ from fastapi import Depends, Request
 from api.auth import Authenticator, Principal
 from api.metrics import Metrics
 from api.params import check_path_ids
+from api.ratelimit import STATE_KEY, RateLimiter
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
+from jobs.admission import Admission
 from jobs.queue import Publisher
 from jobs.requests import RequestLimits
 from jobs.service import JobService
@@ -29,23 +31,29 @@ class AppContext:
     limits: RequestLimits
     auth: Authenticator
     metrics: Metrics
+    limiter: RateLimiter
 
 
 def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def principal(request: Request) -> Principal:
     """Dependency: the authenticated caller (401 without a valid key): tenant id, key id, scopes
     and limits. A path id that cannot exist is then 404 without a query
-    (:func:`api.params.check_path_ids`). FastAPI runs it once per request however many
-    dependencies ask for it."""
-    who = await get_ctx(request).auth.principal_for(request)
+    (:func:`api.params.check_path_ids`); a POST is then rate limited (429, api/ratelimit.py).
+    FastAPI runs it once per request however many dependencies ask for it."""
+    ctx = get_ctx(request)
+    who = await ctx.auth.principal_for(request)
     check_path_ids(request)
+    if request.method not in READ_METHODS:  # POSTs spend a token of the tenant's and the key's buckets
+        decision = await ctx.limiter.check(who.tenant_id, who.key_id, who.limits)
+        if decision is not None:
+            setattr(request.state, STATE_KEY, decision.headers)
     return who
-
-
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 async def tenant(request: Request, who: Annotated[Principal, Depends(principal)]) -> str:
@@ -64,6 +72,11 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
 
     dependency.__name__ = f"require_{scope}_scope"
     return dependency
+
+
+def admission(who: Principal) -> Admission:
+    """What a submission needs to know of its caller: the key (usage per key) and the limits."""
+    return Admission(key_id=who.key_id, limits=who.limits)
 
 
 # For route signatures: ``who: AdminPrincipal`` admits only keys with the ``admin`` scope.

@@ -76,6 +76,7 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
     ("post", "/v1/keys"): {201: _json("CreatedApiKey", "The new key; `api_key` is shown this once")},
     ("post", "/v1/keys/{key_id}/revoke"): {200: _json("ApiKey", "The key, revoked (every API process "
                                                                   "refuses it within the auth cache TTL)")},
+    ("get", "/v1/usage"): {200: _json("Usage", "Usage of the tenant's ended jobs, in total and by group")},
     ("get", "/healthz"): {200: _json("Health", "The process is alive")},
     ("get", "/readyz"): {200: _json("Readiness", "Ready: the database, the broker and a worker answer")},
     ("get", "/metrics"): {200: _text("text/plain", "Prometheus text format")},
@@ -84,13 +85,16 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
 ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON (`invalid_json`)",
     401: "Missing or invalid API key (`unauthorized`)",
-    403: "The key lacks the scope the route needs (`insufficient_scope`)",
+    403: "The key lacks the scope the route needs (`insufficient_scope`); a submission past the "
+         "plan's monthly quota (`quota_exceeded`)",
     404: "No such resource for this tenant, or an id that cannot exist (`not_found`)",
     409: "Conflict: `job_finished`, `batch_finished` or `idempotency_in_flight`",
     413: "The body is over the size limit (`payload_too_large`)",
     415: "The body is not `application/json` (`unsupported_content_type`)",
     422: "Invalid request; `errors` lists every invalid field (`invalid_request`, "
          "`unsupported_character`, `context_too_long`, `url_not_allowed`, …)",
+    429: "Rate limited (`rate_limited`: the tenant's or the key's requests per second), or the "
+         "plan's jobs in flight (`too_many_jobs_in_flight`); see Retry-After",
     500: "An unexpected error (`internal`); the connection stays usable",
     503: "The database or the broker cannot be reached right now (`unavailable`); see Retry-After",
 }
@@ -109,6 +113,8 @@ def error_statuses(method: str, path: str) -> list[int]:
         statuses.add(409)
     if path.endswith("/cancel"):
         statuses.add(409)
+    if method == "post" and path.startswith("/v1/"):  # every POST spends a token
+        statuses.add(429)
     if path in ("/readyz", "/metrics"):
         statuses.add(503)
     return sorted(statuses)
@@ -122,6 +128,14 @@ def _problem(status: int) -> dict[str, Any]:
                                            "schema": {"type": "integer"}}}
     if status == 401:
         resp["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    if status == 429:
+        resp["headers"] = {
+            "Retry-After": {"description": "Whole seconds until the request can succeed", "required": True,
+                            "schema": {"type": "integer"}},
+            "RateLimit": {"description": "IETF draft: the tightest bucket, `\"key\";r=<left>;t=<seconds>`",
+                          "schema": {"type": "string"}},
+            "RateLimit-Policy": {"description": "IETF draft: each bucket, `\"tenant\";q=<burst>;w=<seconds>`",
+                                 "schema": {"type": "string"}}}
     return resp
 
 

@@ -61,6 +61,7 @@ def problem(status: int, code: str, title: str, detail: str, *, errors: list[dic
 
 
 RETRY_AFTER_SECONDS = 5
+_CORE_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "errors"})
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -109,7 +110,9 @@ def error_response(exc: BaseException) -> JSONResponse:
     if isinstance(err, TooManyRequests):
         headers = err.headers
     errors = err.errors if isinstance(err, InvalidRequest) else None
-    return problem(status, err.code, err.title, detail, errors=errors, headers=headers)
+    # Members an error adds (a quota's limit and use, RFC 9457 extension members); never the core ones.
+    extra = {k: v for k, v in err.extra.items() if k not in _CORE_MEMBERS}
+    return problem(status, err.code, err.title, detail, errors=errors, headers=headers, **extra)
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

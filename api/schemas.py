@@ -271,7 +271,34 @@ class ApiKeyList(BaseModel):
     data: list[ApiKey]
 
 
+class UsageFigures(BaseModel):
+    model_config = _OPEN
+    jobs: int = Field(description="Jobs that ended (succeeded, failed or canceled)")
+    images: int
+    frames: int = Field(description="Video frames")
+    tiles: int = Field(description="448x448 tiles the vision encoder saw")
+    input_tokens: int
+    output_tokens: int
+    gpu_seconds: float = Field(description="Time the jobs held an engine slot")
+
+
+class UsageRow(UsageFigures):
+    day: str | None = Field(None, description="group_by=day: the UTC day, YYYY-MM-DD")
+    key: str | None = Field(None, description="group_by=key: the API key id (null: no key)")
+    model: str | None = Field(None, description="group_by=model: the model (null: never ran)")
+
+
+class Usage(BaseModel):
+    model_config = _OPEN
+    object: Literal["usage"]
+    from_: str = Field(alias="from", description="First UTC day")
+    to: str = Field(description="Last UTC day, included")
+    group_by: Literal["day", "key", "model"] | None
+    data: list[UsageRow] = Field(description="One row per group, in order; empty without group_by")
+    total: UsageFigures
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Health, Readiness, ApiKey, CreatedApiKey, ApiKeyList,
+    Worker, WorkerList, Health, Readiness, ApiKey, CreatedApiKey, ApiKeyList, Usage,
 )

@@ -130,8 +130,10 @@ class Settings(BaseSettings):
     # Kept in Redis (one atomic script per request, shared by every API process); without Redis
     # (local mode) in the API process. ``rate_limits=False`` turns them off.
     rate_limits: bool = True
-    default_requests_per_second: float = Field(50.0, gt=0)
-    default_burst: int = Field(100, ge=1)
+    # How long a POST waits for Redis's answer before it goes through unlimited (logged).
+    rate_limit_timeout_seconds: float = Field(0.5, gt=0)
+    default_requests_per_second: float = Field(100.0, gt=0)
+    default_burst: int = Field(200, ge=1)
     default_key_requests_per_second: float | None = Field(None, gt=0)  # None: as the tenant
     default_key_burst: int | None = Field(None, ge=1)
     # Queued + running jobs per tenant (a batch counts every job); None: no limit.
