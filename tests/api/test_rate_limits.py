@@ -235,3 +235,21 @@ def test_jobs_in_flight_are_capped_for_jobs_and_batches(server, limited) -> None
             assert s.get(Tenant, tenant.tenant_id).jobs_in_flight == 0  # type: ignore[union-attr]
     finally:
         db.dispose()
+
+
+@pytest.mark.services
+def test_each_key_has_its_own_bucket_inside_the_tenants(server, limited) -> None:  # type: ignore[no-untyped-def]
+    tenant = _tenant_on_plan(limited, requests_per_second=100.0, burst=100, key_requests_per_second=0.5,
+                             key_burst=2)
+    with helpers.client(server.base_url, tenant.api_key) as c:
+        other = c.post("/v1/keys", json={"scopes": ["submit", "read"]})
+        assert other.status_code == 201  # the admin route spends the first key's tokens too
+        assert c.post("/v1/jobs/job_00000000000000000000000000/cancel").status_code == 404  # the second
+        third = c.post("/v1/jobs/job_00000000000000000000000000/cancel")
+        body = problem_of(third)
+        assert (third.status_code, body["code"]) == (429, "rate_limited")
+        wait = int(third.headers["Retry-After"])  # a token every 2 s, the last one taken just now
+        assert 1 <= wait <= 2 and third.headers["RateLimit"] == f'"key";r=0;t={wait}'
+        assert third.headers["RateLimit-Policy"] == '"tenant";q=100;w=1, "key";q=2;w=4'
+    with helpers.client(server.base_url, other.json()["api_key"]) as c2:  # the tenant has room left
+        assert c2.post("/v1/jobs/job_00000000000000000000000000/cancel").status_code == 404
