@@ -74,9 +74,9 @@ def create_app(
     problems.install(app)
     openapi.install(app)
 
-    from api.routes import batches, events, jobs, ops, webhook_deliveries, workers
+    from api.routes import batches, events, jobs, models, ops, webhook_deliveries, workers
 
-    for module in (ops, jobs, batches, events, webhook_deliveries, workers):
+    for module in (ops, jobs, batches, events, webhook_deliveries, workers, models):
         app.include_router(module.router)
     from api.openai import batches as openai_batches
     from api.openai import files as openai_files

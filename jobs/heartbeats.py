@@ -60,7 +60,7 @@ class StatsWindow:
 
     def update(self, snapshot: dict[str, Any], now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"engine": snapshot, "window_seconds": None, "tokens_per_s": None,
-                               "batch_occupancy": None, "busy_fraction": None}
+                               "requests_per_s": None, "batch_occupancy": None, "busy_fraction": None}
         last, self._last = self._last, (now, snapshot)
         if last is None or now <= last[0]:
             return out
@@ -74,6 +74,7 @@ class StatsWindow:
         steps, slots = delta("decode_steps"), snapshot.get("slots") or 0
         out["window_seconds"] = round(dt, 3)
         out["tokens_per_s"] = round(delta("tokens_generated") / dt, 3)
+        out["requests_per_s"] = round(delta("requests") / dt, 3)
         out["busy_fraction"] = round(min(1.0, max(0.0, delta("busy_seconds") / dt)), 4)
         if steps > 0 and slots:
             out["batch_occupancy"] = round(delta("rows_stepped") / steps / slots, 4)

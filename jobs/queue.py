@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import ChannelError
 
 from core.settings import Settings
 
@@ -244,6 +245,11 @@ class Publisher:
                 try:
                     ok = conn.default_channel.queue_declare(queue=queue, passive=True)
                     return int(ok.message_count)
+                except ChannelError as exc:
+                    if "NOT_FOUND" in str(exc):  # Redis keeps no key for an empty queue
+                        return 0
+                    conn.collect()
+                    raise
                 except Exception:
                     conn.collect()
                     raise
