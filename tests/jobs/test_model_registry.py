@@ -165,3 +165,16 @@ def test_revision_is_the_hub_commit_or_a_digest_of_the_files(tmp_path: Path) -> 
     assert checkpoint_revision(folder) == first
     (folder / "model.safetensors").write_bytes(b"\0" * 999 + b"\1")  # other weights, same size
     assert checkpoint_revision(folder) != first
+
+
+def test_local_mode_serves_and_accepts_one_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.local import local_settings
+
+    monkeypatch.setenv("CAPTIONQ_MODELS", '{"a": "/x/a", "b": {"checkpoint": "/x/b", "max_tiles": 3}}')
+    monkeypatch.setenv("CAPTIONQ_DEFAULT_MODEL", "b")
+    # its one worker serves the default, and the API takes no job another worker would need
+    s = local_settings()
+    assert s.registry.names == ["b"] and s.worker_model == "b" and s.registry.models["b"].max_tiles == 3
+    assert local_settings(model="a").registry.names == ["a"]
+    checkpoint = local_settings(model="/x/c")  # a checkpoint, not a name: the one model
+    assert checkpoint.registry.names == [DEFAULT_NAME] and checkpoint.model == "/x/c"
