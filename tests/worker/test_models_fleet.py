@@ -45,6 +45,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             st.wait_ready(w)
         yield st
     finally:
+        for w in st.workers:  # nothing left to finish: no warm shutdown to wait for
+            st.stop_worker(w, signal.SIGKILL)
         destroy_stack(st)
 
 
