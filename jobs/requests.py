@@ -296,8 +296,8 @@ def normalize_job_request(
             req["model"] = served.name
             context, count_tokens = served.max_context_tokens, served.count_tokens
             errs += _model_limits(parsed, req, served, prefix)
-    if req["model"] is None:
-        del req["model"]  # no registry to name it from (stored requests stay as they were)
+    if not limits.models:
+        del req["model"]  # no registry to judge it by: not stored (stored requests stay as they were)
     for i, item in enumerate(req["media"]):
         try:
             item["url"] = checker.media(item["url"], item["type"])
