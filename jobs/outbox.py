@@ -5,17 +5,20 @@ If the process dies or the broker is down between commit and send, the rows stay
 re-publishes rows older than ``settings.outbox_grace_seconds``. A message may therefore be sent
 twice; every consumer is idempotent (conditional transitions, ``task_id`` = the job id).
 
-A batch is not 100,000 outbox rows: its insert writes ONE ``dispatch_batch`` row that stands for
-the caption message of every queued job in it. Publishing that row walks the batch's jobs in
-submission order (keyset on ``seq``, only those still ``queued``), sends their messages in
-pipelined chunks, and records its progress (the last ``seq`` sent, and a fresh ``created_at`` so
-the sweeper leaves a dispatch in progress alone) after each chunk; the row is deleted at the end.
-If the process dies half-way, the sweeper resumes from the recorded position (a chunk may be sent
-twice: harmless). The dispatch row is handled here and never sent to the broker itself.
+A batch is not 100,000 outbox rows: its insert writes ONE ``dispatch_batch`` row per model in the
+batch (args ``[batch_id, after_seq, model]``; rows from before models have no model and stand for
+every job) that stands for the caption message of every queued job of that model in it.
+Publishing that row walks those jobs in submission order (keyset on ``seq``, only those still
+``queued``), sends their messages to the model's queue in pipelined chunks, and records its
+progress (the last ``seq`` sent, and a fresh ``created_at`` so the sweeper leaves a dispatch in
+progress alone) after each chunk; the row is deleted at the end. If the process dies half-way,
+the sweeper resumes from the recorded position (a chunk may be sent twice: harmless). The
+dispatch row is handled here and never sent to the broker itself.
 
 A dispatch is bounded by ``settings.dispatch_window``: it sends only while fewer than that many of
-the batch's dispatched jobs are still waiting to start, and otherwise keeps its row, which every
-sweep tops up again (:func:`top_up_dispatches`). So a batch of millions of jobs holds at most
+the batch's dispatched jobs of its model are still waiting to start (so a model whose workers are
+busy or gone never holds back another model's jobs of the same batch), and otherwise keeps its
+row, which every sweep tops up again (:func:`top_up_dispatches`). So a batch of millions of jobs holds at most
 about a window of messages in the broker (~0.8 KB each in Redis) instead of all of them; the
 rest wait in SQL, in order, where a canceled batch's jobs also never reach the broker.
 """
@@ -168,8 +171,8 @@ def delete_rows(db: Database, ids: list[int]) -> None:
 def waiting_dispatched(session: Session, batch_id: str, after_seq: int, window: int,
                        model: str | None = None) -> int:
     """How many of the batch's jobs (of ``model``, when given) up to ``after_seq`` (dispatched)
-    are still queued, i.e. have
-    a message waiting in the broker. Jobs start roughly in submission order, so only the last
+    are still queued, i.e. have a message waiting in the broker. Jobs start roughly in
+    submission order, so only the last
     ``2 * window`` dispatched are counted: a bounded index range, not the whole batch (an
     older straggler is missed, which only lets the window overshoot by that much)."""
     return int(session.scalar(
@@ -187,8 +190,8 @@ def of_model(model: str | None) -> list[sa.ColumnElement[bool]]:
 def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: str, after_seq: int,
                    window: int = 0, model: str | None = None) -> int:
     """Publish the caption messages of ``batch_id``'s queued jobs (of ``model``, when given)
-    after ``after_seq``, in
-    submission order, recording progress on outbox row ``row_id``; delete the row when every
+    after ``after_seq``, in submission order, each to its model's queue, recording progress on
+    outbox row ``row_id``; delete the row when every
     job is dispatched. With ``window`` > 0, stop once ``window`` dispatched jobs are waiting to
     start and keep the row for the next top-up. Returns how many messages were sent."""
     sent = 0
