@@ -178,3 +178,15 @@ def test_local_mode_serves_and_accepts_one_model(monkeypatch: pytest.MonkeyPatch
     assert local_settings(model="a").registry.names == ["a"]
     checkpoint = local_settings(model="/x/c")  # a checkpoint, not a name: the one model
     assert checkpoint.registry.names == [DEFAULT_NAME] and checkpoint.model == "/x/c"
+
+
+def test_the_openai_facade_lists_every_model_and_runs_the_one_named() -> None:
+    from types import SimpleNamespace
+
+    from api.openai.jobs import listed_models, served_models, with_model
+
+    ctx: Any = SimpleNamespace(settings=Settings(models={"a": "/x/a", "b": "/x/b"}, default_model="b"))
+    assert listed_models(ctx) == ["b", "a"] and set(served_models(ctx)) == {"a", "b", "/x/a", "/x/b"}
+    assert with_model(ctx, {"prompts": ["Hi"]}, "/x/a") == {"prompts": ["Hi"], "model": "/x/a"}
+    one: Any = SimpleNamespace(settings=Settings(model="/x/c"))  # no registry: as before
+    assert listed_models(one) == ["c"] and with_model(one, {"prompts": ["Hi"]}, "c") == {"prompts": ["Hi"]}
