@@ -77,6 +77,8 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
     ("post", "/v1/keys/{key_id}/revoke"): {200: _json("ApiKey", "The key, revoked (every API process "
                                                                   "refuses it within the auth cache TTL)")},
     ("get", "/v1/usage"): {200: _json("Usage", "Usage of the tenant's ended jobs, in total and by group")},
+    ("get", "/v1/models"): {200: _json("ModelList", "Every served model with its live workers, queue "
+                                                     "and wait estimate")},
     ("get", "/healthz"): {200: _json("Health", "The process is alive")},
     ("get", "/readyz"): {200: _json("Readiness", "Ready: the database, the broker and a worker answer")},
     ("get", "/metrics"): {200: _text("text/plain", "Prometheus text format")},
@@ -92,7 +94,8 @@ ERROR_DESCRIPTIONS = {
     413: "The body is over the size limit (`payload_too_large`)",
     415: "The body is not `application/json` (`unsupported_content_type`)",
     422: "Invalid request; `errors` lists every invalid field (`invalid_request`, "
-         "`unsupported_character`, `context_too_long`, `url_not_allowed`, …)",
+         "`unsupported_character`, `context_too_long`, `url_not_allowed`, `unknown_model`, "
+         "`exceeds_model_limit`, …)",
     429: "Rate limited (`rate_limited`: the tenant's or the key's requests per second), or the "
          "plan's jobs in flight (`too_many_jobs_in_flight`); see Retry-After",
     500: "An unexpected error (`internal`); the connection stays usable",

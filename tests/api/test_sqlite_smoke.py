@@ -28,10 +28,12 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 def test_migrations_up_down_up(local: Settings):
     assert current(local) == "0005"
     assert {"plans", "usage_daily"} <= _tables(local) and "scopes" in _columns(local, "api_keys")
-    downgrade(local, "0003")  # plans, usage, key scopes and the in-flight counter go
+    downgrade(local, "0004")  # plans, usage, key scopes and the in-flight counter go
     assert not {"plans", "usage_daily"} & _tables(local)
     assert not {"plan", "jobs_in_flight"} & _columns(local, "tenants")
     assert not {"scopes", "last_used_at"} & _columns(local, "api_keys")
+    downgrade(local, "0003")  # the jobs' model columns go
+    assert not {"model", "model_revision"} & _columns(local, "jobs")
     downgrade(local, "0002")  # the workers' stats column goes
     assert "stats" not in _columns(local, "workers")
     downgrade(local, "0001")  # the heartbeat/lease columns go, the rest stays
