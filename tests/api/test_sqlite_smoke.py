@@ -74,6 +74,9 @@ def test_local_mode_smoke(local: Settings):
             r = c.post("/v1/jobs", json={"media": [{"type": "image", "url": f"file://{media}/cat.png"}],
                                          "custom_id": "cat"})
             assert r.status_code == 202, r.text
+            # Without Redis the buckets live in the API process: the local tenant's, no key's.
+            assert r.headers["RateLimit-Policy"] == '"tenant";q=200;w=2'
+            assert r.headers["RateLimit"].startswith('"tenant";r=199;')
             job = r.json()
             r = c.post("/v1/jobs", json={"media": [{"type": "image", "url": "file:///etc/hostname"}]})
             assert r.status_code == 422 and problem_of(r)["code"] == "url_not_allowed"
@@ -97,6 +100,8 @@ def test_local_mode_smoke(local: Settings):
             r = c.post(f"/v1/batches/{b['id']}/cancel")
             assert r.status_code == 202 and r.json()["counts"]["canceled"] == 2
             assert c.get(f"/v1/batches/{b['id']}").json()["status"] == "canceled"
+            usage = c.get("/v1/usage", params={"group_by": "key"}).json()
+            assert usage["total"]["jobs"] == 3 and [r["key"] for r in usage["data"]] == [None]
             ready = c.get("/readyz")  # no GPU worker runs here
             assert ready.status_code == 503
             assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "none"}
