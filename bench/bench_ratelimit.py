@@ -5,7 +5,11 @@
 1. ``check``: the limiter alone, ``RateLimiter.check`` (tenant and key buckets, one EVALSHA of
    the token-bucket script on a local redis-server) against the same call with limits off;
    sequential calls on one event loop: p50 / p99 in µs.
-2. ``post``: ``POST /v1/jobs`` end to end against two ``captionq serve`` processes on the same
+2. ``admission``: what a submission's transaction does more for jobs in flight and quotas (one
+   conditional ``UPDATE tenants … RETURNING`` the month's usage, :mod:`jobs.admission`) against
+   the same transaction without them; both write one row (standing for the job's own INSERT,
+   so both commits wait for the WAL flush, as a submission's does): p50 / p99 in ms.
+3. ``post``: ``POST /v1/jobs`` end to end against two ``captionq serve`` processes on the same
    PostgreSQL database and Redis, one with limits and one without, requests alternating between
    them from one client so both see the same machine: p50 / p99 in ms and the ratio.
 
@@ -59,6 +63,36 @@ async def bench_check(settings, n: int) -> dict[str, float]:  # type: ignore[no-
     await on.close()
     return {f"{k}_p50_us": round(statistics.median(v) * 1e6, 1) for k, v in out.items()} | {
         f"{k}_p99_us": round(pct(v, 99) * 1e6, 1) for k, v in out.items()}
+
+
+def bench_admission(settings, tenant_id: str, n: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    from core.db import Database, utcnow
+    from jobs.admission import admit
+    from jobs.plans import tenant_limits
+
+    db = Database(settings)
+    out: dict[str, list[float]] = {"with": [], "without": []}
+    try:
+        with db.session() as s:
+            limits = tenant_limits(s, tenant_id, settings)
+            s.execute(sa.text("CREATE TABLE bench_writes (id bigserial PRIMARY KEY, at timestamptz)"))
+        for _ in range(n):
+            for name in ("with", "without"):
+                t0 = time.perf_counter()
+                with db.session() as s:
+                    s.execute(sa.text("INSERT INTO bench_writes (at) VALUES (now())"))
+                    if name == "with":
+                        admit(s, tenant_id, 1, limits, utcnow())
+                out[name].append(time.perf_counter() - t0)
+    finally:
+        db.dispose()
+    on, off = statistics.median(out["with"]), statistics.median(out["without"])
+    return {"with_p50_ms": round(on * 1e3, 3), "without_p50_ms": round(off * 1e3, 3),
+            "with_p99_ms": round(pct(out["with"], 99) * 1e3, 3),
+            "without_p99_ms": round(pct(out["without"], 99) * 1e3, 3),
+            "p50_added_ms": round((on - off) * 1e3, 3)}
 
 
 def serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -134,9 +168,13 @@ def main() -> None:
             key = new_tenant(settings, "bench")
             store = Database(settings)
             with store.session() as s:
-                save_plan(s, "bench-unlimited", {"requests_per_second": 1e9, "burst": 10**9})
+                # Limits that never bind, but are all checked: quotas and jobs in flight too.
+                save_plan(s, "bench-unlimited", {"requests_per_second": 1e9, "burst": 10**9,
+                                                 "max_jobs_in_flight": 10**9, "monthly_images": 10**12,
+                                                 "monthly_tokens": 10**12, "monthly_gpu_seconds": 1e12})
                 assign_plan(s, key.tenant_id, "bench-unlimited")
             store.dispose()
+            print("admission", bench_admission(settings, key.tenant_id, args.checks // 3), flush=True)
             env = {**settings_env(settings), "CAPTIONQ_LOG_LEVEL": "WARNING"}
             print("post", bench_post(env, key.api_key, args.posts), flush=True)
     finally:

@@ -120,7 +120,8 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     idle = float(settings.db_ping_idle_seconds)
-    opts: dict[str, Any] = {"pool_pre_ping": idle <= 0, "pool_size": 10, "max_overflow": 20}
+    opts: dict[str, Any] = {"pool_pre_ping": idle <= 0, "pool_size": settings.db_pool_size,
+                            "max_overflow": settings.db_max_overflow}
     opts.update(kwargs)
     engine = sa.create_engine(url, **opts)
     if idle > 0 and not opts["pool_pre_ping"]:

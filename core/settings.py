@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # replaced, not handed out); one used more recently goes straight to work. 0 = ping on every
     # checkout. See core.db.ping_when_idle for why 1 s loses nothing that pinging always saves.
     db_ping_idle_seconds: float = 1.0
+    # PostgreSQL connections per process (and engine): kept open, and opened beyond them under
+    # load. Every API, worker and sweeper process counts against the server's max_connections.
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(20, ge=0)
     data_dir: Path = Path("./.captionq")
     local_mode: bool = False
 

@@ -11,6 +11,9 @@
   past the limit; one that would is 429 ``too_many_jobs_in_flight`` and inserts nothing. A batch
   counts all of its jobs. The count is kept even without a limit, so that a limit set later is
   right at once.
+
+Both are one statement, one round trip (:func:`admit`): the UPDATE returns the month's usage
+from scalar subqueries, and a refusal rolls the whole submission back.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import QuotaExceeded, TooManyJobsInFlight
 from jobs.plans import Limits
-from jobs.tables import Tenant
+from jobs.tables import Tenant, UsageDaily
 from jobs.usage import month_start, totals
 
 # Jobs in flight leave as they end, at no predictable moment: a client is told to look again
@@ -46,10 +49,13 @@ def check_quota(session: Session, tenant_id: str, limits: Limits, now: datetime)
         return
     start = month_start(now)
     used = totals(session, tenant_id, start, date(9999, 12, 31))[0]
-    tokens = used["input_tokens"] + used["output_tokens"]
-    for what, have, quota in (("images", used["images"], limits.monthly_images),
+    _check(limits, start, used["images"], used["input_tokens"] + used["output_tokens"], used["gpu_seconds"])
+
+
+def _check(limits: Limits, start: date, images: int, tokens: int, gpu_seconds: float) -> None:
+    for what, have, quota in (("images", images, limits.monthly_images),
                               ("tokens", tokens, limits.monthly_tokens),
-                              ("GPU seconds", used["gpu_seconds"], limits.monthly_gpu_seconds)):
+                              ("GPU seconds", gpu_seconds, limits.monthly_gpu_seconds)):
         if quota is not None and have >= quota:
             raise QuotaExceeded(
                 f"the monthly quota of {quota:g} {what} is used ({have:g} since {start.isoformat()}); "
@@ -68,19 +74,39 @@ def precheck(session: Session, tenant_id: str, admission: Admission, jobs: int, 
             raise _too_many(current, jobs, limit)
 
 
-def reserve(session: Session, tenant_id: str, jobs: int, limit: int | None) -> None:
-    """Put ``jobs`` new queued jobs on the tenant's count; the last statement of the submission's
-    transaction. 429 ``too_many_jobs_in_flight`` (the transaction then rolls back) past ``limit``."""
+def admit(session: Session, tenant_id: str, jobs: int, limits: Limits | None, now: datetime) -> None:
+    """Put ``jobs`` new queued jobs on the tenant's count and check the month's quotas, in one
+    statement: the last of the submission's transaction. 429 ``too_many_jobs_in_flight`` past
+    the plan's limit, 403 ``quota_exceeded`` past a quota; either way the caller's transaction
+    rolls back (nothing was submitted). ``limits`` None: count only (internal callers)."""
     if jobs <= 0:
         return
     count = Tenant.jobs_in_flight
-    stmt = sa.update(Tenant).where(Tenant.id == tenant_id)
+    limit = limits.max_jobs_in_flight if limits is not None else None
+    stmt = sa.update(Tenant).where(Tenant.id == tenant_id).values(jobs_in_flight=count + jobs)
     if limit is not None:
         stmt = stmt.where(count + jobs <= limit)
-    res: Any = session.execute(stmt.values(jobs_in_flight=count + jobs))
-    if res.rowcount == 0 and limit is not None:
+    quotas = limits is not None and limits.has_quota
+    if quotas:
+        u, start = UsageDaily, month_start(now)
+
+        def used(expr: Any) -> Any:
+            return (sa.select(sa.func.coalesce(sa.func.sum(expr), 0))
+                    .where(u.tenant_id == tenant_id, u.day >= start).scalar_subquery())
+
+        stmt = stmt.returning(used(u.images).label("images"),
+                              used(u.input_tokens + u.output_tokens).label("tokens"),
+                              used(u.gpu_seconds).label("gpu_seconds"))
+        row = session.execute(stmt).first()
+        updated = row is not None
+    else:
+        updated = bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    if not updated and limit is not None:
         current = int(session.scalar(sa.select(Tenant.jobs_in_flight).where(Tenant.id == tenant_id)) or 0)
         raise _too_many(current, jobs, limit)
+    if quotas and row is not None:
+        assert limits is not None
+        _check(limits, start, int(row.images), int(row.tokens), float(row.gpu_seconds))
 
 
 def _too_many(current: int, jobs: int, limit: int) -> TooManyJobsInFlight:

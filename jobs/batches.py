@@ -31,7 +31,7 @@ from core.db import utcnow
 from core.errors import BatchFinished, DuplicateCustomId, InvalidRequest, NotFound
 from jobs import ids, outbox, storable
 from jobs import transitions as tx
-from jobs.admission import Admission, reserve
+from jobs.admission import Admission, admit
 from jobs.admission import precheck as admission_precheck
 from jobs.requests import (
     JsonInt,
@@ -330,13 +330,13 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
                 sa.select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
             ).scalar_one()
         outbox_ids = outbox.add(session, effects.messages, now)
-        reserve(session, tenant_id, spool.queued, admission.limits.max_jobs_in_flight if admission else None)
+        admit(session, tenant_id, spool.queued, admission.limits if admission else None, now)
     return batch, outbox_ids
 
 
 def precheck(service: JobService, tenant_id: str, admit: Admission, jobs: int) -> None:
     """Quota and room for ``jobs`` more in flight, before a batch is validated (a refusal then
-    costs no validation); :func:`insert_batch` reserves exactly."""
+    costs no validation); :func:`insert_batch` decides, exactly, in its transaction."""
     with service.db.session() as session:
         admission_precheck(session, tenant_id, admit, jobs, utcnow())
 

@@ -25,7 +25,7 @@ from core.errors import JobFinished, NotFound
 from core.settings import Settings
 from jobs import ids, outbox
 from jobs import transitions as tx
-from jobs.admission import Admission, check_quota, reserve
+from jobs.admission import Admission, admit
 from jobs.queue import Publisher
 from jobs.render import result_line
 from jobs.states import CANCEL, JobStatus
@@ -85,15 +85,13 @@ class JobService(WorkerTransitions):
 
     def _submit(self, session: Any, effects: tx.Effects, now: datetime, tenant_id: str,
                 request: dict[str, Any], job_id: str | None, admission: Admission | None) -> Job:
-        if admission is not None:
-            check_quota(session, tenant_id, admission.limits, now)
         job = new_job_row(job_id or ids.job_id(), tenant_id, request, now,
                           api_key_id=admission.key_id if admission else None)
         # A Core INSERT of the row's values (the returned Job stays detached, as after a commit
         # with expire_on_commit off): the ORM's unit of work costs ~0.5 ms per submit.
         session.execute(sa.insert(Job.__table__), job_values(job))  # type: ignore[arg-type]
         effects.add(outbox.caption_message(job.id, job.priority, job.model))
-        reserve(session, tenant_id, 1, admission.limits.max_jobs_in_flight if admission else None)
+        admit(session, tenant_id, 1, admission.limits if admission else None, now)
         return job
 
     # --- reads ----------------------------------------------------------------------------

@@ -92,7 +92,10 @@ def _tenant_on_plan(settings: Settings, **limits: Any) -> Any:
 
 def _serve(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = helpers.free_port()
-    env = {**os.environ, **settings_env(settings), "CAPTIONQ_LOG_LEVEL": "WARNING"}
+    # Few database connections: the accepted requests queue for them (after their token was
+    # taken), and the shared PostgreSQL server of a test machine keeps room for everyone else.
+    env = {**os.environ, **settings_env(settings), "CAPTIONQ_LOG_LEVEL": "WARNING",
+           "CAPTIONQ_DB_POOL_SIZE": "4", "CAPTIONQ_DB_MAX_OVERFLOW": "4"}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port",
                                  str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -195,7 +198,8 @@ def test_200_parallel_posts_get_exactly_the_burst_across_two_processes(  # type:
           f"accepted, {statuses.count(429)} refused (Retry-After 1); unpaused {n} accepted in "
           f"{t1 - t0:.3f} s (bound {50 + math.ceil(50 * (t1 - t0))})")
     assert 50 <= n <= 50 + math.ceil(50 * (t1 - t0)), (n, t1 - t0)
-    assert all(x.status_code in (202, 429) for x in again)
+    unexpected = [x.text for x in again if x.status_code not in (202, 429)]
+    assert not unexpected, unexpected
     r.close()
 
 
