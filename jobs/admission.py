@@ -65,7 +65,7 @@ def _check(limits: Limits, start: date, images: int, tokens: int, gpu_seconds: f
 
 def precheck(session: Session, tenant_id: str, admission: Admission, jobs: int, now: datetime) -> None:
     """Before the work of validating a batch: its quota, and whether ``jobs`` more could fit
-    (without locking; :func:`reserve` decides)."""
+    (without locking; :func:`admit` decides)."""
     check_quota(session, tenant_id, admission.limits, now)
     limit = admission.limits.max_jobs_in_flight
     if limit is not None:
