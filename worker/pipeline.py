@@ -97,7 +97,8 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
         return _failed(rt, claimed, exc, retries)
     finally:
         watch.close()
-    metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
+    metrics = metrics_json(outcome, images=sum(1 for i in items if i.kind == "image"),
+                           tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine_info.name, prepare_seconds=prepare_seconds)
     job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
                                                                   claim=claimed))
