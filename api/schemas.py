@@ -183,6 +183,10 @@ class EngineCounters(BaseModel):
     busy_seconds: float = Field(description="Time spent running the model")
     requests: int
     batches: int
+    vision_tiles: int = Field(0, description="Tiles through the vision tower")
+    vision_reused_tiles: int = Field(
+        0, description="Tiles whose image features were reused (several tasks, rounds or grounding "
+                       "phrases of one job) instead of running the vision tower again")
 
 
 class Worker(BaseModel):

@@ -184,6 +184,7 @@ class ContinuousBatcher(Batcher):
             took = time.perf_counter() - started
             self.stats.busy_seconds += took
             self.stats.prefill_seconds += took
+            self._count_vision()
         self.stats.tokens_generated += len(group)
         assert self.step is not None
         for b, (item, state) in enumerate(zip(group, states, strict=True)):
