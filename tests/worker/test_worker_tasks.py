@@ -8,6 +8,7 @@ task's output equals the output of the job with that task's fields alone (greedy
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,28 @@ def test_bad_tasks_are_refused_at_submission(stack: Stack, media: list[dict[str,
         r = c.post("/v1/jobs", json={"media": media, "tasks": [{"name": "a", "prompts": ["x"]},
                                                                {"name": "a", "prompts": ["y"]}]})
         assert r.status_code == 422 and r.json()["code"] == "duplicate_task_name"
+
+
+def test_sse_tags_each_tasks_tokens_with_its_name(stack: Stack) -> None:
+    from tests.worker.test_worker_jobs import sse_events
+
+    job = stack.submit({"generation": {"max_new_tokens": 20, "do_sample": False}, "tasks": [
+        {"name": "story", "prompts": ["Tell me a story.", "And another one."]},
+        {"name": "poem", "prompts": ["Write a poem."]}]})
+    events: list[tuple[str, Any]] = []
+    t = threading.Thread(target=sse_events, args=(stack, job["id"], events))
+    t.start()
+    t.join(150)
+    assert not t.is_alive()
+    final = events[-1][1]
+    assert events[-1][0] == "done" and final["status"] == "succeeded"
+    streamed: dict[tuple[str, int], str] = {}
+    for event, data in events:
+        if event == "token":
+            key = (data["task"], data["round"])
+            streamed[key] = streamed.get(key, "") + data["text"]
+    assert {task for task, _ in streamed} == {"story", "poem"}
+    for (task, r), text in streamed.items():
+        answer = final["output"]["tasks"][task]["rounds"][r]["text"]
+        # the stream may open while a task's first round runs: that round ends the same
+        assert answer.endswith(text) and (r == min(i for t, i in streamed if t == task) or answer == text)
