@@ -187,6 +187,9 @@ class EngineCounters(BaseModel):
     vision_reused_tiles: int = Field(
         0, description="Tiles whose image features were reused (several tasks, rounds or grounding "
                        "phrases of one job) instead of running the vision tower again")
+    prefix_reused_tokens: int = Field(
+        0, description="Prompt tokens (system message and image) whose keys and values were reused "
+                       "from another request of the same job instead of being computed again")
 
 
 class Worker(BaseModel):

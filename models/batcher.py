@@ -67,6 +67,7 @@ class BatcherStats:
     rows_stepped: int = 0
     vision_tiles: int = 0  # tiles through the ViT
     vision_reused_tiles: int = 0  # tiles whose features were reused (models.vision_cache)
+    prefix_reused_tokens: int = 0  # prompt tokens not prefilled again (models.continuous)
 
 
 @dataclass

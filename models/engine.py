@@ -79,6 +79,7 @@ from models.errors import ContextTooLong, EngineError, InvalidInput, OutOfMemory
 from models.generation import GenerationParams, Row
 from models.generation import generate as run_generation
 from models.generation import prefill as run_prefill
+from models.kv_cache import reserved_cache
 from models.text_stream import TextStream, safe_cancel
 from models.tokenizer import Tokenizer
 from models.vision_cache import VisionCache, VisionStats
@@ -113,6 +114,7 @@ class Engine:
         self.info = dataclasses.replace(info, context_limit=self._context_limit())
         self.template = prompts.get_template(spec.template)
         self.stop_id = tokenizer.stop_id(self.template.stop_str)
+        self.img_end_id = tokenizer.token_id(prompts.IMG_END_TOKEN)
         self.vision_chunk_tiles = max(1, int(vision_chunk_tiles))
         self.load_stats = load_stats
         self.vision_cache = VisionCache(vision_cache_tiles)
@@ -384,6 +386,43 @@ class Engine:
         logits, cache, _ = run_prefill(self.model, embeds, mask.to(embeds.device), group[0].prompt_tokens)
         layers: KVLayers = [(layer.keys, layer.values) for layer in cache.layers]
         return logits, layers
+
+    def image_prefix_length(self, p: Prepared) -> int:
+        """Tokens of ``p``'s prompt up to and including its last ``</img>`` (0: no image). The
+        requests of one ``vision_key`` with the same system message and image placement share
+        these tokens exactly: ``</img>`` is a special token, so nothing after it changes how the
+        text before it is tokenised."""
+        if p.request.pixel_values is None or self.img_end_id is None:
+            return 0
+        ids = p.input_ids
+        for i in range(len(ids) - 1, -1, -1):
+            if ids[i] == self.img_end_id:
+                return i + 1 if i + 1 < len(ids) else 0
+        return 0
+
+    @torch.inference_mode()
+    def prefill_after(self, p: Prepared, prefix_ids: Sequence[int],
+                      prefix_layers: KVLayers) -> tuple[torch.Tensor, KVLayers]:
+        """:meth:`prefill` of one prompt whose first tokens are ``prefix_ids``, with their keys and
+        values (``[1, H, n, D]`` per layer) from an earlier prefill: only the rest of the prompt
+        goes through the model (no ViT, no image tokens). Raises InvalidInput when the prompt
+        does not start with the prefix."""
+        n = len(prefix_ids)
+        ids = p.input_ids
+        if n == 0 or n >= len(ids) or list(ids[:n]) != list(prefix_ids):
+            raise InvalidInput("the prompt does not start with the given prefix")
+        embed = self.model.get_input_embeddings()
+        dev = embed.weight.device
+        embeds = embed(torch.tensor([ids[n:]], dtype=torch.long, device=dev))
+        cache: Any = reserved_cache(self.model.config.get_text_config(), len(ids))
+        for i, (k, v) in enumerate(prefix_layers):
+            cache.update(k, v, i)
+        mask = torch.ones((1, len(ids)), dtype=torch.long, device=dev)
+        positions = torch.arange(n, len(ids), device=dev).unsqueeze(0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        p.vision_tiles = 0
+        return out.logits[:, -1, :].float(), [(layer.keys, layer.values) for layer in cache.layers]
 
     def start_row(self, p: Prepared) -> RowState:
         """The generation state of one request: its :class:`Row` (sampling, stop, hooks, cancel

@@ -130,33 +130,34 @@ def _run(rt: Runtime, claimed: ClaimedJob,
     items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
     prepare_seconds = time.monotonic() - t0
     watch.check()
-    prompt_list = list(req.get("prompts") or [])
-    # features worth keeping only when the job makes more than one request
-    many = bool(req.get("tasks")) or len(prompt_list) > 1
-    key = f"{claimed.job_id}:{claimed.attempt}" if items and many else None
-    try:
-        outcome = _answer(rt, req, items, prompt_list, watch, key)
-    finally:
-        if key is not None:
-            rt.batcher.release_vision(key)
+    outcome = answer_job(rt.batcher, req, items, watch, f"{claimed.job_id}:{claimed.attempt}")
     return outcome, items, prepare_seconds
 
 
-def _answer(rt: Runtime, req: dict[str, Any], items: list[PreparedItem], prompt_list: list[str],
-            watch: JobWatch, key: str | None) -> JobOutcome | TasksOutcome:
-    if req.get("tasks"):
-        assert key is not None or not items
-        return run_tasks(req, items, watch, rt.batcher.submit, key or "", _tensor)
-    params = generation_params(req.get("generation") or {})
-    system = (req.get("generation") or {}).get("system_prompt")
-    mode = req.get("image_mode") or "separate"
-    if req.get("task") == "grounding":
-        return _grounding(rt, items, prompt_list, mode, params, watch, system, key)
-    history = [(str(q), str(a)) for q, a in req["history"]] if req.get("history") else None
-    prep = layout(items, prompt_list[0], mode)
-    if history is not None:  # the placeholders are written out in the history / question
-        prep = PreparedInput(prompt_list[0], prep.pixel_values, prep.num_patches_list, prep.items)
-    return _chat(rt, prep, prompt_list, params, watch, system, history, key)
+def answer_job(batcher: Any, req: dict[str, Any], items: list[PreparedItem], watch: JobWatch,
+               job_key: str) -> JobOutcome | TasksOutcome:
+    """Every answer of a job whose media is prepared (``items``), from ``batcher``. A job that
+    makes more than one request (rounds, phrases, tasks) gives them the vision key ``job_key``
+    (its features are kept for all of them) and releases it at the end."""
+    prompt_list = list(req.get("prompts") or [])
+    many = bool(req.get("tasks")) or len(prompt_list) > 1
+    key = job_key if items and many else None
+    try:
+        if req.get("tasks"):
+            return run_tasks(req, items, watch, batcher.submit, job_key, _tensor)
+        params = generation_params(req.get("generation") or {})
+        system = (req.get("generation") or {}).get("system_prompt")
+        mode = req.get("image_mode") or "separate"
+        if req.get("task") == "grounding":
+            return _grounding(batcher, items, prompt_list, mode, params, watch, system, key)
+        history = [(str(q), str(a)) for q, a in req["history"]] if req.get("history") else None
+        prep = layout(items, prompt_list[0], mode)
+        if history is not None:  # the placeholders are written out in the history / question
+            prep = PreparedInput(prompt_list[0], prep.pixel_values, prep.num_patches_list, prep.items)
+        return _chat(batcher, prep, prompt_list, params, watch, system, history, key)
+    finally:
+        if key is not None:
+            batcher.release_vision(key)
 
 
 def _tensor(prep: PreparedInput) -> Any:
@@ -186,7 +187,7 @@ def chat_request(prep: PreparedInput, index: int, prompt: str, pixel_values: Any
     )
 
 
-def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: GenerationParams,
+def _chat(batcher: Any, prep: PreparedInput, prompt_list: list[str], params: GenerationParams,
           watch: JobWatch, system: str | None = None,
           history: list[tuple[str, str]] | None = None, key: str | None = None) -> JobOutcome:
     pixel_values = _tensor(prep)
@@ -196,7 +197,7 @@ def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: Gene
         request = chat_request(prep, index, prompt, pixel_values, params, system, history,
                                watch.should_cancel, key, on_token=watch.on_token)
         t0 = time.monotonic()
-        result = watch.wait(rt.batcher.submit(request))
+        result = watch.wait(batcher.submit(request))
         outcome.engine_seconds += time.monotonic() - t0
         if result.finish_reason == "canceled":
             raise Stopped(watch.reason or "cancel")
@@ -205,7 +206,7 @@ def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: Gene
     return outcome
 
 
-def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode: str,
+def _grounding(batcher: Any, items: list[PreparedItem], phrases: list[str], mode: str,
                params: GenerationParams, watch: JobWatch, system: str | None = None,
                key: str | None = None) -> JobOutcome:
     """One independent request per phrase (no history between them), all in the batcher at
@@ -217,7 +218,7 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
         prep = layout(items, grounding_prompt(phrase), mode)
         if pixel_values is None:
             pixel_values = _tensor(prep)
-        futures.append(rt.batcher.submit(chat_request(prep, 0, phrase, pixel_values, params, system, None,
+        futures.append(batcher.submit(chat_request(prep, 0, phrase, pixel_values, params, system, None,
                                                       watch.should_cancel, key)))
     results = watch.wait_all(futures)
     if any(r.finish_reason == "canceled" for r in results):

@@ -1,7 +1,7 @@
 """Image features reused across requests with one ``vision_key`` (models.vision_cache): the ViT
 runs once for them, counted by the engine's own vision path, and every answer equals the same
 request run alone without a key (greedy, float32 on the CPU), in the static and the continuous
-batcher."""
+batcher (which also reuses the image prefix's keys and values: models.continuous)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def test_three_answers_on_one_image_run_the_vit_once(engine: Engine, kind: str) 
         assert batcher.stats.vision_tiles == engine.vision_stats.tiles
         assert sorted(r.vision_tiles for r in results) == [0, 0, int(pixels.shape[0])]
         assert [r.output_ids for r in results] == expected
+        if kind == "continuous":  # the image prefix's keys and values were reused, not recomputed
+            assert batcher.stats.prefix_reused_tokens > 2 * engine.info.num_image_token * pixels.shape[0]
         # a later round of the same job: from the cache, no ViT pass
         later = batcher.submit(_req(QUESTIONS[0], pixels, f"job-{kind}")).result(timeout=120)
         assert later.vision_tiles == 0 and later.output_ids == expected[0]
