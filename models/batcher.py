@@ -67,7 +67,7 @@ class BatcherStats:
     rows_stepped: int = 0
     vision_tiles: int = 0  # tiles through the ViT
     vision_reused_tiles: int = 0  # tiles whose features were reused (models.vision_cache)
-    prefix_reused_tokens: int = 0  # prompt tokens not prefilled again (models.continuous)
+    prefix_reused_tokens: int = 0  # prompt tokens not prefilled again (Engine.prefill_after)
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Batcher:
         """The requests with ``vision_key`` ``key`` are all answered: drop their cached image
         features (models.vision_cache)."""
         if self._loaded.done() and self._loaded.exception() is None:
-            self._loaded.result().vision_cache.release(key)
+            self._loaded.result().release_vision(key)
 
     def close(self, *, cancel_pending: bool = True, timeout: float | None = None) -> None:
         """Stop the engine thread after the running batch; pending requests are failed
@@ -232,8 +232,10 @@ class Batcher:
                 self._run(live)
 
     def _count_vision(self) -> None:
-        vision = self.engine.vision_stats
+        engine = self.engine
+        vision = engine.vision_stats
         self.stats.vision_tiles, self.stats.vision_reused_tiles = vision.tiles, vision.reused_tiles
+        self.stats.prefix_reused_tokens = engine.prefix_reused_tokens
 
     def _start(self, item: _Item) -> bool:
         """Mark the future running; complete cancelled/canceled requests without model work."""

@@ -22,11 +22,12 @@ The engine thread loops over one decoding step at a time. Between two steps it:
 Requests that share a ``vision_key`` (one job's tasks, rounds or grounding phrases) share more
 than the image features: their prompts start with the same tokens up to the last ``</img>``
 (system message and image tokens, most of a prompt). The first of them to join prefills its
-whole prompt and leaves the keys and values of that prefix here; the others join with a prefill
-of the rest of their prompt only (``Engine.prefill_after``), the image tokens' keys and values
-copied into their slots. The prefix is kept until the key is released (``release_vision``), at
-most ``max_requests`` prefixes (least recently used first out); a prompt that does not start with
-its key's prefix (another system message) is prefilled whole.
+whole prompt and leaves the keys and values of that prefix with the engine
+(``Engine.prefix_cache``); the others join with a prefill of the rest of their prompt only
+(``Engine.prefill_after``), the prefix's keys and values copied into their slots. The prefix is
+kept until the key is released (``release_vision``); a prompt that does not start with its key's
+prefix (another system message) is prefilled whole. (The static path does the same for a
+request that runs alone.)
 
 A row's numbers never depend on its neighbours: its prefill has no padding, and in a step each
 row attends only to its own slot. In float32 on the CPU its tokens equal the same request run alone
@@ -43,9 +44,7 @@ static batcher's loop (:class:`models.batcher.Batcher`) instead, with a log line
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +58,6 @@ from models.generation import take_step
 from models.slots import SlotKV
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Prefix:
-    """The shared start of the prompts of one vision key: its token ids and, per layer, keys
-    and values ``[1, H, n, D]``."""
-
-    ids: list[int]
-    layers: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -112,8 +102,6 @@ class ContinuousBatcher(Batcher):
         self.graphs = graphs
         self.step: DecodeStep | None = None
         self._running: dict[int, _Running] = {}
-        self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
-        self._prefix_lock = threading.Lock()  # release_vision comes from other threads
         super().__init__(engine, max_requests=max_requests, max_tokens=max_tokens, wait_ms=wait_ms,
                          start=start, load=load)
 
@@ -121,11 +109,6 @@ class ContinuousBatcher(Batcher):
     def loading(cls, load: Any, *, max_requests: int = 16, max_tokens: int = 32768,
                 wait_ms: float = 20.0) -> ContinuousBatcher:
         return cls(None, load=load, max_requests=max_requests, max_tokens=max_tokens, wait_ms=wait_ms)
-
-    def release_vision(self, key: str) -> None:
-        super().release_vision(key)
-        with self._prefix_lock:
-            self._prefixes.pop(key, None)
 
     # --- engine thread ----------------------------------------------------------------------
     def _prepare(self, engine: Engine) -> None:
@@ -186,11 +169,11 @@ class ContinuousBatcher(Batcher):
         # that the others of its key (followers) then start from
         leaders: list[_Item] = []
         followers: list[_Item] = []
-        with self._prefix_lock:
-            keys = set(self._prefixes)
+        keys: set[str] = set()
         for item in live:
             key = item.prepared.request.vision_key
-            if key is not None and key in keys and engine.image_prefix_length(item.prepared):
+            if key is not None and (key in keys or key in engine.prefix_cache) and \
+                    engine.image_prefix_length(item.prepared):
                 followers.append(item)
             else:
                 leaders.append(item)
@@ -202,7 +185,7 @@ class ContinuousBatcher(Batcher):
         for group in by_length.values():  # equal lengths share one unpadded forward
             self._join(engine, group)
         for item in followers:
-            self._join(engine, [item], self._prefix_of(engine, item))
+            self._join(engine, [item], engine.stored_prefix(item.prepared))
         if taken:
             self.stats.batches += 1
         return taken
@@ -210,48 +193,21 @@ class ContinuousBatcher(Batcher):
     def _free_slot(self) -> int:
         return next(s for s in range(self.max_requests) if s not in self._running)
 
-    def _prefix_of(self, engine: Engine, item: _Item) -> _Prefix | None:
-        """The stored prefix ``item``'s prompt starts with (None: none, or it does not)."""
-        key = item.prepared.request.vision_key
-        n = engine.image_prefix_length(item.prepared)
-        with self._prefix_lock:
-            prefix = self._prefixes.get(key) if key is not None else None
-            if prefix is None or len(prefix.ids) != n or item.prepared.input_ids[:n] != prefix.ids:
-                return None
-            self._prefixes.move_to_end(key)  # type: ignore[arg-type]
-            return prefix
-
-    def _keep_prefixes(self, engine: Engine, group: list[_Item],
-                       layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Store the image prefix of each keyed request just prefilled whole (its own copy)."""
-        for b, item in enumerate(group):
-            key = item.prepared.request.vision_key
-            n = engine.image_prefix_length(item.prepared)
-            if key is None or n == 0:
-                continue
-            with self._prefix_lock:
-                if key in self._prefixes:
-                    continue
-            prefix = _Prefix(list(item.prepared.input_ids[:n]),
-                             [(k[b:b + 1, :, :n].clone(), v[b:b + 1, :, :n].clone()) for k, v in layers])
-            with self._prefix_lock:
-                self._prefixes[key] = prefix
-                while len(self._prefixes) > self.max_requests:
-                    self._prefixes.popitem(last=False)
-
     @torch.inference_mode()
-    def _join(self, engine: Engine, group: list[_Item], prefix: _Prefix | None = None) -> None:
+    def _join(self, engine: Engine, group: list[_Item],
+              prefix: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> None:
         """Prefill requests of one prompt length into free slots and pick their first tokens;
         with ``prefix``, one request whose prompt starts with it (only the rest is prefilled)."""
         started = time.perf_counter()
         try:
             states = [engine.start_row(item.prepared) for item in group]
             if prefix is not None:
-                logits, layers = engine.prefill_after(group[0].prepared, prefix.ids, prefix.layers)
-                self.stats.prefix_reused_tokens += len(prefix.ids)
+                logits, cache = engine.prefill_after(group[0].prepared, *prefix)
+                layers = [(layer.keys, layer.values) for layer in cache.layers]
             else:
                 logits, layers = engine.prefill([item.prepared for item in group])
-                self._keep_prefixes(engine, group, layers)
+                for b, item in enumerate(group):
+                    engine.keep_prefix(item.prepared, layers, row=b)
             take_step(logits, [st.row for st in states])
         except BaseException as exc:
             self._fail(group, exc)

@@ -82,7 +82,7 @@ from models.generation import prefill as run_prefill
 from models.kv_cache import reserved_cache
 from models.text_stream import TextStream, safe_cancel
 from models.tokenizer import Tokenizer
-from models.vision_cache import VisionCache, VisionStats
+from models.vision_cache import PrefixCache, VisionCache, VisionStats
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Tokenizer, spec: ModelSpec, info: EngineInfo, *,
                  vision_chunk_tiles: int = 64, load_stats: LoadStats | None = None,
-                 max_context_tokens: int | None = None, vision_cache_tiles: int = 256) -> None:
+                 max_context_tokens: int | None = None, vision_cache_tiles: int = 256,
+                 prefix_cache_tokens: int = 16384) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
@@ -118,6 +119,8 @@ class Engine:
         self.vision_chunk_tiles = max(1, int(vision_chunk_tiles))
         self.load_stats = load_stats
         self.vision_cache = VisionCache(vision_cache_tiles)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.prefix_reused_tokens = 0  # prompt tokens not prefilled again (prefill_after)
         self.vision_stats = VisionStats()
         self._lock = threading.Lock()
 
@@ -128,7 +131,7 @@ class Engine:
              cache_dir: Path | None = None, hub_cache_dir: Path | None = None,
              allow_download: bool = False, vision_chunk_tiles: int = 64,
              name: str | None = None, max_context_tokens: int | None = None,
-             vision_cache_tiles: int = 256) -> Engine:
+             vision_cache_tiles: int = 256, prefix_cache_tokens: int = 16384) -> Engine:
         ckpt = open_checkpoint(source, hub_cache_dir=hub_cache_dir, allow_download=allow_download)
         spec = parse_spec(ckpt.config)
         template = prompts.get_template(spec.template)  # UnknownTemplate before any tensor is read
@@ -166,7 +169,8 @@ class Engine:
         log.info("loaded %s (%s) on %s as %s, %s attention%s", info.name, spec.llm_family, dev,
                  info.dtype, attn, " from converted cache" if stats.from_cache else "")
         return cls(model, tokenizer, spec, info, vision_chunk_tiles=vision_chunk_tiles, load_stats=stats,
-                   max_context_tokens=max_context_tokens, vision_cache_tiles=vision_cache_tiles)
+                   max_context_tokens=max_context_tokens, vision_cache_tiles=vision_cache_tiles,
+                   prefix_cache_tokens=prefix_cache_tokens)
 
     # --- preparing --------------------------------------------------------------------------
     def prepare(self, request: ChatRequest) -> Prepared:
@@ -400,13 +404,39 @@ class Engine:
                 return i + 1 if i + 1 < len(ids) else 0
         return 0
 
+    def release_vision(self, key: str) -> None:
+        """Drop what is kept for ``key``: its image features and its prompt prefix."""
+        self.vision_cache.release(key)
+        self.prefix_cache.release(key)
+
+    def stored_prefix(self, p: Prepared) -> tuple[list[int], KVLayers] | None:
+        """The prefix stored for ``p``'s vision key that ``p``'s prompt starts with (or None)."""
+        key, n = p.request.vision_key, self.image_prefix_length(p)
+        if key is None or n == 0:
+            return None
+        ids = list(p.input_ids[:n])
+        layers = self.prefix_cache.get(key, ids)
+        return (ids, layers) if layers is not None else None
+
+    def keep_prefix(self, p: Prepared, layers: KVLayers, row: int = 0, start: int = 0) -> None:
+        """Store ``p``'s image prefix from a prefill's keys and values (``row`` of the batch, its
+        prompt starting at column ``start``), as its own copy."""
+        key, n = p.request.vision_key, self.image_prefix_length(p)
+        if key is None or n == 0 or key in self.prefix_cache:
+            return
+        self.prefix_cache.put(key, list(p.input_ids[:n]), [
+            (k[row:row + 1, :, start:start + n].clone(), v[row:row + 1, :, start:start + n].clone())
+            for k, v in layers])
+
     @torch.inference_mode()
-    def prefill_after(self, p: Prepared, prefix_ids: Sequence[int],
-                      prefix_layers: KVLayers) -> tuple[torch.Tensor, KVLayers]:
+    def prefill_after(self, p: Prepared, prefix_ids: Sequence[int], prefix_layers: KVLayers,
+                      capacity: int | None = None) -> tuple[torch.Tensor, Any]:
         """:meth:`prefill` of one prompt whose first tokens are ``prefix_ids``, with their keys and
         values (``[1, H, n, D]`` per layer) from an earlier prefill: only the rest of the prompt
-        goes through the model (no ViT, no image tokens). Raises InvalidInput when the prompt
-        does not start with the prefix."""
+        goes through the model (no ViT, no image tokens). Returns the last position's float32
+        logits ``[1, V]`` and the cache (room for ``capacity`` positions; its layers' ``keys`` /
+        ``values`` hold the whole prompt). Raises InvalidInput when the prompt does not start
+        with the prefix."""
         n = len(prefix_ids)
         ids = p.input_ids
         if n == 0 or n >= len(ids) or list(ids[:n]) != list(prefix_ids):
@@ -414,7 +444,7 @@ class Engine:
         embed = self.model.get_input_embeddings()
         dev = embed.weight.device
         embeds = embed(torch.tensor([ids[n:]], dtype=torch.long, device=dev))
-        cache: Any = reserved_cache(self.model.config.get_text_config(), len(ids))
+        cache: Any = reserved_cache(self.model.config.get_text_config(), capacity or len(ids))
         for i, (k, v) in enumerate(prefix_layers):
             cache.update(k, v, i)
         mask = torch.ones((1, len(ids)), dtype=torch.long, device=dev)
@@ -422,7 +452,8 @@ class Engine:
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, logits_to_keep=1)
         p.vision_tiles = 0
-        return out.logits[:, -1, :].float(), [(layer.keys, layer.values) for layer in cache.layers]
+        self.prefix_reused_tokens += n
+        return out.logits[:, -1, :].float(), cache
 
     def start_row(self, p: Prepared) -> RowState:
         """The generation state of one request: its :class:`Row` (sampling, stop, hooks, cancel
@@ -454,10 +485,29 @@ class Engine:
         )
 
     def _run_group_unsafe(self, group: list[Prepared]) -> list[ChatResult]:
-        embeds, mask = self.build_inputs(group)
         states = [self.start_row(p) for p in group]
-        run_generation(self.model, embeds, mask, [st.row for st in states])
+        rows = [st.row for st in states]
+        if len(group) == 1 and group[0].request.vision_key is not None:
+            self._run_keyed(group[0], rows)
+        else:
+            embeds, mask = self.build_inputs(group)
+            run_generation(self.model, embeds, mask, rows)
         return [self.finish_row(st) for st in states]
+
+    def _run_keyed(self, p: Prepared, rows: list[Row]) -> None:
+        """One request of a vision key: from its key's stored prefix when there is one, else
+        whole, storing its prefix for the key's next requests."""
+        capacity = p.prompt_tokens + p.request.params.max_new_tokens
+        mask = torch.ones((1, p.prompt_tokens), dtype=torch.long)
+        stored = self.stored_prefix(p)
+        if stored is not None:
+            logits, cache = self.prefill_after(p, stored[0], stored[1], capacity)
+        else:
+            embeds, mask = self.build_inputs([p])
+            logits, cache, _ = run_prefill(self.model, embeds, mask.to(embeds.device), capacity)
+            self.keep_prefix(p, [(layer.keys, layer.values) for layer in cache.layers])
+        positions = torch.arange(p.prompt_tokens, device=logits.device).unsqueeze(0)
+        run_generation(self.model, None, mask, rows, started=(logits, cache, positions))
 
 
 @dataclasses.dataclass

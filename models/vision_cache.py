@@ -81,4 +81,51 @@ class VisionCache:
         return len(self._entries)
 
 
-__all__ = ["VisionCache", "VisionStats"]
+class PrefixCache:
+    """The shared start of the prompts of one vision key — the tokens up to the last ``</img>``
+    (``Engine.image_prefix_length``) — with its keys and values per layer (``[1, H, n, D]``),
+    so that the key's other requests prefill only the rest of their prompt
+    (``Engine.prefill_after``). Bounded by positions (``max_tokens``), least recently used out;
+    released with the key."""
+
+    def __init__(self, max_tokens: int = 16384) -> None:
+        self.max_tokens = max(0, int(max_tokens))
+        self._entries: OrderedDict[str, tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = \
+            OrderedDict()
+        self._tokens = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The keys and values stored for ``key`` if its prefix is exactly ``ids``."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != ids:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def put(self, key: str, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        with self._lock:
+            if key in self._entries or len(ids) > self.max_tokens:
+                return
+            self._entries[key] = (list(ids), layers)
+            self._tokens += len(ids)
+            while self._tokens > self.max_tokens:
+                _, (old, _) = self._entries.popitem(last=False)
+                self._tokens -= len(old)
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._tokens -= len(entry[0])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+__all__ = ["PrefixCache", "VisionCache", "VisionStats"]
