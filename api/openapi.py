@@ -54,8 +54,8 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
     ("post", "/v1/jobs/{job_id}/cancel"): {
         202: _json("Job", "Canceled (queued), or `cancel_requested` (running: the worker stops it)")},
     ("get", "/v1/jobs/{job_id}/events"): {200: _text(
-        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}) and "
-        "`done` (the Job); the stream ends after `done`")},
+        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}; a job "
+        "with tasks adds `task`, the task's name) and `done` (the Job); the stream ends after `done`")},
     ("post", "/v1/batches"): {
         202: _json("Batch", "The batch, its jobs queued"),
         200: _json("Batch", "A replay: the batch first created with this Idempotency-Key"),
@@ -84,7 +84,9 @@ ERROR_DESCRIPTIONS = {
     413: "The body is over the size limit (`payload_too_large`)",
     415: "The body is not `application/json` (`unsupported_content_type`)",
     422: "Invalid request; `errors` lists every invalid field (`invalid_request`, "
-         "`unsupported_character`, `context_too_long`, `url_not_allowed`, …)",
+         "`unsupported_character`, `context_too_long`, `url_not_allowed`, `tasks_empty`, "
+         "`too_many_tasks`, `tasks_conflict`, `duplicate_task_name`, `invalid_task`, "
+         "`invalid_messages`, …)",
     500: "An unexpected error (`internal`); the connection stays usable",
     503: "The database or the broker cannot be reached right now (`unavailable`); see Retry-After",
 }

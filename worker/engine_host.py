@@ -58,7 +58,7 @@ def load_engine(settings: Settings) -> Engine:
         s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation,
         quantization=s.quantization, cache_dir=s.data_dir / "converted",
         vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
-        vision_cache_tiles=s.vision_cache_tiles,
+        vision_cache_tiles=s.vision_cache_tiles, prefix_cache_tokens=s.prefix_cache_tokens,
         allow_download=True,  # a hub id not cached is fetched (refused when offline)
         # the operator's cap on prompt + new tokens; None: only the model's own limit
         max_context_tokens=s.max_context_tokens,
