@@ -487,7 +487,10 @@ class Engine:
     def _run_group_unsafe(self, group: list[Prepared]) -> list[ChatResult]:
         states = [self.start_row(p) for p in group]
         rows = [st.row for st in states]
-        if len(group) == 1 and group[0].request.vision_key is not None:
+        # a request whose rope may stretch with its length (batch_key "alone") is prefilled
+        # whole: a prefix computed for another length could carry another rope
+        if len(group) == 1 and group[0].request.vision_key is not None and \
+                self.batch_key(group[0]) == "shared":
             self._run_keyed(group[0], rows)
         else:
             embeds, mask = self.build_inputs(group)
