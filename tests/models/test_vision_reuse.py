@@ -90,3 +90,21 @@ def test_cache_evicts_the_least_recently_used_and_checks_the_tile_count() -> Non
     assert cache.get("huge", 5) is None and cache.tiles == 3
     cache.release("a")
     assert len(cache) == 1 and cache.tiles == 1
+
+
+def test_prefix_cache_matches_exact_ids_and_is_bounded_by_positions() -> None:
+    from models.vision_cache import PrefixCache
+
+    def layers(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))]
+
+    cache = PrefixCache(max_tokens=5)
+    cache.put("a", [1, 2, 3], layers(3))
+    assert cache.get("a", [1, 2, 3]) is not None
+    assert cache.get("a", [1, 2, 4]) is None and cache.get("a", [1, 2]) is None  # another start
+    cache.put("b", [7, 8, 9], layers(3))  # 6 positions: "a" goes
+    assert "a" not in cache and cache.get("b", [7, 8, 9]) is not None
+    cache.put("c", list(range(6)), layers(6))  # larger than the whole cache: not kept
+    assert "c" not in cache
+    cache.release("b")
+    assert len(cache) == 0
