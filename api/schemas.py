@@ -80,7 +80,7 @@ class Job(BaseModel):
                     "data:<mime>;sha256=<hex>;bytes=<n>")
     output: JobOutput | TasksOutput | None
     partial_text: str | None = Field(description="Text so far while running (a job with tasks: the "
-                                                  "first task's); null otherwise")
+                                                  "first chat task's); null otherwise")
     error: JobError | None
     attempts: int
     metrics: dict[str, Any] | None = Field(

@@ -18,7 +18,8 @@ which would otherwise just block on the future, does the I/O in :meth:`JobWatch.
 - the soft time limit: past the deadline the flag is raised as well, with reason ``timeout``.
 
 A job with several tasks (jobs.tasks) has one text stream per task (:meth:`JobWatch.sink`): its
-token events carry the task's name, and ``partial_text`` follows the first task.
+token events carry the task's name, and ``partial_text`` follows the first task that streams
+(grounding tasks do not).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ database is polled too, every ``DB_POLL_REDIS`` seconds, so a state change the w
 announce (a cancel of a queued job, the sweeper's expiry) still ends the stream.
 Without Redis (local mode) the database alone, every ``DB_POLL_LOCAL`` seconds: ``status`` and the
 growth of ``partial_text`` (which the worker stores about twice a second; of a job with tasks,
-the first task's text, tagged with its name).
+the first chat task's text, tagged with its name).
 
 Tenant-scoped like every route: another tenant's job id answers 404.
 """
@@ -160,9 +160,11 @@ def _token(delta: str, round_index: int, task: str | None = None) -> bytes:
 
 
 def _first_task(job: Any) -> str | None:
-    """The task whose text ``partial_text`` holds (jobs.tasks), None for a job without tasks."""
+    """The task whose text ``partial_text`` holds (jobs.tasks: the first that streams), None for
+    a job without tasks."""
     tasks = (job.request or {}).get("tasks") if isinstance(job.request, dict) else None
-    return str(tasks[0]["name"]) if tasks else None
+    streamed = [t for t in tasks or [] if t.get("task", "chat") != "grounding"]  # grounding does not stream
+    return str(streamed[0]["name"]) if streamed else None
 
 
 def _snapshot_tokens(raw: bytes, trackers: dict[str | None, TextTracker]) -> list[bytes]:
