@@ -55,8 +55,8 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
     ("post", "/v1/jobs/{job_id}/cancel"): {
         202: _json("Job", "Canceled (queued), or `cancel_requested` (running: the worker stops it)")},
     ("get", "/v1/jobs/{job_id}/events"): {200: _text(
-        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}) and "
-        "`done` (the Job); the stream ends after `done`")},
+        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}; a job "
+        "with tasks adds `task`, the task's name) and `done` (the Job); the stream ends after `done`")},
     ("post", "/v1/batches"): {
         202: _json("Batch", "The batch, its jobs queued"),
         200: _json("Batch", "A replay: the batch first created with this Idempotency-Key"),
@@ -95,7 +95,8 @@ ERROR_DESCRIPTIONS = {
     415: "The body is not `application/json` (`unsupported_content_type`)",
     422: "Invalid request; `errors` lists every invalid field (`invalid_request`, "
          "`unsupported_character`, `context_too_long`, `url_not_allowed`, `unknown_model`, "
-         "`exceeds_model_limit`, …)",
+         "`exceeds_model_limit`, `tasks_empty`, `too_many_tasks`, `tasks_conflict`, "
+         "`duplicate_task_name`, `invalid_task`, `invalid_messages`, …)",
     429: "Rate limited (`rate_limited`: the tenant's or the key's requests per second), or the "
          "plan's jobs in flight (`too_many_jobs_in_flight`); see Retry-After",
     500: "An unexpected error (`internal`); the connection stays usable",

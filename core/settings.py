@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     # device ``cpu`` (measured in docs/ARCHITECTURE.md, "The engine process").
     engine_process: bool | None = None
     vision_chunk_tiles: int = 64
+    # image features kept for the later answers of a job with several tasks, rounds or grounding
+    # phrases (models.vision_cache), in tiles; past it the least recently used go
+    vision_cache_tiles: int = 256
+    # and the keys and values of their prompts' shared start (system message + image tokens), in
+    # prompt positions (models.vision_cache.PrefixCache)
+    prefix_cache_tokens: int = 16384
 
     # --- media ---------------------------------------------------------------------------
     s3_endpoint_url: str | None = None
