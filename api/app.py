@@ -22,6 +22,7 @@ from api.context import AppContext
 from api.context_limit import load_context_limit
 from api.metrics import Metrics, MetricsMiddleware
 from api.params import storable_params
+from api.tracing import TracingMiddleware
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
@@ -54,7 +55,7 @@ def create_app(
         limits=RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
                              max_context_tokens=context.max_tokens, count_tokens=context.count_tokens),
         auth=Authenticator(db, disabled=settings.auth == "disabled"),
-        metrics=Metrics(db),
+        metrics=Metrics(db, publisher, settings.worker_dead_seconds),
     )
 
     @asynccontextmanager
@@ -94,6 +95,8 @@ def create_app(
     app.add_middleware(problems.CatchAllMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    # Outermost: the request's span (and a client's traceparent) is current in everything below.
+    app.add_middleware(TracingMiddleware)
     return app
 
 
@@ -104,9 +107,11 @@ def _ensure_local_tenant(db: Database) -> None:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``api.app:app_from_env``) for ``captionq serve --workers N``."""
+    from core import tracing
     from core.logging import setup_logging
     from core.settings import load_settings
 
     settings = load_settings()
     setup_logging(settings)
+    tracing.setup("captionq-api")
     return create_app(settings)

@@ -10,6 +10,7 @@ from api.auth import Authenticator
 from api.metrics import Metrics
 from api.params import check_path_ids
 from api.urlcheck import StorageUrlChecker
+from core import logcontext
 from core.db import Database
 from core.settings import Settings
 from jobs.queue import Publisher
@@ -38,4 +39,8 @@ async def tenant(request: Request) -> str:
     is then 404 without a query (:func:`api.params.check_path_ids`)."""
     tenant_id = await get_ctx(request).auth.tenant_for(request)
     check_path_ids(request)
+    # The request's log lines (and the threads it hands work to) name the tenant and the job or
+    # batch in its path.
+    params = request.path_params
+    logcontext.set_fields(tenant_id=tenant_id, job_id=params.get("job_id"), batch_id=params.get("batch_id"))
     return tenant_id

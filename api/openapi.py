@@ -71,6 +71,7 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
         202: _json("WebhookMessage", "The message, pending, with its attempts so far")},
     ("get", "/v1/workers"): {200: _json("WorkerList", "Every GPU worker with a heartbeat row, and the "
                                                        "live ones' totals")},
+    ("get", "/v1/queues"): {200: _json("QueueList", "The gpu and io queues: depth and oldest waiting work")},
     ("get", "/healthz"): {200: _json("Health", "The process is alive")},
     ("get", "/readyz"): {200: _json("Readiness", "Ready: the database, the broker and a worker answer")},
     ("get", "/metrics"): {200: _text("text/plain", "Prometheus text format")},

@@ -224,6 +224,25 @@ class WorkerList(BaseModel):
     totals: WorkerTotals = Field(description="Sums over the live workers")
 
 
+class Queue(BaseModel):
+    """One queue (``GET /v1/queues``): what an autoscaler scales workers on."""
+
+    model_config = _OPEN
+    object: Literal["queue"]
+    name: Literal["gpu", "io"]
+    messages: int | None = Field(description="Messages waiting in the broker (null: the broker cannot say)")
+    waiting: int = Field(description="gpu: jobs queued in SQL (a batch's jobs wait there until "
+                                     "dispatched); io: webhook messages due for an attempt")
+    oldest_age_seconds: float = Field(description="Age of the oldest waiting job or due webhook "
+                                                  "message (0: none)")
+
+
+class QueueList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    data: list[Queue]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -238,5 +257,5 @@ class Readiness(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Health, Readiness,
+    Worker, WorkerList, Queue, QueueList, Health, Readiness,
 )

@@ -83,6 +83,8 @@ class Job(Base):
         sa.Index("ix_jobs_status_started", "status", "started_at"),
         # The running jobs of a worker that went silent.
         sa.Index("ix_jobs_status_worker", "status", "worker_id"),
+        # The oldest queued job (the gpu queue's age gauge, jobs.gauges).
+        sa.Index("ix_jobs_status_created", "status", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
@@ -111,6 +113,9 @@ class Job(Base):
     # last sent (NULL: at submit, ``created_at``), for the sweeper's re-send of lost messages.
     worker_id: Mapped[str | None] = mapped_column(sa.String(200))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The submitting request's W3C trace context ({"traceparent": ...}; core.tracing): the worker
+    # continues that trace. NULL when the request had none (tracing off, no client traceparent).
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONType)
 
 
 class Worker(Base):

@@ -33,6 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from opentelemetry.trace import SpanKind
+
+from core import logcontext, tracing
+from core.db import utcnow
 from core.errors import CaptionqError, InternalError, TransientError
 from jobs import formats
 from jobs.render import job_to_dict
@@ -40,6 +44,7 @@ from jobs.service import ClaimedJob
 from jobs.tables import Job
 from models.engine import ChatRequest, ChatResult, GenerationParams
 from models.grounding import grounding_prompt, parse_grounding
+from worker import metrics as wmetrics
 from worker.live import JobWatch, Stopped, StopReason
 from worker.prepare import PreparedInput, PreparedItem, layout, prepare_items
 from worker.record import JobOutcome, RoundResult, job_error, metrics_json, output_json, retry_countdown
@@ -73,7 +78,22 @@ def generation_params(gen: dict[str, Any]) -> GenerationParams:
 
 def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retries: int = 0) -> str:
     """Run one delivery of ``captionq.caption_job``. Returns what happened (``skipped``,
-    ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`."""
+    ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`.
+
+    Observed on the way: its log lines carry the job's ids (:mod:`core.logcontext`), its stages
+    are spans of the job's trace (:mod:`core.tracing`) and the worker's metrics count it
+    (:mod:`worker.metrics`)."""
+    with logcontext.bind(job_id=job_id):
+        try:
+            outcome = _observed_run(rt, job_id, redelivered, retries)
+        except RetryLater:
+            wmetrics.job_finished("retry")
+            raise
+        wmetrics.job_finished(outcome)
+        return outcome
+
+
+def _observed_run(rt: Runtime, job_id: str, redelivered: bool, retries: int) -> str:
     try:
         claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id)
     except Exception as exc:  # cannot even claim (database down): nothing changed, try later
@@ -84,6 +104,25 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     if claimed is None:
         log.info("job %s: nothing to run (not queued, or taken over)", job_id)
         return "skipped"
+    wmetrics.JOBS_STARTED.inc()
+    parent = tracing.extract(claimed.trace_context)
+    claimed_at = claimed.started_at or utcnow()
+    if claimed.attempt == 1:  # later attempts waited for a retry, not only for the broker
+        wmetrics.QUEUE_WAIT.observe(max(0.0, (claimed_at - claimed.created_at).total_seconds()))
+        tracing.past_span("broker wait", claimed.created_at, claimed_at, parent, captionq__job_id=job_id)
+    with logcontext.bind(batch_id=claimed.batch_id, tenant_id=claimed.tenant_id), \
+            tracing.attached(parent), \
+            tracing.span("captionq.job", kind=SpanKind.CONSUMER, captionq__job_id=job_id,
+                         captionq__attempt=claimed.attempt, captionq__batch_id=claimed.batch_id):
+        started = time.monotonic()
+        try:
+            return _claimed_run(rt, claimed, redelivered, retries)
+        finally:
+            wmetrics.JOB.observe(time.monotonic() - started)
+
+
+def _claimed_run(rt: Runtime, claimed: ClaimedJob, redelivered: bool, retries: int) -> str:
+    job_id = claimed.job_id
     if rt.live is not None:
         rt.live.status(job_id, "running")
     watch = JobWatch(job_id, rt.jobs, rt.live, deadline=time.monotonic() + rt.settings.job_soft_time_limit,
@@ -99,8 +138,11 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
         watch.close()
     metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine_info.name, prepare_seconds=prepare_seconds)
-    job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
-                                                                  claim=claimed))
+    wmetrics.PREPARE.observe(prepare_seconds)
+    wmetrics.ENGINE.observe(outcome.engine_seconds)
+    with tracing.span("record", captionq__outcome="succeeded"):
+        job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
+                                                                      claim=claimed))
     if job is None:
         return _not_recorded(rt, claimed, "result")
     log.info("job %s succeeded in %.2f s (attempt %d, %d tiles, %d+%d tokens)", job_id,
@@ -114,7 +156,8 @@ def _run(rt: Runtime, claimed: ClaimedJob, watch: JobWatch) -> tuple[JobOutcome,
     req = claimed.request
     watch.check()  # a takeover looks for a cancel requested during the earlier attempt
     t0 = time.monotonic()
-    items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
+    with tracing.span("prepare", captionq__media=len(req.get("media") or [])):
+        items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
     prepare_seconds = time.monotonic() - t0
     watch.check()
     params = generation_params(req.get("generation") or {})
@@ -158,7 +201,11 @@ def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: Gene
             on_token=watch.on_token, should_cancel=watch.should_cancel, system_message=system,
         )
         t0 = time.monotonic()
-        result = watch.wait(rt.batcher.submit(request))
+        with tracing.span("engine", captionq__round=index) as span:
+            result = watch.wait(rt.batcher.submit(request))
+            if span is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", result.prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
         outcome.engine_seconds += time.monotonic() - t0
         if result.finish_reason == "canceled":
             raise Stopped(watch.reason or "cancel")
@@ -182,7 +229,8 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
             question=prep.question, pixel_values=pixel_values, num_patches_list=prep.num_patches_list,
             params=params, should_cancel=watch.should_cancel, system_message=system,
         )))
-    results = watch.wait_all(futures)
+    with tracing.span("engine", captionq__phrases=len(phrases)):
+        results = watch.wait_all(futures)
     if any(r.finish_reason == "canceled" for r in results):
         raise Stopped(watch.reason or "cancel")
     return JobOutcome(rounds=[_round_result(p, r) for p, r in zip(phrases, results, strict=True)],
@@ -240,8 +288,9 @@ def _failed(rt: Runtime, claimed: ClaimedJob, exc: BaseException, retries: int) 
 
 
 def _record_failure(rt: Runtime, claimed: ClaimedJob, code: str, message: str, *, retryable: bool) -> str:
-    status = record_outcome(rt, claimed, lambda: rt.jobs.fail(claimed.job_id, code, message, retryable,
-                                                              attempt=claimed.attempt))
+    with tracing.span("record", captionq__outcome="failed", captionq__error_code=code):
+        status = record_outcome(rt, claimed, lambda: rt.jobs.fail(claimed.job_id, code, message, retryable,
+                                                                  attempt=claimed.attempt))
     if status is None:
         return _not_recorded(rt, claimed, f"failure {code}")
     log.info("job %s %s: %s: %s", claimed.job_id, status, code, message)
