@@ -55,6 +55,13 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
+def add_filter(f: logging.Filter) -> None:
+    """Add a filter to captionq's handler (set up by :func:`setup_logging`)."""
+    for h in logging.getLogger().handlers:
+        if h.get_name() == _HANDLER_NAME:
+            h.addFilter(f)
+
+
 def setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):

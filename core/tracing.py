@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 TRACER_NAME = "captionq"
 _PROPAGATOR = TraceContextTextMapPropagator()
+# A provider given to this module (tests: an in-memory exporter), instead of the global one.
+_provider: trace.TracerProvider | None = None
 
 
 def configured_by_env(env: dict[str, str] | None = None) -> bool:
@@ -83,13 +85,20 @@ def setup(service_name: str) -> bool:
     return True
 
 
+def use_provider(provider: trace.TracerProvider | None) -> None:
+    """Record captionq's spans with ``provider`` (None: back to the global provider). The
+    global one can be set only once per process; a test sets and removes its own here."""
+    global _provider
+    _provider = provider
+
+
 def active() -> bool:
     """Whether spans are recorded in this process (an SDK provider is installed)."""
-    return hasattr(trace.get_tracer_provider(), "add_span_processor")
+    return _provider is not None or hasattr(trace.get_tracer_provider(), "add_span_processor")
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return (_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
 
 
 # --- carriers: the context stored on a job row ---------------------------------------------------

@@ -223,7 +223,12 @@ class Publisher:
         try:
             with self._pool.acquire(block=True, timeout=timeout) as conn:
                 try:
-                    ok = conn.default_channel.queue_declare(queue=queue, passive=True)
+                    channel = conn.default_channel
+                    if conn.transport_cls in ("redis", "rediss"):
+                        # Redis has no empty queues (an empty list is no key): a passive
+                        # declare of one says NOT_FOUND. The lengths of its priority lists.
+                        return int(channel._size(queue))
+                    ok = channel.queue_declare(queue=queue, passive=True)
                     return int(ok.message_count)
                 except Exception:
                     conn.collect()

@@ -40,7 +40,7 @@ from celery import Celery, bootsteps
 
 from core import logcontext
 from core.settings import Settings
-from jobs.queue import QUEUE_GPU, QUEUE_IO, make_celery
+from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, make_celery
 from worker import broker_fixes, probe, runtime, tasks
 from worker import metrics as wmetrics
 
@@ -165,6 +165,19 @@ def default_concurrency(settings: Settings, queues: list[str]) -> int:
     return DEFAULT_IO_CONCURRENCY
 
 
+class CeleryTaskFields(logging.Filter):
+    """Celery's own lines about a caption task ("Task captionq.caption_job[job_…] received",
+    "… succeeded in 1.2s") are logged outside the task's code (the consumer thread, the pool
+    after the task returned): bind the job id they are about, from the context Celery passes
+    along (``extra={"data": {"id", "name", …}}``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and data.get("name") == TASK_CAPTION and not hasattr(record, "job_id"):
+            record.job_id = str(data.get("id"))
+        return True
+
+
 def sends_task_events(settings: Settings, queues: list[str]) -> bool:
     """Whether this worker sends Celery task events (for Flower): see ``Settings.task_events``.
     Never on the local broker (its filesystem transport has no fanout exchange)."""
@@ -179,11 +192,12 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int | None, b
     from celery import signals
 
     from core import tracing
-    from core.logging import setup_logging
+    from core.logging import add_filter, setup_logging
 
     if loglevel:
         settings = settings.model_copy(update={"log_level": loglevel.upper()})
     setup_logging(settings)
+    add_filter(CeleryTaskFields())
     tracing.setup("captionq-worker")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
