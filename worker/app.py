@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> Celery:
 
 
 def app_from_env() -> Celery:
-    """For ``celery -A worker.app:app_from_env`` style tooling (inspect, purge)."""
+    """A worker app from the environment, for Celery's own tools (``worker.cli_app``)."""
     from core.settings import load_settings
 
     return create_app(load_settings())

@@ -56,6 +56,45 @@ HOOK_TOKEN = "hook-token-8812"
 
 
 @dataclass
+class Side:
+    """A process started beside the worker (its start overlaps the worker's model load)."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    base: str
+    probe: str  # a path that answers 200 once it is up
+
+    def wait_up(self, timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.base}{self.probe}", timeout=1).status_code == 200:
+                    return self.base
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.proc.args} did not come up:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def _side(args: list[str], env: dict[str, str], log: Path, port: int, probe: str) -> Side:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return Side(proc, log, f"http://127.0.0.1:{port}", probe)
+
+
+@dataclass
 class Obs:
     stack: Stack
     worker: Worker
@@ -68,6 +107,9 @@ class Obs:
     receiver: Receiver
     webhook_secret: str
     image_url: str
+    serve: Side  # captionq serve --workers 2
+    metrics_dir: Path  # its PROMETHEUS_MULTIPROC_DIR
+    flower: Side  # celery -A worker.cli_app flower
 
     def worker_spans(self) -> list[dict[str, Any]]:
         if not self.spans_file.exists():
@@ -95,6 +137,7 @@ def obs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Obs]:
     root.setLevel(logging.INFO)
     stack = build_stack(tmp)
     receiver = Receiver(secrets=[]).start()
+    sides: list[Side] = []
     try:
         db = Database(stack.settings)
         with db.session() as session:
@@ -114,12 +157,28 @@ def obs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Obs]:
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         worker = Worker(proc, log)
         stack.workers.append(worker)
+        metrics_dir = tmp / "prometheus"
+        serve_port, flower_port = helpers.free_port(), helpers.free_port()
+        serve_env = {**stack.worker_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        flower_env = {**stack.worker_env(), "FLOWER_UNAUTHENTICATED_API": "true"}
+        sides.append(_side(["cli.main", "serve", "--host", "127.0.0.1", "--port", str(serve_port),
+                            "--workers", "2"], serve_env, tmp / "serve.log", serve_port, "/healthz"))
+        sides.append(_side(["celery", "-A", "worker.cli_app", "flower", f"--port={flower_port}",
+                            "--address=127.0.0.1"], flower_env, tmp / "flower.log", flower_port,
+                           "/healthcheck"))
         stack.wait_ready(worker)
+        for side in sides:
+            side.wait_up()
         image_url = stack.put_file(KIT / "images" / "img04_448x448.png")
         yield Obs(stack, worker, spans_file, f"http://127.0.0.1:{metrics_port}/metrics",
                   f"http://127.0.0.1:{health_port}/healthz", health_port, exporter, api_log, receiver,
-                  secret, image_url)
+                  secret, image_url, sides[0], metrics_dir, sides[1])
     finally:
+        for p in [*(s.proc for s in sides), *(w.proc for w in stack.workers)]:  # all stop at once
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for side in sides:
+            side.stop()
         receiver.stop()
         destroy_stack(stack)
         tracing.use_provider(None)
@@ -272,59 +331,47 @@ def test_logs_bind_the_jobs_ids_and_never_show_secrets(obs: Obs, traced_job: dic
 
 
 # --- captionq serve --workers 2 -----------------------------------------------------------------
-def test_serve_with_two_processes_counts_every_request_once(obs: Obs, tmp_path: Path) -> None:
-    port = helpers.free_port()
-    metrics_dir = tmp_path / "prometheus"
-    env = {**obs.stack.worker_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port",
-                                 str(port), "--workers", "2"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_up(base, proc, log)
-        def serving_pids() -> set[str]:
-            return {m.group(1) for f in metrics_dir.glob("*.db") if (m := re.search(r"_(\d+)\.db$", f.name))}
+def test_serve_with_two_processes_counts_every_request_once(obs: Obs) -> None:
+    base, metrics_dir = obs.serve.base, obs.metrics_dir
 
-        def burst(n: int) -> None:
-            for _ in range(n):  # a new connection each: either process may accept it
-                with httpx.Client() as c:
-                    assert c.get(f"{base}/healthz").status_code == 200
+    def serving_pids() -> set[str]:
+        return {m.group(1) for f in metrics_dir.glob("*.db") if (m := re.search(r"_(\d+)\.db$", f.name))}
 
-        sent = 1  # _wait_up's answered probe
-        while (len(serving_pids()) < 2 and sent < 400) or sent < 40:
-            threads = [threading.Thread(target=burst, args=(5,)) for _ in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            sent += 20
-        assert len(serving_pids()) == 2, "both processes should have served requests"
-        for _ in range(4):  # whichever process answers, it counts the other's requests too
+    def burst(n: int) -> None:
+        for _ in range(n):  # a new connection each: either process may accept it
             with httpx.Client() as c:
-                text = c.get(f"{base}/metrics").text
-            assert _metric(text, "captionq_http_requests_total", method="GET", route="/healthz",
-                           status="200") == sent, text[:2000]
-        assert 'captionq_queue_oldest_age_seconds{queue="gpu"}' in text
-        assert "captionq_jobs{" in text and "captionq_webhook_messages_pending" in text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+                assert c.get(f"{base}/healthz").status_code == 200
+
+    sent = 1  # the probe that saw it up
+    while (len(serving_pids()) < 2 and sent < 400) or sent < 40:
+        threads = [threading.Thread(target=burst, args=(5,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sent += 20
+    assert len(serving_pids()) == 2, "both processes should have served requests"
+    for _ in range(4):  # whichever process answers, it counts the other's requests too
+        with httpx.Client() as c:
+            text = c.get(f"{base}/metrics").text
+        assert _metric(text, "captionq_http_requests_total", method="GET", route="/healthz",
+                       status="200") == sent, text[:2000]
+    assert 'captionq_queue_oldest_age_seconds{queue="gpu"}' in text
+    assert "captionq_jobs{" in text and "captionq_webhook_messages_pending" in text
 
 
-def _wait_up(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
+def test_flower_started_by_an_operator_shows_the_workers_tasks(obs: Obs) -> None:
+    """README's command: ``celery -A worker.cli_app flower``; the worker sends task events
+    (CAPTIONQ_TASK_EVENTS, io by default: this worker consumes io)."""
+    time.sleep(1.0)  # Flower's event consumer subscribes a moment after its web server is up
+    job = obs.stack.submit(_job_body(obs, "Seen by Flower?"))
+    assert obs.stack.wait(job["id"], 120)["status"] == "succeeded"
+    deadline = time.monotonic() + 20
     while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"captionq serve did not come up:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
+        tasks = httpx.get(f"{obs.flower.base}/api/tasks", timeout=5).json()
+        if tasks.get(job["id"], {}).get("state") == "SUCCESS" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    state = tasks.get(job["id"], {}).get("state")
+    assert state == "SUCCESS", (tasks, obs.flower.log.read_text(errors="replace")[-2000:])
+    assert tasks[job["id"]]["name"] == "captionq.caption_job"
