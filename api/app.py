@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Asynchronous captioning and visual question answering jobs with InternVL2. "
-    "Errors are RFC 9457 problem details with a stable `code`."
+    "Errors are RFC 9457 problem details with a stable `code`. Every request accepts a W3C "
+    "`traceparent` header: with tracing on (OpenTelemetry, the standard `OTEL_*` variables) the "
+    "request's span and the work of a job it creates continue that trace."
 )
 
 
