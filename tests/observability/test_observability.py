@@ -2,7 +2,8 @@
 this process and one ``captionq worker --queues gpu,io`` process on the tiny checkpoint):
 
 - a job's trace: the API's request span (continuing the client's ``traceparent``), ``broker
-  wait``, the worker's ``captionq.job`` with ``prepare``, ``engine`` and ``record``, one trace id
+  wait``, the worker's ``captionq.job`` with ``prepare``, ``engine`` and ``record``, and the
+  webhook's delivery, one trace id
   (OpenTelemetry's in-memory exporter here, and in the worker's process via
   tests/observability/traced_worker.py);
 - the worker's ``/metrics`` (its jobs, the engine's batches, stage histograms, webhook attempts)
@@ -234,13 +235,13 @@ def test_a_jobs_trace_runs_from_the_api_through_the_broker_to_the_workers_stages
     deadline = time.monotonic() + 20  # the worker's file is rewritten every 0.2 s
     while True:
         spans = [s for s in obs.worker_spans() if s["trace_id"] == CLIENT_TRACE]
-        if {"record"} <= {s["name"] for s in spans} or time.monotonic() > deadline:
+        if {"record", "webhook"} <= {s["name"] for s in spans} or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     by_name: dict[str, list[dict[str, Any]]] = {}
     for s in spans:
         by_name.setdefault(s["name"], []).append(s)
-    assert {"broker wait", "captionq.job", "prepare", "engine", "record"} <= set(by_name), spans
+    assert {"broker wait", "captionq.job", "prepare", "engine", "record", "webhook"} <= set(by_name), spans
     job_span = by_name["captionq.job"][0]
     assert job_span["attributes"]["captionq.job_id"] == traced_job["id"]
     assert job_span["parent_id"] == post_id  # the worker continues the API's span
@@ -252,6 +253,10 @@ def test_a_jobs_trace_runs_from_the_api_through_the_broker_to_the_workers_stages
     assert wait["end"] <= job_span["start"] + 50_000_000  # clocks of one host; 50 ms of rounding
     assert prep["end"] <= eng["start"] <= eng["end"] <= rec["start"]
     assert eng["attributes"]["gen_ai.usage.output_tokens"] == traced_job["metrics"]["output_tokens"]
+    # and back: the job's webhook, delivered in the same trace after the record
+    hook = next(s for s in by_name["webhook"] if s["attributes"]["captionq.event"] == "job.succeeded")
+    assert hook["parent_id"] == post_id and hook["start"] >= rec["end"]
+    assert hook["attributes"]["http.response.status_code"] == 200
 
 
 def test_a_workers_metrics_show_its_jobs_batches_and_webhooks(obs: Obs, traced_job: dict[str, Any]) -> None:

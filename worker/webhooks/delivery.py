@@ -31,12 +31,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from opentelemetry.trace import SpanKind
 
-from core import logcontext
+from core import logcontext, tracing
 from core.db import Database, utcnow
 from core.settings import Settings
 from jobs.queue import QUEUE_IO, TASK_WEBHOOK, Publisher
-from jobs.tables import WebhookAttempt, WebhookMessage
+from jobs.tables import Job, WebhookAttempt, WebhookMessage
 from jobs.tenants import signing_secrets
 from worker import metrics as wmetrics
 from worker.webhooks import pool, signing
@@ -174,8 +175,25 @@ def deliver(
     own = str(data.get("id") or "")
     job_id = own if own.startswith("job_") else None
     batch_id = data.get("batch_id") or (own if own.startswith("bat_") else None)
-    with logcontext.bind(job_id=job_id, batch_id=batch_id, tenant_id=c.tenant_id):
-        return _attempt(db, settings, c, policy, timeout, schedule, now, rand, resolver)
+    with logcontext.bind(job_id=job_id, batch_id=batch_id, tenant_id=c.tenant_id), \
+            tracing.attached(_job_trace(db, job_id)), \
+            tracing.span("webhook", kind=SpanKind.CLIENT, captionq__message_id=message_id,
+                         captionq__attempt=c.attempt, captionq__event=c.type) as span:
+        outcome = _attempt(db, settings, c, policy, timeout, schedule, now, rand, resolver)
+        if span is not None and outcome.result is not None:
+            span.set_attribute("http.response.status_code", outcome.result.status_code or 0)
+            span.set_attribute("captionq.webhook_status", outcome.status or "")
+        return outcome
+
+
+def _job_trace(db: Database, job_id: str | None) -> Any:
+    """The trace of the job an event is about: its delivery is the trace's last leg (read only
+    while tracing records spans)."""
+    if job_id is None or not tracing.active():
+        return None
+    with db.session() as session:
+        carrier = session.scalar(sa.select(Job.trace_context).where(Job.id == job_id))
+    return tracing.extract(carrier)
 
 
 def _attempt(db: Database, settings: Settings, c: Claim, policy: RetryPolicy, timeout: float,
