@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.db import Database, utcnow
 from core.prometheus import BUCKETS, scrape_registry
+from core.registry import Registry
 from jobs import gauges
 from jobs.heartbeats import live_count
 from jobs.queue import Publisher
@@ -55,10 +56,12 @@ class FleetCollector(Collector):
     live GPU workers. A database or broker that does not answer leaves its gauges out of that
     scrape instead of failing it."""
 
-    def __init__(self, db: Database, publisher: Publisher | None, dead_seconds: float) -> None:
+    def __init__(self, db: Database, publisher: Publisher | None, registry: Registry,
+                 dead_seconds: float) -> None:
         self.by_status = Cached(lambda: gauges.jobs_by_status(db), FLEET_TTL)
         self.by_tenant = Cached(lambda: gauges.active_jobs_by_tenant(db), FLEET_TTL)
-        self.queues = Cached(lambda: gauges.queue_states(db, publisher, utcnow()), FLEET_TTL)
+        self.queues = Cached(lambda: gauges.queue_states(db, publisher, registry, dead_seconds, utcnow()),
+                             FLEET_TTL)
         self.webhooks = Cached(lambda: gauges.pending_webhooks(db), FLEET_TTL)
         self.workers = Cached(lambda: live_count(db, dead_seconds), FLEET_TTL)
 
@@ -80,11 +83,11 @@ class FleetCollector(Collector):
             t.add_metric([tenant, status], n)
         yield t
         queues = self.queues()
-        depth = GaugeMetricFamily("captionq_queue_messages", "Messages waiting in the broker",
-                                  labels=["queue"])
-        waiting = GaugeMetricFamily("captionq_queue_waiting",
-                                    "Work waiting in SQL: queued jobs (gpu), due webhook messages (io)",
-                                    labels=["queue"])
+        depth = GaugeMetricFamily("captionq_queue_messages",
+                                  "Messages waiting in the broker (gpu.<model>, io)", labels=["queue"])
+        waiting = GaugeMetricFamily(
+            "captionq_queue_waiting", "Work waiting in SQL: queued jobs (gpu.<model>), due webhook "
+            "messages (io)", labels=["queue"])
         age = GaugeMetricFamily("captionq_queue_oldest_age_seconds",
                                 "Age of the oldest waiting work per queue (0: none)", labels=["queue"])
         for q in queues:
@@ -100,13 +103,14 @@ class FleetCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, db: Database, publisher: Publisher | None = None, dead_seconds: float = 20.0) -> None:
+    def __init__(self, db: Database, publisher: Publisher | None, registry: Registry,
+                 dead_seconds: float = 20.0) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("captionq_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
         self.latency = Histogram("captionq_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "route"], buckets=BUCKETS, registry=self.registry)
-        self.fleet = FleetCollector(db, publisher, dead_seconds)
+        self.fleet = FleetCollector(db, publisher, registry, dead_seconds)
 
     def scrape(self) -> CollectorRegistry:
         """What ``/metrics`` renders: every serve process's HTTP metrics and the fleet gauges."""

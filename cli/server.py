@@ -45,11 +45,12 @@ def worker(
     concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Task threads (gpu: jobs in flight that the batcher can combine; default batch size x 2)."),
     beat: bool = typer.Option(False, "--beat", "-B", help="Also run the periodic scheduler (sweeper); run exactly one per deployment."),
     loglevel: str | None = typer.Option(None, "--loglevel", "-l", help="Log level (default CAPTIONQ_LOG_LEVEL)."),
+    model: str | None = typer.Option(None, "--model", help="The model to serve on the gpu queue: a name from CAPTIONQ_MODELS (default CAPTIONQ_WORKER_MODEL, else CAPTIONQ_DEFAULT_MODEL)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics at /metrics on this port (default CAPTIONQ_WORKER_METRICS_PORT; bound to CAPTIONQ_WORKER_PROBE_HOST)."),
     health_port: int | None = typer.Option(None, "--health-port", min=0, max=65535, help="Serve the health probe /healthz on this port: 200 once consuming, 503 while starting or stopping (default CAPTIONQ_WORKER_HEALTH_PORT)."),
 ) -> None:
     """Run a Celery worker. With the gpu queue the model is loaded once, in this process (one
-    worker process per GPU: set CAPTIONQ_DEVICE=cuda:N)."""
+    worker process per GPU: set CAPTIONQ_DEVICE=cuda:N), and only that model's jobs are taken."""
     from worker.app import run_worker
 
     settings = settings_or_exit(worker_metrics_port=metrics_port, worker_health_port=health_port)
@@ -58,7 +59,11 @@ def worker(
     if bad or not names:
         console.print(f"[red]error:[/red] unknown queue(s) {bad or names}: use gpu, io")
         raise typer.Exit(2)
-    run_worker(settings, queues=names, concurrency=concurrency, beat=beat, loglevel=loglevel)
+    if model is not None and settings.registry.resolve(model) is None:
+        console.print(f"[red]error:[/red] unknown model {model!r} (--model): this deployment serves "
+                      f"{', '.join(settings.registry.names)} (CAPTIONQ_MODELS)", highlight=False)
+        raise typer.Exit(2)
+    run_worker(settings, queues=names, concurrency=concurrency, beat=beat, loglevel=loglevel, model=model)
 
 
 def migrate() -> None:

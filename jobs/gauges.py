@@ -11,9 +11,11 @@ are summed under the tenant label ``other``.
 
 Queue depth is what an autoscaler (KEDA's Prometheus scaler) scales GPU workers on:
 
-- ``gpu``: caption messages waiting in the broker, and jobs ``queued`` in SQL (a batch keeps
-  most of its jobs in SQL and tops the broker up by ``dispatch_window``; SQL is the backlog);
-  the oldest queued job's age is how long the longest waiting job has waited;
+- ``gpu.<model>``, one per registry model (:mod:`jobs.model_fleet` counts them, the legacy
+  ``gpu`` queue in the default model's): caption messages waiting in the broker, and jobs
+  ``queued`` in SQL (a batch keeps most of its jobs in SQL and tops the broker up by
+  ``dispatch_window``; SQL is the backlog); the oldest queued job's age is how long the longest
+  waiting job has waited;
 - ``io``: messages in the broker, and webhook messages due for an attempt (their oldest
   due time's age).
 """
@@ -27,7 +29,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from core.db import Database, utcnow
-from jobs.queue import QUEUE_GPU, QUEUE_IO, Publisher
+from core.registry import Registry
+from jobs.model_fleet import list_models
+from jobs.queue import QUEUE_IO, Publisher
 from jobs.states import JobStatus
 from jobs.tables import Job, WebhookMessage
 
@@ -40,6 +44,7 @@ PENDING = "pending"  # webhook_messages.status of a message still to be delivere
 @dataclass(frozen=True)
 class QueueState:
     name: str
+    model: str | None  # the registry model of a gpu queue
     messages: int | None  # waiting in the broker (None: the transport cannot say)
     waiting: int  # work waiting in SQL: queued jobs (gpu) or due webhook messages (io)
     oldest_age_seconds: float  # 0 when nothing waits
@@ -52,23 +57,23 @@ def _age(now: datetime, since: datetime | None) -> float:
     return round(max(0.0, (now - since).total_seconds()), 3) if since is not None else 0.0
 
 
-def queue_states(db: Database, publisher: Publisher | None, now: datetime | None = None) -> list[QueueState]:
+def queue_states(db: Database, publisher: Publisher | None, registry: Registry, dead_seconds: float,
+                 now: datetime | None = None) -> list[QueueState]:
+    """Every gpu queue (one per model) and the io queue."""
     now = now or utcnow()
     w = WebhookMessage
     due = sa.func.coalesce(w.next_attempt_at, w.created_at)
+    count = publisher.ready_count if publisher is not None else None
     with db.session() as session:
-        queued, oldest = session.execute(
-            sa.select(sa.func.count(), sa.func.min(Job.created_at))
-            .where(Job.status == JobStatus.QUEUED.value)
-        ).one()
+        models = list_models(session, registry, dead_seconds, now, count)["data"]
         hooks, oldest_hook = session.execute(
             sa.select(sa.func.count(), sa.func.min(due)).where(w.status == PENDING, due <= now)
         ).one()
-    count = publisher.ready_count if publisher is not None else (lambda _q: None)
-    return [
-        QueueState(QUEUE_GPU, count(QUEUE_GPU), int(queued or 0), _age(now, oldest)),
-        QueueState(QUEUE_IO, count(QUEUE_IO), int(hooks or 0), _age(now, oldest_hook)),
-    ]
+    out = [QueueState(m["queue"], m["id"], m["queue_messages"], m["queued_jobs"],
+                      float(m["oldest_queued_seconds"] or 0.0)) for m in models]
+    out.append(QueueState(QUEUE_IO, None, count(QUEUE_IO) if count else None, int(hooks or 0),
+                          _age(now, oldest_hook)))
+    return out
 
 
 def jobs_by_status(db: Database) -> dict[str, int]:

@@ -40,7 +40,7 @@ from celery import Celery, bootsteps
 
 from core import logcontext
 from core.settings import Settings
-from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, make_celery
+from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, gpu_queues, make_celery
 from worker import broker_fixes, probe, runtime, tasks
 from worker import metrics as wmetrics
 
@@ -165,6 +165,15 @@ def default_concurrency(settings: Settings, queues: list[str]) -> int:
     return DEFAULT_IO_CONCURRENCY
 
 
+def consumed_queues(settings: Settings, queues: list[str]) -> list[str]:
+    """The broker queues behind ``queues``: ``gpu`` stands for the queue(s) of the model this
+    worker serves (``settings.worker_model``, see :func:`jobs.queue.gpu_queues`)."""
+    out: list[str] = []
+    for q in queues:
+        out += gpu_queues(settings, settings.model_spec().name) if q == QUEUE_GPU else [q]
+    return list(dict.fromkeys(out))
+
+
 class CeleryTaskFields(logging.Filter):
     """Celery's own lines about a caption task ("Task captionq.caption_job[job_…] received",
     "… succeeded in 1.2s") are logged outside the task's code (the consumer thread, the pool
@@ -187,8 +196,10 @@ def sends_task_events(settings: Settings, queues: list[str]) -> bool:
 
 
 def run_worker(settings: Settings, queues: list[str], concurrency: int | None, beat: bool,
-               loglevel: str | None) -> None:
-    """Run a Celery worker on ``queues`` until it is shut down (SIGTERM/SIGINT: warm shutdown)."""
+               loglevel: str | None, model: str | None = None) -> None:
+    """Run a Celery worker on ``queues`` until it is shut down (SIGTERM/SIGINT: warm shutdown).
+    With the gpu queue it serves registry model ``model`` (default ``settings.worker_model``,
+    else the default model): its checkpoint and limits, and only its queue."""
     from celery import signals
 
     from core import tracing
@@ -196,20 +207,23 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int | None, b
 
     if loglevel:
         settings = settings.model_copy(update={"log_level": loglevel.upper()})
+    serves_gpu = QUEUE_GPU in queues
+    if serves_gpu:
+        settings = settings.for_model(model)
     setup_logging(settings)
     add_filter(CeleryTaskFields())
     tracing.setup("captionq-worker")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    serves_gpu = QUEUE_GPU in queues
     app.captionq_serves_gpu = serves_gpu  # type: ignore[attr-defined]
     app.captionq_beat = beat  # type: ignore[attr-defined]
-    app.captionq_queues = queues  # type: ignore[attr-defined]
     app.conf.worker_send_task_events = sends_task_events(settings, queues)
     app.steps["worker"].add(LoadModel)
     app.steps["worker"].add(ThreadedBeat)
     rt = runtime.configure(settings, celery_app=app)
     threads = concurrency or default_concurrency(settings, queues)
+    queues = consumed_queues(settings, queues)
+    app.captionq_queues = queues  # type: ignore[attr-defined]
     hostname = f"captionq-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     logcontext.set_process_fields(worker=hostname)
     if not serves_gpu:
@@ -222,7 +236,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int | None, b
     servers = probe.start(metrics_port=settings.worker_metrics_port, health_port=settings.worker_health_port,
                           host=settings.worker_probe_host, registry=wmetrics.REGISTRY, health=health)
     log.info("captionq worker: queues %s, %d task threads%s%s%s", ",".join(queues), threads,
-             f", model {settings.model} on {settings.device}" if serves_gpu else "",
+             f", model {settings.worker_model} ({settings.model}) on {settings.device}" if serves_gpu else "",
              ", with the scheduler" if beat else "",
              ", sending task events" if app.conf.worker_send_task_events else "")
     worker = app.Worker(

@@ -95,7 +95,7 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
 
 def _observed_run(rt: Runtime, job_id: str, redelivered: bool, retries: int) -> str:
     try:
-        claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id)
+        claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id, served=rt.served)
     except Exception as exc:  # cannot even claim (database down): nothing changed, try later
         err = job_error(exc)
         if err.retryable:

@@ -34,14 +34,16 @@ async def workers(request: Request, _tenant_id: Annotated[str, Depends(tenant)])
 
 @router.get("/queues", summary="Queues: messages in the broker, waiting work and its oldest age")
 async def queues(request: Request, _tenant_id: Annotated[str, Depends(tenant)]) -> dict[str, Any]:
-    """``gpu``: caption messages in the broker (``messages``; null when the broker cannot say),
-    jobs queued in SQL (``waiting``) and the oldest queued job's age; ``io``: messages in the
-    broker and webhook messages due for an attempt. The numbers behind ``/metrics``'
-    ``captionq_queue_*`` gauges (cached there for a few seconds; read afresh here)."""
+    """``gpu.<model>`` (one per served model): caption messages in the broker (``messages``; null
+    when the broker cannot say), jobs queued in SQL (``waiting``) and the oldest queued job's
+    age; ``io``: messages in the broker and webhook messages due for an attempt. The numbers
+    behind ``/metrics``' ``captionq_queue_*`` gauges (cached there for a few seconds; read afresh
+    here)."""
     ctx = get_ctx(request)
 
     def run() -> dict[str, Any]:
-        states = queue_states(ctx.db, ctx.publisher, utcnow())
+        states = queue_states(ctx.db, ctx.publisher, ctx.settings.registry, ctx.settings.worker_dead_seconds,
+                              utcnow())
         return {"object": "list", "data": [q.to_dict() for q in states]}
 
     return await to_thread.run_sync(run)  # type: ignore[no-any-return]

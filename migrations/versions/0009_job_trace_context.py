@@ -1,14 +1,11 @@
-"""Observability: ``jobs.trace_context`` and an index for the oldest queued job.
-
-- ``jobs.trace_context``: the submitting request's W3C trace context (``{"traceparent": ...}``),
-  which the worker continues (core/tracing.py); NULL when the request carried none.
-- ``ix_jobs_status_created``: ``min(created_at) WHERE status = 'queued'``, the gpu queue's
-  oldest-job age that ``/metrics`` and ``GET /v1/queues`` report (jobs/gauges.py).
+"""Observability: ``jobs.trace_context``, the submitting request's W3C trace context
+(``{"traceparent": ...}``), which the worker continues (core/tracing.py); NULL when the request
+carried none.
 
 Runs on PostgreSQL (JSONB) and SQLite (JSON text, batch mode).
 
 Revision ID: 0009
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-04
 """
 
@@ -21,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0009"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -31,10 +28,8 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("trace_context", JSON, nullable=True))
-        batch.create_index("ix_jobs_status_created", ["status", "created_at"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_index("ix_jobs_status_created")
         batch.drop_column("trace_context")

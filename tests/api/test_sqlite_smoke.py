@@ -28,8 +28,10 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 def test_migrations_up_down_up(local: Settings):
     assert current(local) == "0009"
     assert "trace_context" in _columns(local, "jobs")
-    downgrade(local, "0003")  # the jobs' trace context goes
+    downgrade(local, "0004")  # the jobs' trace context goes
     assert "trace_context" not in _columns(local, "jobs")
+    downgrade(local, "0003")  # the jobs' model columns go
+    assert not {"model", "model_revision"} & _columns(local, "jobs")
     downgrade(local, "0002")  # the workers' stats column goes
     assert "stats" not in _columns(local, "workers")
     downgrade(local, "0001")  # the heartbeat/lease columns go, the rest stays
