@@ -314,7 +314,70 @@ class Readiness(BaseModel):
     status: str
 
 
+Scope = Literal["submit", "read", "admin"]
+
+
+class ApiKey(BaseModel):
+    """An API key as the admin API shows it: never its secret."""
+
+    model_config = _OPEN
+    id: str = Field(description="key_… (the key itself reads cq_<id>_<secret>)")
+    object: Literal["api_key"]
+    tenant: str
+    name: str | None
+    scopes: list[Scope] = Field(description="submit: POST routes; read: GET routes; admin: /v1/keys")
+    created_at: Time
+    last_used_at: Time | None = Field(description="Last use, to within a minute; null: never used")
+    revoked_at: Time | None
+
+
+class KeyRequest(BaseModel):
+    """``POST /v1/keys``: both fields optional."""
+
+    model_config = ConfigDict(extra="forbid")
+    scopes: list[Scope] | None = Field(None, min_length=1, description="Default: submit and read")
+    name: str | None = Field(None, max_length=200, description="A label for the key")
+
+
+class CreatedApiKey(ApiKey):
+    api_key: str = Field(description="The key: shown in this answer only, a hash is stored")
+
+
+class ApiKeyList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    data: list[ApiKey]
+
+
+class UsageFigures(BaseModel):
+    model_config = _OPEN
+    jobs: int = Field(description="Jobs that ended (succeeded, failed or canceled)")
+    images: int
+    frames: int = Field(description="Video frames")
+    tiles: int = Field(description="448x448 tiles the vision encoder saw")
+    input_tokens: int
+    output_tokens: int
+    gpu_seconds: float = Field(description="Time the jobs held an engine slot")
+
+
+class UsageRow(UsageFigures):
+    day: str | None = Field(None, description="group_by=day: the UTC day, YYYY-MM-DD")
+    key: str | None = Field(None, description="group_by=key: the API key id (null: no key)")
+    model: str | None = Field(None, description="group_by=model: the model (null: never ran)")
+
+
+class Usage(BaseModel):
+    model_config = _OPEN
+    object: Literal["usage"]
+    from_: str = Field(alias="from", description="First UTC day")
+    to: str = Field(description="Last UTC day, included")
+    group_by: Literal["day", "key", "model"] | None
+    data: list[UsageRow] = Field(description="One row per group, in order; empty without group_by")
+    total: UsageFigures
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Model, ModelList, Queue, QueueList, Health, Readiness,
+    Worker, WorkerList, Model, ModelList, Queue, QueueList, Health, Readiness, ApiKey, CreatedApiKey,
+    ApiKeyList, Usage,
 )

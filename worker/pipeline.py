@@ -136,7 +136,8 @@ def _claimed_run(rt: Runtime, claimed: ClaimedJob, redelivered: bool, retries: i
         return _failed(rt, claimed, exc, retries)
     finally:
         watch.close()
-    metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
+    metrics = metrics_json(outcome, images=sum(1 for i in items if i.kind == "image"),
+                           tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine_info.name, prepare_seconds=prepare_seconds)
     wmetrics.PREPARE.observe(prepare_seconds)
     wmetrics.ENGINE.observe(outcome.engine_seconds)

@@ -66,10 +66,12 @@ def _round_json(r: RoundResult) -> dict[str, Any]:
 
 
 def metrics_json(outcome: JobOutcome, *, tiles: int, frames: int, model: str,
-                 prepare_seconds: float | None = None) -> dict[str, Any]:
+                 prepare_seconds: float | None = None, images: int | None = None) -> dict[str, Any]:
     """Per-job metrics (``queued_seconds`` / ``run_seconds`` are added by ``JobService``).
-    Tokens are summed over rounds: each round re-reads the conversation so far."""
+    Tokens are summed over rounds: each round re-reads the conversation so far. Usage
+    (jobs/usage.py) adds up ``images``, ``frames``, ``tiles``, the tokens and ``engine_seconds``."""
     m: dict[str, Any] = {
+        **({"images": images} if images is not None else {}),
         "tiles": tiles,
         "frames": frames,
         "input_tokens": sum(r.input_tokens for r in outcome.rounds),

@@ -5,7 +5,7 @@ carried none.
 Runs on PostgreSQL (JSONB) and SQLite (JSON text, batch mode).
 
 Revision ID: 0009
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-04
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0009"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
