@@ -55,8 +55,8 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
     ("post", "/v1/jobs/{job_id}/cancel"): {
         202: _json("Job", "Canceled (queued), or `cancel_requested` (running: the worker stops it)")},
     ("get", "/v1/jobs/{job_id}/events"): {200: _text(
-        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}) and "
-        "`done` (the Job); the stream ends after `done`")},
+        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}; a job "
+        "with tasks adds `task`, the task's name) and `done` (the Job); the stream ends after `done`")},
     ("post", "/v1/batches"): {
         202: _json("Batch", "The batch, its jobs queued"),
         200: _json("Batch", "A replay: the batch first created with this Idempotency-Key"),
@@ -72,13 +72,14 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
         202: _json("WebhookMessage", "The message, pending, with its attempts so far")},
     ("get", "/v1/workers"): {200: _json("WorkerList", "Every GPU worker with a heartbeat row, and the "
                                                        "live ones' totals")},
+    ("get", "/v1/models"): {200: _json("ModelList", "Every served model with its live workers, queue "
+                                                     "and wait estimate")},
+    ("get", "/v1/queues"): {200: _json("QueueList", "The gpu and io queues: depth and oldest waiting work")},
     ("get", "/v1/keys"): {200: _json("ApiKeyList", "The tenant's API keys, oldest first (no secrets)")},
     ("post", "/v1/keys"): {201: _json("CreatedApiKey", "The new key; `api_key` is shown this once")},
     ("post", "/v1/keys/{key_id}/revoke"): {200: _json("ApiKey", "The key, revoked (every API process "
                                                                   "refuses it within the auth cache TTL)")},
     ("get", "/v1/usage"): {200: _json("Usage", "Usage of the tenant's ended jobs, in total and by group")},
-    ("get", "/v1/models"): {200: _json("ModelList", "Every served model with its live workers, queue "
-                                                     "and wait estimate")},
     ("get", "/healthz"): {200: _json("Health", "The process is alive")},
     ("get", "/readyz"): {200: _json("Readiness", "Ready: the database, the broker and a worker answer")},
     ("get", "/metrics"): {200: _text("text/plain", "Prometheus text format")},
@@ -95,7 +96,8 @@ ERROR_DESCRIPTIONS = {
     415: "The body is not `application/json` (`unsupported_content_type`)",
     422: "Invalid request; `errors` lists every invalid field (`invalid_request`, "
          "`unsupported_character`, `context_too_long`, `url_not_allowed`, `unknown_model`, "
-         "`exceeds_model_limit`, …)",
+         "`exceeds_model_limit`, `tasks_empty`, `too_many_tasks`, `tasks_conflict`, "
+         "`duplicate_task_name`, `invalid_task`, `invalid_messages`, …)",
     429: "Rate limited (`rate_limited`: the tenant's or the key's requests per second), or the "
          "plan's jobs in flight (`too_many_jobs_in_flight`); see Retry-After",
     500: "An unexpected error (`internal`); the connection stays usable",

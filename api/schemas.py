@@ -60,6 +60,14 @@ class JobOutput(BaseModel):
     boxes: list[Any] | None = Field(None, description="task=grounding: boxes found in the text")
 
 
+class TasksOutput(BaseModel):
+    """The output of a job with ``tasks``: each task's output by its name, what a job with that
+    task's fields alone would output."""
+
+    model_config = _OPEN
+    tasks: dict[str, JobOutput]
+
+
 class Job(BaseModel):
     model_config = _OPEN
     id: str = Field(description="job_…")
@@ -70,11 +78,15 @@ class Job(BaseModel):
     request: dict[str, Any] = Field(
         description="The normalised JobRequest (defaults filled in); a data: URI is shown as "
                     "data:<mime>;sha256=<hex>;bytes=<n>")
-    output: JobOutput | None
-    partial_text: str | None = Field(description="Text so far while running; null otherwise")
+    output: JobOutput | TasksOutput | None
+    partial_text: str | None = Field(description="Text so far while running (a job with tasks: the "
+                                                  "first chat task's); null otherwise")
     error: JobError | None
     attempts: int
-    metrics: dict[str, Any] | None
+    metrics: dict[str, Any] | None = Field(
+        description="tiles, frames, input_tokens, output_tokens, vision_tiles (tiles the vision "
+                    "tower encoded for the job), model, finish_reason, seconds; a job with tasks "
+                    "adds tasks: {name: {input_tokens, output_tokens, finish_reason}}")
     metadata: dict[str, Any]
     priority: int
     model: str | None = Field(
@@ -141,7 +153,7 @@ class BatchResultLine(BaseModel):
     job_id: str
     custom_id: str | None
     status: JobStatus
-    output: JobOutput | None
+    output: JobOutput | TasksOutput | None
     error: JobError | None
     metadata: dict[str, Any]
 
@@ -189,6 +201,13 @@ class EngineCounters(BaseModel):
     busy_seconds: float = Field(description="Time spent running the model")
     requests: int
     batches: int
+    vision_tiles: int = Field(0, description="Tiles through the vision tower")
+    vision_reused_tiles: int = Field(
+        0, description="Tiles whose image features were reused (several tasks, rounds or grounding "
+                       "phrases of one job) instead of running the vision tower again")
+    prefix_reused_tokens: int = Field(
+        0, description="Prompt tokens (system message and image) whose keys and values were reused "
+                       "from another request of the same job instead of being computed again")
 
 
 class Worker(BaseModel):
@@ -282,6 +301,24 @@ class ModelList(BaseModel):
     object: Literal["list"]
     default_model: str
     data: list[Model]
+class Queue(BaseModel):
+    """One queue (``GET /v1/queues``): what an autoscaler scales workers on."""
+
+    model_config = _OPEN
+    object: Literal["queue"]
+    name: str = Field(description="gpu.<model> (a served model's caption jobs) or io")
+    model: str | None = Field(description="The model of a gpu queue; null for io")
+    messages: int | None = Field(description="Messages waiting in the broker (null: the broker cannot say)")
+    waiting: int = Field(description="gpu.<model>: jobs queued in SQL (a batch's jobs wait there until "
+                                     "dispatched); io: webhook messages due for an attempt")
+    oldest_age_seconds: float = Field(description="Age of the oldest waiting job or due webhook "
+                                                  "message (0: none)")
+
+
+class QueueList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    data: list[Queue]
 
 
 class Health(BaseModel):
@@ -360,5 +397,6 @@ class Usage(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Model, ModelList, Health, Readiness, ApiKey, CreatedApiKey, ApiKeyList, Usage,
+    Worker, WorkerList, Model, ModelList, Queue, QueueList, Health, Readiness, ApiKey, CreatedApiKey,
+    ApiKeyList, Usage,
 )

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     # device ``cpu`` (measured in docs/ARCHITECTURE.md, "The engine process").
     engine_process: bool | None = None
     vision_chunk_tiles: int = 64
+    # image features kept for the later answers of a job with several tasks, rounds or grounding
+    # phrases (models.vision_cache), in tiles; past it the least recently used go
+    vision_cache_tiles: int = 256
+    # and the keys and values of their prompts' shared start (system message + image tokens), in
+    # prompt positions (models.vision_cache.PrefixCache)
+    prefix_cache_tokens: int = 16384
 
     # --- media ---------------------------------------------------------------------------
     s3_endpoint_url: str | None = None
@@ -160,6 +166,17 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "INFO"
     log_json: bool = False
+
+    # --- worker observability --------------------------------------------------------------
+    # ``captionq worker`` serves Prometheus metrics (/metrics) and a health probe (/healthz) on
+    # these ports when set (the --metrics-port / --health-port options override them), bound to
+    # ``worker_probe_host`` (0.0.0.0 in a container, so that Prometheus can scrape it).
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535)
+    worker_health_port: int | None = Field(None, ge=0, le=65535)
+    worker_probe_host: str = "127.0.0.1"
+    # Celery task events (what Flower and ``celery events`` show): ``io`` sends them from every
+    # worker that consumes the io queue, ``all`` from gpu workers too, ``off`` from none.
+    task_events: Literal["off", "io", "all"] = "io"
 
     @field_validator("s3_allowed_buckets", mode="before")
     @classmethod
