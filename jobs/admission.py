@@ -18,6 +18,7 @@ from scalar subqueries, and a refusal rolls the whole submission back.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -81,32 +82,47 @@ def admit(session: Session, tenant_id: str, jobs: int, limits: Limits | None, no
     rolls back (nothing was submitted). ``limits`` None: count only (internal callers)."""
     if jobs <= 0:
         return
-    count = Tenant.jobs_in_flight
     limit = limits.max_jobs_in_flight if limits is not None else None
-    stmt = sa.update(Tenant).where(Tenant.id == tenant_id).values(jobs_in_flight=count + jobs)
-    if limit is not None:
-        stmt = stmt.where(count + jobs <= limit)
     quotas = limits is not None and limits.has_quota
+    start = month_start(now)
+    params: dict[str, Any] = {"tenant_id": tenant_id, "jobs": jobs}
+    if limit is not None:
+        params["limit"] = limit
     if quotas:
-        u, start = UsageDaily, month_start(now)
-
-        def used(expr: Any) -> Any:
-            return (sa.select(sa.func.coalesce(sa.func.sum(expr), 0))
-                    .where(u.tenant_id == tenant_id, u.day >= start).scalar_subquery())
-
-        stmt = stmt.returning(used(u.images).label("images"),
-                              used(u.input_tokens + u.output_tokens).label("tokens"),
-                              used(u.gpu_seconds).label("gpu_seconds"))
-        row = session.execute(stmt).first()
-        updated = row is not None
-    else:
-        updated = bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
-    if not updated and limit is not None:
+        params["start"] = start
+    result: Any = session.execute(_admit_statement(limit is not None, quotas), params)
+    row = result.first() if quotas else None
+    if (row is None if quotas else result.rowcount == 0) and limit is not None:
         current = int(session.scalar(sa.select(Tenant.jobs_in_flight).where(Tenant.id == tenant_id)) or 0)
         raise _too_many(current, jobs, limit)
-    if quotas and row is not None:
+    if row is not None:
         assert limits is not None
         _check(limits, start, int(row.images), int(row.tokens), float(row.gpu_seconds))
+
+
+@functools.cache
+def _admit_statement(limited: bool, quotas: bool) -> sa.Update:
+    """The admission UPDATE, built once per shape and run as a Core statement with parameters
+    (building and compiling it per submission cost more than its round trip). With quotas it
+    returns the month's usage from scalar subqueries on ``usage_daily`` (each a range of its
+    primary key: tenant, day)."""
+    t: sa.Table = Tenant.__table__  # type: ignore[assignment]
+    count, jobs = t.c.jobs_in_flight, sa.bindparam("jobs", type_=sa.Integer)
+    stmt = sa.update(t).where(t.c.id == sa.bindparam("tenant_id")).values(jobs_in_flight=count + jobs)
+    if limited:
+        stmt = stmt.where(count + jobs <= sa.bindparam("limit", type_=sa.Integer))
+    if quotas:
+        u: sa.Table = UsageDaily.__table__  # type: ignore[assignment]
+        month = (u.c.tenant_id == sa.bindparam("tenant_id"), u.c.day >= sa.bindparam("start", type_=sa.Date))
+
+        def used(expr: Any, name: str) -> Any:
+            total = sa.select(sa.func.coalesce(sa.func.sum(expr), 0)).where(*month)
+            return total.scalar_subquery().label(name)
+
+        stmt = stmt.returning(used(u.c.images, "images"),
+                              used(u.c.input_tokens + u.c.output_tokens, "tokens"),
+                              used(u.c.gpu_seconds, "gpu_seconds"))
+    return stmt
 
 
 def _too_many(current: int, jobs: int, limit: int) -> TooManyJobsInFlight:
