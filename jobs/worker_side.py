@@ -84,8 +84,15 @@ class WorkerTransitions:
             # notices when recording (``claim_lost``) and answers with a redelivery.
             claimed = self._run(self._claim, job_id, worker_id, relaxed=True)
             if claimed is not None:
+                self.after_claim()
                 return claimed  # type: ignore[no-any-return]
-        return self._run(self._start, job_id, redelivered, worker_id)  # type: ignore[no-any-return]
+        claimed = self._run(self._start, job_id, redelivered, worker_id)
+        if claimed is not None:
+            self.after_claim()
+        return claimed  # type: ignore[no-any-return]
+
+    def after_claim(self) -> None:
+        """A job left the broker's window (the service refills it)."""
 
     def _claim(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
                worker_id: str | None) -> ClaimedJob | None:
