@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from core.db import utcnow
 from core.errors import Conflict, NotFound
 from jobs import ids
+from jobs.fair import check_weight
 from jobs.tables import ApiKey, Tenant
 
 KEY_PREFIX = "cq"
@@ -115,6 +116,15 @@ def _find(session: Session, tenant_id_or_name: str) -> Tenant:
     if tenant is None:
         raise NotFound(f"no tenant {tenant_id_or_name!r}")
     return tenant
+
+
+def set_weight(session: Session, tenant_id_or_name: str, weight: float | None) -> str:
+    """Set a tenant's share of the GPU slots (jobs.fair); None goes back to the settings'
+    default. Returns the tenant id; a weight that is not a positive number: ValueError."""
+    tenant = _find(session, tenant_id_or_name)
+    tenant.weight = None if weight is None else check_weight(weight)
+    session.flush()
+    return tenant.id
 
 
 def rotate_webhook_secret(session: Session, tenant_id_or_name: str, grace_seconds: int) -> str:
