@@ -26,7 +26,9 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 
 def test_migrations_up_down_up(local: Settings):
-    assert current(local) == "0003"
+    assert current(local) == "0007"
+    downgrade(local, "0003")  # fair scheduling's tables and the tenants' weight go
+    assert "weight" not in _columns(local, "tenants")
     downgrade(local, "0002")  # the workers' stats column goes
     assert "stats" not in _columns(local, "workers")
     downgrade(local, "0001")  # the heartbeat/lease columns go, the rest stays
@@ -38,7 +40,7 @@ def test_migrations_up_down_up(local: Settings):
     names = set(sa.inspect(engine).get_table_names())
     engine.dispose()
     assert {"tenants", "api_keys", "jobs", "batches", "outbox", "webhook_messages", "webhook_attempts",
-            "idempotency_keys", "workers"} <= names
+            "idempotency_keys", "workers", "fair_queues", "fair_tenants"} <= names
     assert "stats" in _columns(local, "workers")
 
 
