@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -98,13 +99,15 @@ def dispatch(db: Database, publisher: Publisher, config: FairConfig, queue: str 
             return total
 
 
-_known_queues: set[tuple[int, str]] = set()
+# Per Database: the queues whose clock row is known to exist (weak: a disposed database's entry
+# goes with it).
+_known_queues: weakref.WeakKeyDictionary[Database, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _ensure_queue(db: Database, queue: str) -> None:
     """The queue's clock row exists (created once; a concurrent creation is fine)."""
-    key = (id(db), queue)
-    if key in _known_queues:
+    known = _known_queues.setdefault(db, set())
+    if queue in known:
         return
     with db.session() as session:
         if session.get(FairQueue, queue) is None:
@@ -113,7 +116,7 @@ def _ensure_queue(db: Database, queue: str) -> None:
                 session.flush()
             except sa.exc.IntegrityError:
                 session.rollback()
-    _known_queues.add(key)
+    known.add(queue)
 
 
 def _lock(session: Session, queue: str, now: datetime) -> bool:
