@@ -79,9 +79,7 @@ def start(tmp: Path, *, slots: int, batch_seconds: float) -> Flood:
 def stop(flood: Flood) -> None:
     from tests.worker.stack import destroy_stack
 
-    for label, batch_id in flood.batches.items():
-        with _client(flood, label) as c:
-            c.post(f"/v1/batches/{batch_id}/cancel")
+    # The backlogs are left as they are: the database is dropped with the stack.
     flood.db.dispose()
     for w in flood.stack.workers:  # kept for a look after the run
         shutil.copy(w.log, flood.stack.tmp / f"kept-{w.log.name}")
@@ -158,7 +156,8 @@ def mean_batch_seconds(flood: Flood) -> float | None:
 
 def jobs_of(flood: Flood, ids: list[str]) -> list[Any]:
     with flood.db.session() as s:
-        return list(s.execute(sa.select(Job.id, Job.created_at, Job.started_at).where(Job.id.in_(ids))).all())
+        return list(s.execute(sa.select(Job.id, Job.created_at, Job.started_at, Job.finished_at)
+                              .where(Job.id.in_(ids))).all())
 
 
 def a_jobs_started_while_waiting(flood: Flood, job: Any) -> int:
@@ -193,10 +192,13 @@ def run(flood: Flood, *, jobs: int, phase: float, every: float, warmup: float) -
     t1 = db_now(flood)
     with_b = started_between(flood, "A", t0, t1) / (t1 - t0).total_seconds()
     deadline = time.monotonic() + max(30.0, phase)
-    while time.monotonic() < deadline and any(j.started_at is None for j in jobs_of(flood, b_ids)):
+    while time.monotonic() < deadline and any(j.finished_at is None for j in jobs_of(flood, b_ids)):
         time.sleep(0.2)
     b_jobs = [j for j in jobs_of(flood, b_ids) if j.started_at is not None]
     waits = [(j.started_at - j.created_at).total_seconds() for j in b_jobs]
+    # Until the answer: the queue wait, then the wait for a batch inside the worker (its task
+    # threads claim more jobs than one batch holds), then the batch itself.
+    latencies = [(j.finished_at - j.created_at).total_seconds() for j in b_jobs if j.finished_at is not None]
     out.update(
         a_alone_jobs_per_s=round(alone, 2), a_with_b_jobs_per_s=round(with_b, 2),
         a_throughput_ratio=round(with_b / alone, 3) if alone else None,
@@ -204,6 +206,8 @@ def run(flood: Flood, *, jobs: int, phase: float, every: float, warmup: float) -
         b_wait_p50_s=round(pct(waits, 50), 3) if waits else None,
         b_wait_p99_s=round(pct(waits, 99), 3) if waits else None,
         b_wait_max_s=round(max(waits), 3) if waits else None,
+        b_latency_p50_s=round(pct(latencies, 50), 3) if latencies else None,
+        b_latency_p99_s=round(pct(latencies, 99), 3) if latencies else None,
         b_a_jobs_ahead_max=max((a_jobs_started_while_waiting(flood, j) for j in b_jobs), default=None),
     )
     batch = mean_batch_seconds(flood)
@@ -231,7 +235,8 @@ def report(r: dict[str, Any]) -> str:
         f"B: {r['b_started']}/{r['b_jobs']} jobs started; queue wait p50 {r['b_wait_p50_s']} s, "
         f"p99 {r['b_wait_p99_s']} s, max {r['b_wait_max_s']} s; mean batch {r['mean_batch_s']} s "
         f"(p99 / batch = {r['b_wait_p99_over_batch']}); at most {r['b_a_jobs_ahead_max']} of A's jobs "
-        f"started while one of B's waited",
+        f"started while one of B's waited; until the answer p50 {r.get('b_latency_p50_s')} s, "
+        f"p99 {r.get('b_latency_p99_s')} s",
         f"weights 3:1: A started {r['weighted_a_started']}, C {r['weighted_c_started']} "
         f"(A's share {r['weighted_a_share']}, target 0.75)",
     ]
@@ -252,11 +257,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flood = start(a.workdir, slots=a.slots, batch_seconds=a.batch_seconds)
     try:
         r = run(flood, jobs=a.jobs, phase=a.phase, every=a.every, warmup=a.warmup)
+        r.update(slots=a.slots, batch_seconds=a.batch_seconds)
+        print(report(r))
+        print(json.dumps(r), flush=True)
     finally:
         stop(flood)
-    r.update(slots=a.slots, batch_seconds=a.batch_seconds)
-    print(report(r))
-    print(json.dumps(r))
     return r
 
 
