@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -171,17 +172,21 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def run(flood: Flood, *, jobs: int, phase: float, every: float, warmup: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"jobs": jobs, "phase_s": phase, "every_s": every}
+    out: dict[str, Any] = {"jobs": jobs, "phase_s": phase, "every_s": every,
+                           "load_average_start": round(os.getloadavg()[0], 1)}
     t = time.monotonic()
     submit_batch(flood, "A", jobs)
     out["submit_s"] = round(time.monotonic() - t, 1)
     wait_started(flood, "A", 1, timeout=300)
     time.sleep(warmup)
 
-    t0 = db_now(flood)
-    time.sleep(phase)
-    t1 = db_now(flood)
-    alone = started_between(flood, "A", t0, t1) / (t1 - t0).total_seconds()
+    def a_alone() -> float:
+        t0 = db_now(flood)
+        time.sleep(phase)
+        t1 = db_now(flood)
+        return started_between(flood, "A", t0, t1) / (t1 - t0).total_seconds()
+
+    alone_before = a_alone()
 
     b_ids: list[str] = []
     t0 = db_now(flood)
@@ -191,6 +196,10 @@ def run(flood: Flood, *, jobs: int, phase: float, every: float, warmup: float) -
         time.sleep(every)
     t1 = db_now(flood)
     with_b = started_between(flood, "A", t0, t1) / (t1 - t0).total_seconds()
+    # A alone again after B: the machine's load drifts (other processes share it), so "alone"
+    # is measured on both sides of "with B".
+    alone_after = a_alone()
+    alone = (alone_before + alone_after) / 2
     deadline = time.monotonic() + max(30.0, phase)
     while time.monotonic() < deadline and any(j.finished_at is None for j in jobs_of(flood, b_ids)):
         time.sleep(0.2)
@@ -200,7 +209,9 @@ def run(flood: Flood, *, jobs: int, phase: float, every: float, warmup: float) -
     # threads claim more jobs than one batch holds), then the batch itself.
     latencies = [(j.finished_at - j.created_at).total_seconds() for j in b_jobs if j.finished_at is not None]
     out.update(
-        a_alone_jobs_per_s=round(alone, 2), a_with_b_jobs_per_s=round(with_b, 2),
+        a_alone_jobs_per_s=round(alone, 2),
+        a_alone_before_after=[round(alone_before, 2), round(alone_after, 2)],
+        a_with_b_jobs_per_s=round(with_b, 2),
         a_throughput_ratio=round(with_b / alone, 3) if alone else None,
         b_jobs=len(b_ids), b_started=len(b_jobs),
         b_wait_p50_s=round(pct(waits, 50), 3) if waits else None,
@@ -223,14 +234,15 @@ def run(flood: Flood, *, jobs: int, phase: float, every: float, warmup: float) -
     time.sleep(phase)
     t1 = db_now(flood)
     a, c = started_between(flood, "A", t0, t1), started_between(flood, "C", t0, t1)
-    out.update(weighted_a_started=a, weighted_c_started=c,
+    out.update(load_average_end=round(os.getloadavg()[0], 1), weighted_a_started=a, weighted_c_started=c,
                weighted_a_share=round(a / (a + c), 3) if a + c else None)
     return out
 
 
 def report(r: dict[str, Any]) -> str:
     lines = [
-        f"A alone: {r['a_alone_jobs_per_s']} jobs/s; with B: {r['a_with_b_jobs_per_s']} jobs/s "
+        f"A alone: {r['a_alone_jobs_per_s']} jobs/s (before, after B: {r['a_alone_before_after']}); "
+        f"with B: {r['a_with_b_jobs_per_s']} jobs/s "
         f"(ratio {r['a_throughput_ratio']})",
         f"B: {r['b_started']}/{r['b_jobs']} jobs started; queue wait p50 {r['b_wait_p50_s']} s, "
         f"p99 {r['b_wait_p99_s']} s, max {r['b_wait_max_s']} s; mean batch {r['mean_batch_s']} s "
