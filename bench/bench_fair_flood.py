@@ -63,6 +63,7 @@ def start(tmp: Path, *, slots: int, batch_seconds: float) -> Flood:
 
     # A redis-server of our own: on the shared one's numbered databases another test session's
     # drain could take the flood's messages.
+    tmp.mkdir(parents=True, exist_ok=True)
     redis = ExitStack()
     redis_url = redis.enter_context(private_redis(tmp))
     stack = build_stack(tmp, redis_url=redis_url, batch_mode="static", batch_max_requests=slots,

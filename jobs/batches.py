@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1000
 MAX_ERRORS = 100
+# A batch at least this large refreshes the planner's statistics of the jobs table.
+ANALYZE_AFTER = 5000
 SPOOL_MEMORY = 8 * 1024 * 1024
 
 
@@ -317,7 +319,22 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
                 sa.select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
             ).scalar_one()
         outbox_ids = outbox.add(session, effects.messages, now)
+    if spool.queued >= ANALYZE_AFTER and service.db.dialect == "postgresql":
+        _analyze_jobs(service)
     return batch, outbox_ids
+
+
+def _analyze_jobs(service: JobService) -> None:
+    """Fresh planner statistics after a large batch. Until autovacuum gets to it, PostgreSQL
+    believes almost no job is queued, and counting the queued jobs whose message was sent (the
+    fair dispatcher, after every claim) goes through every queued job instead of the small
+    partial index meant for it: measured 20-100 ms a dispatch with 30,000 jobs waiting, against
+    well under 1 ms."""
+    try:
+        with service.db.session() as session:
+            session.execute(sa.text("ANALYZE jobs"))
+    except Exception as exc:  # statistics only: autovacuum catches up later
+        log.warning("ANALYZE jobs after a large batch failed: %s", exc)
 
 
 # --- reads, cancel ----------------------------------------------------------------------------
