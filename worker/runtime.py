@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from core.db import Database
 from core.settings import Settings
+from jobs.fair_dispatch import FairConfig, Kicker
 from jobs.live import LivePublisher
 from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
@@ -102,7 +103,8 @@ class Runtime:
         self.db = Database(settings)
         self.storage = StorageConfig.from_settings(settings)
         self.publisher = Publisher.from_settings(settings, celery_app)
-        self.jobs = JobService(self.db, settings, self.publisher, OutboxCleaner(self.db))
+        self.jobs = JobService(self.db, settings, self.publisher, OutboxCleaner(self.db),
+                               Kicker(self.db, self.publisher, FairConfig.from_settings(settings)))
         url = settings.events_redis_url
         self.live: LivePublisher | None = LivePublisher(url) if url else None
         # Only a gpu worker runs jobs; the listener starts with the model (load_model).
@@ -243,6 +245,8 @@ class Runtime:
             self.live.close()
         if self.cancels is not None:
             self.cancels.close()
+        if self.jobs.kicker is not None:
+            self.jobs.kicker.close()
         if self.jobs.cleaner is not None:
             self.jobs.cleaner.close()
         self.publisher.close()
