@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.registry import ModelSpec, Registry, build_registry
+from core.registry import ModelSpec, Registry, build_registry, parse_entry
 
 DEFAULT_WEBHOOK_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
@@ -196,6 +196,13 @@ class Settings(BaseSettings):
         if not parts or any(float(p) < 0 for p in parts):
             raise ValueError("must be a comma-separated list of non-negative seconds")
         return ",".join(parts)
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name, value in (v or {}).items():
+            parse_entry(name, value)  # a bad entry is named here, as CAPTIONQ_MODELS's error
+        return v
 
     @model_validator(mode="after")
     def _registry_is_valid(self) -> Settings:

@@ -175,10 +175,13 @@ class Runtime:
                 from jobs.heartbeats import Heartbeat, new_worker_id
 
                 self.worker_id = new_worker_id()
-                served = self.served
+                # ``model``: the engine's reported name (GET /v1/workers, as before registries);
+                # ``served_model``: the registry name GET /v1/models groups workers by.
+                model = self._engine.info.name if self._engine is not None else None
                 self.heartbeat = Heartbeat(self.db, self.worker_id, self.settings.heartbeat_seconds,
-                                           model=served.name, stats_source=self.engine_stats,
-                                           about={"model_revision": self.revision,
+                                           model=model, stats_source=self.engine_stats,
+                                           about={"served_model": self.served.name,
+                                                  "model_revision": self.revision,
                                                   "checkpoint": self.settings.model})
             assert self.worker_id is not None
             return self.worker_id
