@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 from core.db import Database, utcnow
 from core.settings import Settings
 from jobs import fair
+from jobs.model_fleet import served_model
 from jobs.queue import QUEUE_GPU, TASK_CAPTION, Message, Publisher, queue_model
 from jobs.states import JobStatus
 from jobs.tables import Batch, FairQueue, FairTenant, Job, Outbox, Tenant, Worker
@@ -141,10 +142,10 @@ def window_size(session: Session, config: FairConfig, now: datetime, queue: str 
     if config.window is not None:
         return config.window
     model = queue_model(queue)
-    stats = session.scalars(sa.select(Worker.stats).where(
-        Worker.last_seen > now - timedelta(seconds=config.worker_dead_seconds),
-        *([] if model is None else [Worker.model == model]))).all()
-    slots = sum(int(((s or {}).get("engine") or {}).get("slots") or 0) for s in stats)
+    live = session.scalars(sa.select(Worker).where(
+        Worker.last_seen > now - timedelta(seconds=config.worker_dead_seconds))).all()
+    slots = sum(int(((w.stats or {}).get("engine") or {}).get("slots") or 0)
+                for w in live if model is None or served_model(w) == model)
     return max(config.window_min, slots)
 
 
