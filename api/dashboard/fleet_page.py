@@ -1,0 +1,57 @@
+"""``/dashboard/fleet`` (operators): every GPU worker with its model, slots, batch occupancy,
+tokens/s and GPU memory (``GET /v1/workers``'s data, :mod:`jobs.fleet`), and the depth and
+oldest-item age of each queue (:func:`jobs.overview.queue_depths`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from api.context import get_ctx
+from api.dashboard import render
+from api.dashboard.access import Viewer, viewer
+from core.db import utcnow
+from jobs.fleet import list_workers
+from jobs.overview import queue_depths
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+
+def gpu_memory(engine: dict[str, Any] | None) -> str | None:
+    """``used / total GiB`` from whatever memory figures the worker's heartbeat carries."""
+    if not engine:
+        return None
+    used = engine.get("gpu_memory_allocated_bytes") or engine.get("gpu_memory_used_bytes")
+    total = engine.get("gpu_memory_total_bytes")
+    if used is None:
+        return None
+    gib = 1024 ** 3
+    return f"{used / gib:.1f} / {total / gib:.1f} GiB" if total else f"{used / gib:.1f} GiB"
+
+
+def _fleet(request: Request) -> dict[str, Any]:
+    ctx = get_ctx(request)
+    now = utcnow()
+    with ctx.db.session() as session:
+        fleet = list_workers(session, ctx.settings.worker_dead_seconds, now)
+        queues = queue_depths(session, now)
+    for w in fleet["data"]:
+        w["gpu_memory"] = gpu_memory(w.get("engine"))
+    return {"workers": fleet["data"], "totals": fleet["totals"], "queues": queues}
+
+
+@router.get("/fleet")
+async def fleet(request: Request, v: Annotated[Viewer, Depends(viewer)]) -> Response:
+    if not v.operator:
+        return render.page(request, "forbidden.html", v, status_code=403)
+    return render.page(request, "fleet.html", v, **await to_thread.run_sync(_fleet, request))
+
+
+@router.get("/fleet/panel")
+async def fleet_panel(request: Request, v: Annotated[Viewer, Depends(viewer)]) -> Response:
+    if not v.operator:
+        return render.page(request, "forbidden.html", v, status_code=403)
+    return render.page(request, "_fleet.html", v, **await to_thread.run_sync(_fleet, request))
