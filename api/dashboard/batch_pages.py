@@ -75,7 +75,7 @@ async def batch_page(request: Request, batch_id: str, v: Annotated[Viewer, Depen
     if batch is None:
         return render.not_found(request, v, f"batch {batch_id}")
     jobs = await to_thread.run_sync(_jobs, request, v.tenant_id, batch_id, status, error_code, q, None)
-    return render.page(request, "batch.html", v, **batch_view(batch), **jobs)
+    return render.page(request, "batch.html", v, **batch_view(batch), **jobs, cursor=None)
 
 
 @router.get("/batches/{batch_id}/progress")
@@ -106,10 +106,12 @@ async def batch_jobs(request: Request, batch_id: str, v: Annotated[Viewer, Depen
                      status: Status = None, error_code: Annotated[str | None, Query(max_length=64)] = None,
                      q: Annotated[str | None, Query(max_length=256)] = None,
                      cursor: Annotated[str | None, Query(max_length=200)] = None) -> Response:
-    if await _batch(request, v, batch_id) is None:
+    batch = await _batch(request, v, batch_id)
+    if batch is None:
         return render.not_found(request, v, f"batch {batch_id}")
     data = await to_thread.run_sync(_jobs, request, v.tenant_id, batch_id, status, error_code, q, cursor)
-    return render.page(request, "_jobs_table.html", v, **data)
+    return render.page(request, "_jobs_table.html", v, **data, cursor=cursor,
+                       live=batch_view(batch)["live"])
 
 
 @router.post("/batches/{batch_id}/cancel")

@@ -22,7 +22,7 @@ def _nice_max(value: int) -> int:
 
 
 def stacked_bars(buckets: list[dict[str, int]], labels: list[str], order: list[str],
-                 width: int = 720, height: int = 200) -> str:
+                 width: int = 1200, height: int = 220) -> str:
     """One bar per bucket, stacked by key in ``order`` (colors from :data:`COLORS`), with a
     y axis maximum, x labels and a legend. ``labels`` has one entry per bucket."""
     left, bottom, top = 36, 22, 18
