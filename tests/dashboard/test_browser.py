@@ -205,6 +205,7 @@ def test_cancel_a_batch_from_the_list(env: Env, page_a: Page) -> None:
     with env.api(env.a) as c:
         batch = c.post("/v1/batches", json=body).json()
     page_a.goto("/dashboard/batches")
+    env.shot(page_a, "batches-running")
     page_a.locator(f"#row-{batch['id']}").get_by_role("button", name="Cancel").click()
     row = page_a.locator(f"#row-{batch['id']}")
     expect(row).to_have_attribute("data-status", "canceled", timeout=WAIT_MS)
