@@ -137,6 +137,6 @@ async def results(request: Request, batch_id: str, v: Annotated[Viewer, Depends(
     """The batch's results as ``GET /v1/batches/{id}/results`` streams them (NDJSON)."""
     if await _batch(request, v, batch_id) is None:
         return render.not_found(request, v, f"batch {batch_id}")
-    stream = batch_routes._results(get_ctx(request), batch_id)
+    stream = batch_routes.result_chunks(get_ctx(request), batch_id)
     return StreamingResponse(stream, media_type="application/x-ndjson", headers={
         "Content-Disposition": f'inline; filename="{batch_id}-results.jsonl"'})
