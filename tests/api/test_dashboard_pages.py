@@ -83,6 +83,7 @@ def test_sign_in_sets_a_signed_http_only_cookie(server, tenant_a) -> None:  # ty
         assert tenant_a.api_key not in r.headers["location"]
         page = c.get("/dashboard/overview")
         assert page.status_code == 200 and tenant_a.tenant_id in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         assert tenant_a.api_key not in page.text
         value = c.cookies["captionq_session"]
         tampered = value[:-3] + ("AAA" if not value.endswith("AAA") else "BBB")
