@@ -21,15 +21,17 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
 def gpu_memory(engine: dict[str, Any] | None) -> str | None:
-    """``used / total GiB`` from whatever memory figures the worker's heartbeat carries."""
+    """``allocated GiB (reserved GiB)`` from the engine figures of the worker's heartbeat; None
+    when it sends none, or zeros (a CPU worker)."""
     if not engine:
         return None
-    used = engine.get("gpu_memory_allocated_bytes") or engine.get("gpu_memory_used_bytes")
-    total = engine.get("gpu_memory_total_bytes")
-    if used is None:
+    allocated = engine.get("gpu_memory_allocated_bytes")
+    reserved = engine.get("gpu_memory_reserved_bytes")
+    if not allocated and not reserved:
         return None
     gib = 1024 ** 3
-    return f"{used / gib:.1f} / {total / gib:.1f} GiB" if total else f"{used / gib:.1f} GiB"
+    text = f"{(allocated or 0) / gib:.1f} GiB"
+    return f"{text} (reserved {reserved / gib:.1f})" if reserved else text
 
 
 def _fleet(request: Request) -> dict[str, Any]:

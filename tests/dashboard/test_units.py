@@ -102,3 +102,13 @@ def test_charts_escape_text_and_scale() -> None:
 def test_duration_reads_well() -> None:
     assert [duration(s) for s in (None, 0.25, 4.25, 185, 7800)] == [
         "—", "250 ms", "4.2 s", "3 min 05 s", "2 h 10 min"]
+
+
+def test_gpu_memory_from_the_heartbeat() -> None:
+    from api.dashboard.fleet_page import gpu_memory
+
+    gib = 1024 ** 3
+    assert gpu_memory(None) is None and gpu_memory({"slots": 16}) is None
+    assert gpu_memory({"gpu_memory_allocated_bytes": 0, "gpu_memory_reserved_bytes": 0}) is None  # CPU
+    assert gpu_memory({"gpu_memory_allocated_bytes": 3 * gib, "gpu_memory_reserved_bytes": 4 * gib}) == \
+        "3.0 GiB (reserved 4.0)"
