@@ -14,9 +14,11 @@ with the user's cookie.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -26,6 +28,8 @@ from pathlib import Path
 COOKIE = "captionq_session"
 COOKIE_PATH = "/dashboard"
 SECRET_FILE = "dashboard-session.key"
+
+log = logging.getLogger(__name__)
 
 
 def _b64(data: bytes) -> str:
@@ -38,23 +42,38 @@ def _unb64(text: str) -> bytes:
 
 def load_secret(configured: str | None, data_dir: Path) -> bytes:
     """The configured secret, else one kept in ``data_dir`` (created once, mode 0600, by
-    whichever API process gets there first; the others read it)."""
+    whichever API process gets there first; the others read it). Where ``data_dir`` cannot be
+    written the process makes up its own: the API still serves, but a session then works only
+    with the process that issued it (the log says so)."""
     if configured:
         return configured.encode()
     path = Path(data_dir) / SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):  # another process may be between create and write
-            text = path.read_text().strip()
-            if text:
-                return text.encode()
-            time.sleep(0.02)
-        raise RuntimeError(f"{path} is empty; delete it or set CAPTIONQ_SESSION_SECRET") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip().encode()
+        return _shared_secret(path)
+    except OSError as exc:
+        log.warning("dashboard sessions: cannot keep a secret in %s (%s); set CAPTIONQ_SESSION_SECRET "
+                    "so that every API process accepts every session", path, exc)
+        return secrets.token_urlsafe(32).encode()
+
+
+def _shared_secret(path: Path) -> bytes:
+    """Written whole to a temporary file, then linked into place: a reader never sees a partial
+    secret, and of two processes starting together one link wins and both use its secret."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+            with contextlib.suppress(FileExistsError):  # another process linked its own first
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    text = path.read_text().strip()
+    if not text:
+        raise OSError(f"{path} is empty")
+    return text.encode()
 
 
 @dataclass(frozen=True)

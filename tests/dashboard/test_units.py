@@ -112,3 +112,9 @@ def test_gpu_memory_from_the_heartbeat() -> None:
     assert gpu_memory({"gpu_memory_allocated_bytes": 0, "gpu_memory_reserved_bytes": 0}) is None  # CPU
     assert gpu_memory({"gpu_memory_allocated_bytes": 3 * gib, "gpu_memory_reserved_bytes": 4 * gib}) == \
         "3.0 GiB (reserved 4.0)"
+
+
+def test_unwritable_data_dir_still_gives_a_secret(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    a = load_secret(None, tmp_path / "file" / "data")
+    assert len(a) >= 32 and a != load_secret(None, tmp_path / "file" / "data")  # per process
