@@ -96,8 +96,10 @@ def test_changes_need_the_csrf_token(browser_a: httpx.Client, api: httpx.Client)
     refused = browser_a.post(f"/dashboard/batches/{batch['id']}/cancel")
     assert refused.status_code == 403 and api.get(f"/v1/batches/{batch['id']}").json()["status"] != "canceled"
     token = csrf_of(browser_a.get("/dashboard/batches").text)
-    done = browser_a.post(f"/dashboard/batches/{batch['id']}/cancel", headers={"X-CSRF-Token": token})
-    assert done.status_code == 200 and 'data-status="canceled"' in done.text
+    done = browser_a.post(f"/dashboard/batches/{batch['id']}/cancel", params={"view": "progress"},
+                          headers={"X-CSRF-Token": token})
+    assert done.status_code == 200 and '<section id="progress"' in done.text
+    assert 'data-status="canceled"' in done.text and "Cancel batch" not in done.text
     assert api.get(f"/v1/batches/{batch['id']}").json()["status"] == "canceled"
     assert browser_a.post("/dashboard/logout", data={"csrf": token}).status_code == 303
     assert browser_a.get("/dashboard/overview").status_code == 303  # signed out
