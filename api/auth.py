@@ -66,12 +66,3 @@ class Authenticator:
         if tenant is None:
             raise Unauthorized("invalid API key")
         return tenant
-
-    async def tenant_for_key(self, key: str) -> str | None:
-        """The tenant of ``key`` (the dashboard's session holds it), None when it is not valid."""
-        if self.disabled:
-            return LOCAL_TENANT_ID
-        if not key:
-            return None
-        return self._cached(hashlib.sha256(key.encode()).hexdigest()) or \
-            await to_thread.run_sync(self._lookup, key)

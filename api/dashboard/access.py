@@ -13,7 +13,7 @@ from fastapi import Request
 
 from api.context import AppContext, get_ctx
 from api.dashboard.session import COOKIE, SessionCodec
-from core.errors import CaptionqError
+from core.errors import CaptionqError, Unauthorized
 from jobs.tenants import LOCAL_TENANT_ID
 
 LOCAL_COOKIE = "local"  # what the CSRF token is derived from when there is no session
@@ -49,6 +49,19 @@ def can_operate(ctx: AppContext, tenant_id: str) -> bool:
     return True
 
 
+async def tenant_of_key(ctx: AppContext, key: str) -> str | None:
+    """The tenant of ``key`` checked exactly as an ``Authorization: Bearer`` header is (the same
+    authenticator, cache and rules), None when it is not a valid key."""
+    if not key or len(key) > 200:
+        return None
+    scope = {"type": "http", "method": "GET", "path": "/dashboard", "query_string": b"",
+             "headers": [(b"authorization", b"Bearer " + key.encode())]}
+    try:
+        return await ctx.auth.tenant_for(Request(scope))
+    except Unauthorized:
+        return None
+
+
 async def viewer(request: Request) -> Viewer:
     """Dependency for every dashboard route but sign-in."""
     ctx = get_ctx(request)
@@ -59,7 +72,7 @@ async def viewer(request: Request) -> Viewer:
     session = sessions.decode(raw)
     if session is None or raw is None:
         raise NeedLogin()
-    tenant_id = await ctx.auth.tenant_for_key(session.api_key)
+    tenant_id = await tenant_of_key(ctx, session.api_key)
     if tenant_id is None:
         raise NeedLogin()
     return Viewer(tenant_id, sessions.csrf_token(raw), can_operate(ctx, tenant_id))

@@ -69,7 +69,7 @@ async def login(request: Request, api_key: Annotated[str, Form()] = "",
     """Check the key like a Bearer key; a good one becomes the session cookie."""
     ctx = get_ctx(request)
     key = api_key.strip()
-    tenant_id = await ctx.auth.tenant_for_key(key) if key and len(key) <= 200 else None
+    tenant_id = await access.tenant_of_key(ctx, key)
     if tenant_id is None:
         return render.page(request, "login.html", None, status_code=401, next=_safe_next(next),
                            error="That API key is not valid.")
