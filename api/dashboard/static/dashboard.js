@@ -9,6 +9,12 @@
     var rounds = document.getElementById("live-rounds");
     var state = document.getElementById("live-state");
     var source = new EventSource(live.dataset.events);
+    // After a reconnect the stream starts again with the round's text so far: replace, not append.
+    var opened = false, resync = false;
+    source.addEventListener("open", function () {
+      if (opened) resync = true;
+      opened = true;
+    });
     function roundBox(r) {
       var box = rounds.querySelector('pre[data-round="' + r + '"]');
       if (!box) {
@@ -29,7 +35,13 @@
     });
     source.addEventListener("token", function (e) {
       var data = JSON.parse(e.data);
-      roundBox(data.round || 0).textContent += data.text;
+      var box = roundBox(data.round || 0);
+      if (resync) {
+        box.textContent = data.text;
+        resync = false;
+      } else {
+        box.textContent += data.text;
+      }
       rounds.dataset.tokens = String(Number(rounds.dataset.tokens) + 1);
     });
     source.addEventListener("done", function (e) {
