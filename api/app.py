@@ -19,7 +19,7 @@ from api import openapi, problems
 from api.auth import Authenticator
 from api.body import BodyLimitMiddleware
 from api.context import AppContext
-from api.context_limit import load_context_limit
+from api.context_limit import request_limits
 from api.metrics import Metrics, MetricsMiddleware
 from api.params import storable_params
 from api.urlcheck import StorageUrlChecker
@@ -27,7 +27,6 @@ from core.db import Database
 from core.settings import Settings
 from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
-from jobs.requests import RequestLimits
 from jobs.service import JobService
 from jobs.tenants import ensure_local_tenant
 
@@ -45,14 +44,10 @@ def create_app(
     db = db or Database(settings)
     publisher = publisher or Publisher.from_settings(settings)
     service = JobService(db, settings, publisher)
-    context = load_context_limit(settings)
-    log.info("submissions are checked against a context of %s tokens (from: %s)",
-             context.max_tokens, context.source)
     ctx = AppContext(
         settings=settings, db=db, publisher=publisher, service=service,
         checker=StorageUrlChecker(settings),
-        limits=RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
-                             max_context_tokens=context.max_tokens, count_tokens=context.count_tokens),
+        limits=request_limits(settings),
         auth=Authenticator(db, disabled=settings.auth == "disabled"),
         metrics=Metrics(db),
     )
@@ -79,9 +74,9 @@ def create_app(
     problems.install(app)
     openapi.install(app)
 
-    from api.routes import batches, events, jobs, ops, webhook_deliveries, workers
+    from api.routes import batches, events, jobs, models, ops, webhook_deliveries, workers
 
-    for module in (ops, jobs, batches, events, webhook_deliveries, workers):
+    for module in (ops, jobs, batches, events, webhook_deliveries, workers, models):
         app.include_router(module.router)
     from api.dashboard.setup import install as install_dashboard
     from api.openai import batches as openai_batches

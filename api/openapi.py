@@ -71,6 +71,8 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
         202: _json("WebhookMessage", "The message, pending, with its attempts so far")},
     ("get", "/v1/workers"): {200: _json("WorkerList", "Every GPU worker with a heartbeat row, and the "
                                                        "live ones' totals")},
+    ("get", "/v1/models"): {200: _json("ModelList", "Every served model with its live workers, queue "
+                                                     "and wait estimate")},
     ("get", "/healthz"): {200: _json("Health", "The process is alive")},
     ("get", "/readyz"): {200: _json("Readiness", "Ready: the database, the broker and a worker answer")},
     ("get", "/metrics"): {200: _text("text/plain", "Prometheus text format")},
@@ -84,7 +86,8 @@ ERROR_DESCRIPTIONS = {
     413: "The body is over the size limit (`payload_too_large`)",
     415: "The body is not `application/json` (`unsupported_content_type`)",
     422: "Invalid request; `errors` lists every invalid field (`invalid_request`, "
-         "`unsupported_character`, `context_too_long`, `url_not_allowed`, …)",
+         "`unsupported_character`, `context_too_long`, `url_not_allowed`, `unknown_model`, "
+         "`exceeds_model_limit`, …)",
     500: "An unexpected error (`internal`); the connection stays usable",
     503: "The database or the broker cannot be reached right now (`unavailable`); see Retry-After",
 }

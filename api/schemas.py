@@ -77,6 +77,12 @@ class Job(BaseModel):
     metrics: dict[str, Any] | None
     metadata: dict[str, Any]
     priority: int
+    model: str | None = Field(
+        description="The model the job runs on (a name from GET /v1/models; null for jobs stored "
+                    "before jobs named a model)")
+    model_revision: str | None = Field(
+        description="The checkpoint revision of the worker that claimed the job (a hub commit, or "
+                    "sha256:<16 hex>); null until a worker claimed it")
     cancel_requested: bool
     created_at: Time
     started_at: Time | None
@@ -205,6 +211,11 @@ class Worker(BaseModel):
     busy_fraction: float | None = Field(description="Share of the interval spent running the model")
     window_seconds: float | None = Field(description="The interval the rates are over")
     running_jobs: int = Field(description="Jobs (of any tenant) this worker is running now")
+    requests_per_s: float | None = Field(
+        None, description="Requests (rounds) finished per second over the interval")
+    free_slots: int | None = Field(None, description="slots - running_jobs (at least 0)")
+    model_revision: str | None = Field(None, description="The revision of the checkpoint it serves")
+    checkpoint: str | None = Field(None, description="The checkpoint it serves, as configured")
     engine: EngineCounters | None = Field(description="The counters the rates come from")
 
 
@@ -224,6 +235,55 @@ class WorkerList(BaseModel):
     totals: WorkerTotals = Field(description="Sums over the live workers")
 
 
+class ModelWorker(BaseModel):
+    model_config = _OPEN
+    id: str
+    status: Literal["live"]
+    model_revision: str | None
+    last_heartbeat_at: Time
+    slots: int | None
+    running_jobs: int
+    free_slots: int | None
+    tokens_per_s: float | None
+    requests_per_s: float | None
+    batch_occupancy: float | None
+
+
+class Model(BaseModel):
+    """One served model (``GET /v1/models``): a registry entry, the live workers serving it and
+    its queue."""
+
+    model_config = _OPEN
+    id: str = Field(description="The name jobs give as `model`")
+    object: Literal["model"]
+    default: bool = Field(description="The model of a job that names none")
+    checkpoint: str = Field(description="Its checkpoint (a folder or a hub id), as configured")
+    limits: dict[str, int] = Field(description="Its caps: max_tiles, max_new_tokens, max_context_tokens")
+    queue: str = Field(description="Its broker queue, gpu.<model>")
+    status: Literal["available", "no_live_workers"] = Field(
+        description="no_live_workers: no worker serves it now; its jobs wait, queued, until one starts")
+    live_workers: int
+    slots: int = Field(description="Decode slots over its live workers")
+    free_slots: int = Field(description="Slots not taken by a running job")
+    revisions: list[str] = Field(description="The checkpoint revisions its live workers serve")
+    queued_jobs: int = Field(description="Its jobs queued (every tenant's; a batch's not yet dispatched too)")
+    running_jobs: int
+    queue_messages: int | None = Field(description="Messages waiting in its broker queue; null: unknown")
+    oldest_queued_at: Time | None
+    oldest_queued_seconds: float | None = Field(description="Age of its oldest queued job")
+    estimated_wait_seconds: float | None = Field(
+        description="Rough: queued jobs over the requests/s its workers finished lately; 0 when the "
+                    "free slots take every queued job; null without a live worker or a rate")
+    workers: list[ModelWorker]
+
+
+class ModelList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    default_model: str
+    data: list[Model]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -238,5 +298,5 @@ class Readiness(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Health, Readiness,
+    Worker, WorkerList, Model, ModelList, Health, Readiness,
 )

@@ -34,9 +34,10 @@ def worker(
     concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Task threads (gpu: jobs in flight that the batcher can combine; default batch size x 2)."),
     beat: bool = typer.Option(False, "--beat", "-B", help="Also run the periodic scheduler (sweeper); run exactly one per deployment."),
     loglevel: str | None = typer.Option(None, "--loglevel", "-l", help="Log level (default CAPTIONQ_LOG_LEVEL)."),
+    model: str | None = typer.Option(None, "--model", help="The model to serve on the gpu queue: a name from CAPTIONQ_MODELS (default CAPTIONQ_WORKER_MODEL, else CAPTIONQ_DEFAULT_MODEL)."),
 ) -> None:
     """Run a Celery worker. With the gpu queue the model is loaded once, in this process (one
-    worker process per GPU: set CAPTIONQ_DEVICE=cuda:N)."""
+    worker process per GPU: set CAPTIONQ_DEVICE=cuda:N), and only that model's jobs are taken."""
     from worker.app import run_worker
 
     settings = settings_or_exit()
@@ -45,7 +46,11 @@ def worker(
     if bad or not names:
         console.print(f"[red]error:[/red] unknown queue(s) {bad or names}: use gpu, io")
         raise typer.Exit(2)
-    run_worker(settings, queues=names, concurrency=concurrency, beat=beat, loglevel=loglevel)
+    if model is not None and settings.registry.resolve(model) is None:
+        console.print(f"[red]error:[/red] unknown model {model!r} (--model): this deployment serves "
+                      f"{', '.join(settings.registry.names)} (CAPTIONQ_MODELS)", highlight=False)
+        raise typer.Exit(2)
+    run_worker(settings, queues=names, concurrency=concurrency, beat=beat, loglevel=loglevel, model=model)
 
 
 def migrate() -> None:

@@ -7,10 +7,12 @@ Each field is read from ``CAPTIONQ_<FIELD NAME IN CAPITALS>`` (a ``.env`` file i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.registry import ModelSpec, Registry, build_registry
 
 DEFAULT_WEBHOOK_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
@@ -37,6 +39,14 @@ class Settings(BaseSettings):
     # --- the model ---------------------------------------------------------------------------
     model: str = "OpenGVLab/InternVL2-8B"
     model_name: str | None = None  # reported name; defaults to the checkpoint's folder or hub id
+    # The model registry (core/registry.py): a JSON object of name -> checkpoint, or name ->
+    # {"checkpoint": ..., "max_tiles": ..., "max_new_tokens": ..., "max_context_tokens": ...}.
+    # Unset: CAPTIONQ_MODEL is the one model. ``default_model``: what a request without
+    # ``model`` gets (unset: the first entry). ``worker_model``: the entry a GPU worker serves
+    # (``captionq worker --model``; unset: the default).
+    models: dict[str, Any] | None = None
+    default_model: str | None = None
+    worker_model: str | None = None
     device: str = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
@@ -147,6 +157,14 @@ class Settings(BaseSettings):
         return ",".join(parts)
 
     @model_validator(mode="after")
+    def _registry_is_valid(self) -> Settings:
+        registry = self.registry  # raises ValueError with what is wrong
+        if self.worker_model is not None and registry.resolve(self.worker_model) is None:
+            raise ValueError(f"CAPTIONQ_WORKER_MODEL={self.worker_model!r} is not a served model "
+                             f"({', '.join(registry.names)})")
+        return self
+
+    @model_validator(mode="after")
     def _auth_only_disabled_locally(self) -> Settings:
         if self.auth == "disabled" and not self.local_mode:
             raise ValueError("CAPTIONQ_AUTH=disabled is only allowed in local mode (captionq up)")
@@ -185,6 +203,30 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def registry(self) -> Registry:
+        """The served models (core/registry.py), from ``models`` / ``default_model`` / ``model``."""
+        return build_registry(self.models, self.default_model, checkpoint=self.model,
+                              legacy_name=self.model_name, max_context_tokens=self.max_context_tokens)
+
+    def model_spec(self, name: str | None = None) -> ModelSpec:
+        """The registry entry ``name`` (default: this worker's, else the default model)."""
+        spec = self.registry.resolve(name or self.worker_model)
+        if spec is None:
+            raise ValueError(f"{name!r} is not a served model ({', '.join(self.registry.names)})")
+        return spec
+
+    def for_model(self, name: str | None = None) -> Settings:
+        """These settings for a process that runs model ``name`` (see :meth:`model_spec`): its
+        checkpoint, its context cap, and ``worker_model`` = its registry name. The engine's
+        reported name (``model_name``, a job's ``metrics.model``) stays the checkpoint's own
+        in a registry: one ``CAPTIONQ_MODEL_NAME`` cannot name several models."""
+        spec = self.model_spec(name)
+        context = spec.max_context_tokens if spec.max_context_tokens is not None else self.max_context_tokens
+        reported = None if self.models else self.model_name
+        return self.model_copy(update={"model": spec.checkpoint, "model_name": reported,
+                                       "max_context_tokens": context, "worker_model": spec.name})
 
 
 def load_settings(**overrides: object) -> Settings:

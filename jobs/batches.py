@@ -19,7 +19,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO, Any, cast
 
@@ -64,6 +64,7 @@ class BatchRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     skip_invalid: bool = False
     priority: JsonInt | None = Field(None, ge=0, le=9)  # extension: default priority of the batch's jobs
+    model: str | None = None  # the model of the batch's jobs (a line's own ``model`` wins)
 
 
 @dataclass
@@ -118,6 +119,8 @@ def plan_batch(raw: Any, checker: UrlChecker, max_inline: int) -> BatchPlan:
     defaults = dict(req.defaults) if req.defaults is not None else None
     if req.priority is not None:
         defaults = {"priority": req.priority, **(defaults or {})}
+    if req.model is not None:
+        defaults = {"model": req.model, **(defaults or {})}
     errs += check_defaults(defaults, ["defaults"])
     errs += _check_metadata(req.metadata, ["metadata"])
     if errs:
@@ -140,6 +143,8 @@ class Spool:
     count: int = 0
     queued: int = 0
     failed: int = 0
+    # the models of the queued lines: each gets its own dispatch (jobs.outbox.dispatch_message)
+    models: set[str | None] = field(default_factory=set)
 
 
 def _loads(raw: str | bytes) -> Any:
@@ -194,8 +199,9 @@ def validate_lines(
             hook = req["webhook"] or batch_job_hook
             _write(spool, [number, req["custom_id"], req["priority"], req["ttl_seconds"],
                            hook["url"] if hook else None, hook["events"] if hook else None,
-                           _dumps(req["metadata"]), _dumps(req)])
+                           _dumps(req["metadata"]), _dumps(req), req.get("model")])
             spool.queued += 1
+            spool.models.add(req.get("model"))
         if len(errors) >= MAX_ERRORS:
             break
     if not errors and spool.count == 0:
@@ -211,7 +217,7 @@ def validate_lines(
 
 def _write(spool: Spool, item: list[Any]) -> None:
     """Valid: ``[seq, custom_id, priority, ttl_seconds, webhook_url, webhook_events, metadata_json,
-    request_json]``; invalid (skip_invalid) adds a ninth element, the job error."""
+    request_json, model]``; invalid (skip_invalid) adds a tenth element, the job error."""
     spool.file.write(pydantic_core.to_json(item) + b"\n")
     spool.count += 1
 
@@ -229,14 +235,14 @@ def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan,
     meta = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
     invalid = {"code": "invalid_request", "message": message, "retryable": False}
     _write(spool, [number, custom if isinstance(custom, str) else None, 0, None, None, None,
-                   _dumps(meta), _dumps(request), invalid])
+                   _dumps(meta), _dumps(request), None, invalid])
     spool.failed += 1
 
 
 # Columns written for each job of a batch (the rest keep their defaults: NULL / 0 / false).
 COLUMNS = ("id", "tenant_id", "batch_id", "seq", "custom_id", "status", "priority", "request", "error",
            "attempts", "cancel_requested", "metadata", "webhook_url", "webhook_events", "created_at",
-           "finished_at", "expires_at")
+           "finished_at", "expires_at", "model")
 _JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events"})
 
 
@@ -244,15 +250,15 @@ def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: dateti
     """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text."""
     rows: list[tuple[Any, ...]] = []
     for item in chunk:
-        seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json = item[:8]
-        if len(item) > 8:  # an invalid line kept as a failed job
+        seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json, model = item[:9]
+        if len(item) > 9:  # an invalid line kept as a failed job
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.FAILED.value, 0, req_json,
-                         _dumps(item[8]), 0, False, meta_json, None, None, now, now, None))
+                         _dumps(item[9]), 0, False, meta_json, None, None, now, now, None, None))
         else:
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.QUEUED.value, priority,
                          req_json, None, 0, False, meta_json, hook_url,
                          _dumps(hook_events) if hook_events is not None else None, now, None,
-                         now + timedelta(seconds=ttl)))
+                         now + timedelta(seconds=ttl), model))
     return rows
 
 
@@ -309,7 +315,9 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
             .returning(Batch).execution_options(populate_existing=True, synchronize_session=False)
         ).scalar_one()
         if spool.queued:
-            effects.add(outbox.dispatch_message(batch_id))
+            # One dispatch per model, so one model's backlog never holds another's window.
+            for model in sorted(spool.models, key=lambda m: m or ""):
+                effects.add(outbox.dispatch_message(batch_id, model))
         else:  # every line was invalid (skip_invalid): nothing will run
             tx.on_last_job_ended(session, batch, now, effects)
             session.flush()

@@ -17,13 +17,18 @@ context (``context_too_long``; the worker does the exact check after tokenising)
                 + generation.max_new_tokens
 
 Unknown context (``RequestLimits.max_context_tokens`` None): no check here.
+
+``model`` names a served model (``RequestLimits.models``, built from the registry,
+``core/registry.py``); absent, the default. Anything else is ``unknown_model``. The model's own
+limits apply: its context, and its ``max_tiles`` / ``max_new_tokens`` (a request that asks for
+more is refused with ``exceeds_model_limit``; one that leaves them out gets the smaller default).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
 import pydantic_core
@@ -141,6 +146,7 @@ class JobRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     priority: JsonInt = Field(0, ge=0, le=9)
     ttl_seconds: JsonInt | None = Field(None, ge=1, le=MAX_TTL_SECONDS)
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
 JOB_FIELDS = frozenset(JobRequest.model_fields)
@@ -160,12 +166,33 @@ class UrlChecker(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelLimits:
+    """One served model as submissions are judged against it: its registry name, context (None:
+    unknown) and token counter, and its caps on tiles per item and new tokens (None: the
+    schema's)."""
+
+    name: str
+    max_context_tokens: int | None = None
+    count_tokens: Callable[[str], int] | None = None
+    max_tiles: int | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class RequestLimits:
     default_ttl_seconds: int = 86400
     # The model's context in tokens (None: unknown, the worker checks) and, when the API can
     # read the checkpoint's tokenizer, a prompt's token count (lower bound: see the module doc).
+    # With ``models``, each model's own apply instead.
     max_context_tokens: int | None = None
     count_tokens: Callable[[str], int] | None = None
+    # The served models by name (and by checkpoint, as OpenAI clients name them), and the name
+    # a request without ``model`` gets. Empty: ``model`` is not judged here.
+    models: Mapping[str, ModelLimits] = field(default_factory=dict)
+    default_model: str | None = None
+
+    def served(self) -> list[str]:
+        return sorted({m.name for m in self.models.values()})
 
 
 def default_prompt(media: list[dict[str, Any]]) -> str:
@@ -253,12 +280,24 @@ def normalize_job_request(
                              errors=[error(prefix, "expected an object")])
     storable.check(raw, prefix)
     try:
-        model = JobRequest.model_validate(raw)
+        parsed = JobRequest.model_validate(raw)
     except ValidationError as exc:
         schema_errs = pydantic_errors(exc, prefix)
         raise InvalidRequest(_summary(schema_errs), errors=schema_errs) from None
-    req = model.model_dump()
+    req = parsed.model_dump()
     errs: list[dict[str, Any]] = []
+    context, count_tokens = limits.max_context_tokens, limits.count_tokens
+    if limits.models:
+        served = limits.models.get(req["model"] or limits.default_model or "")
+        if served is None:
+            errs.append(error([*prefix, "model"], f"unknown model {req['model']!r}: this service serves "
+                              f"{', '.join(limits.served())}", "unknown_model"))
+        else:
+            req["model"] = served.name
+            context, count_tokens = served.max_context_tokens, served.count_tokens
+            errs += _model_limits(parsed, req, served, prefix)
+    if not limits.models:
+        del req["model"]  # no registry to judge it by: not stored (stored requests stay as they were)
     for i, item in enumerate(req["media"]):
         try:
             item["url"] = checker.media(item["url"], item["type"])
@@ -297,18 +336,40 @@ def normalize_job_request(
         req["metadata"] = {}
     if req["ttl_seconds"] is None:
         req["ttl_seconds"] = limits.default_ttl_seconds
-    if not errs and limits.max_context_tokens is not None:
-        need = prompt_token_lower_bound(req, limits.count_tokens) + req["generation"]["max_new_tokens"]
-        if need > limits.max_context_tokens:
+    if not errs and context is not None:
+        need = prompt_token_lower_bound(req, count_tokens) + req["generation"]["max_new_tokens"]
+        if need > context:
             errs.append(error(
                 [*prefix, "prompts"],
                 f"the request needs at least {need} tokens (images/frames at 256 tokens each, the "
-                f"prompts, and max_new_tokens) but the model's context is {limits.max_context_tokens}",
+                f"prompts, and max_new_tokens) but the model's context is {context}",
                 "context_too_long",
             ))
     if errs:
         raise InvalidRequest(_summary(errs), errors=errs)
     return req
+
+
+def _model_limits(parsed: JobRequest, req: dict[str, Any], served: ModelLimits,
+                  prefix: list[Any]) -> list[dict[str, Any]]:
+    """The model's caps: a value the request set above one is refused; a default above one is
+    lowered to it (``req`` is changed in place)."""
+    errs: list[dict[str, Any]] = []
+    if served.max_tiles is not None:
+        for i, (item, out) in enumerate(zip(parsed.media, req["media"], strict=True)):
+            if out["max_tiles"] <= served.max_tiles:
+                continue
+            if "max_tiles" in item.model_fields_set:
+                errs.append(error([*prefix, "media", i, "max_tiles"], f"model {served.name!r} takes at most "
+                                  f"{served.max_tiles} tiles per item", "exceeds_model_limit"))
+            out["max_tiles"] = served.max_tiles
+    gen = req["generation"]
+    if served.max_new_tokens is not None and gen["max_new_tokens"] > served.max_new_tokens:
+        if "max_new_tokens" in parsed.generation.model_fields_set:
+            errs.append(error([*prefix, "generation", "max_new_tokens"], f"model {served.name!r} generates "
+                              f"at most {served.max_new_tokens} new tokens", "exceeds_model_limit"))
+        gen["max_new_tokens"] = served.max_new_tokens
+    return errs
 
 
 def merge_defaults(defaults: Mapping[str, Any] | None, job: Any) -> Any:

@@ -87,7 +87,7 @@ class JobService(WorkerTransitions):
         # A Core INSERT of the row's values (the returned Job stays detached, as after a commit
         # with expire_on_commit off): the ORM's unit of work costs ~0.5 ms per submit.
         session.execute(sa.insert(Job.__table__), job_values(job))  # type: ignore[arg-type]
-        effects.add(outbox.caption_message(job.id, job.priority))
+        effects.add(outbox.caption_message(job.id, job.priority, job.model))
         return job
 
     # --- reads ----------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def new_job_row(job_id: str, tenant_id: str, request: dict[str, Any], now: datet
         meta=request.get("metadata") or {},
         webhook_url=hook["url"] if hook else None, webhook_events=list(hook["events"]) if hook else None,
         created_at=now, started_at=None, finished_at=None,
-        expires_at=now + timedelta(seconds=request["ttl_seconds"]),
+        expires_at=now + timedelta(seconds=request["ttl_seconds"]), model=request.get("model"),
     )
 
 

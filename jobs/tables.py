@@ -83,6 +83,8 @@ class Job(Base):
         sa.Index("ix_jobs_status_started", "status", "started_at"),
         # The running jobs of a worker that went silent.
         sa.Index("ix_jobs_status_worker", "status", "worker_id"),
+        # Per model: queue depth and the oldest queued job (GET /v1/models, the sweeper).
+        sa.Index("ix_jobs_status_model_created", "status", "model", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
@@ -111,6 +113,11 @@ class Job(Base):
     # last sent (NULL: at submit, ``created_at``), for the sweeper's re-send of lost messages.
     worker_id: Mapped[str | None] = mapped_column(sa.String(200))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The registry name of the model the job runs on (core/registry.py; NULL: stored before jobs
+    # named a model, the default model's) and the revision of the checkpoint that answered it
+    # (set by the claim of the attempt that runs it).
+    model: Mapped[str | None] = mapped_column(sa.String(64))
+    model_revision: Mapped[str | None] = mapped_column(sa.String(80))
 
 
 class Worker(Base):

@@ -39,7 +39,7 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from core.settings import Settings
-from jobs.queue import QUEUE_GPU, make_celery
+from jobs.queue import QUEUE_GPU, gpu_queues, make_celery
 from worker import broker_fixes, runtime, tasks
 
 log = logging.getLogger(__name__)
@@ -158,25 +158,39 @@ def default_concurrency(settings: Settings, queues: list[str]) -> int:
     return DEFAULT_IO_CONCURRENCY
 
 
+def consumed_queues(settings: Settings, queues: list[str]) -> list[str]:
+    """The broker queues behind ``queues``: ``gpu`` stands for the queue(s) of the model this
+    worker serves (``settings.worker_model``, see :func:`jobs.queue.gpu_queues`)."""
+    out: list[str] = []
+    for q in queues:
+        out += gpu_queues(settings, settings.model_spec().name) if q == QUEUE_GPU else [q]
+    return list(dict.fromkeys(out))
+
+
 def run_worker(settings: Settings, queues: list[str], concurrency: int | None, beat: bool,
-               loglevel: str | None) -> None:
-    """Run a Celery worker on ``queues`` until it is shut down (SIGTERM/SIGINT: warm shutdown)."""
+               loglevel: str | None, model: str | None = None) -> None:
+    """Run a Celery worker on ``queues`` until it is shut down (SIGTERM/SIGINT: warm shutdown).
+    With the gpu queue it serves registry model ``model`` (default ``settings.worker_model``,
+    else the default model): its checkpoint and limits, and only its queue."""
     from core.logging import setup_logging
 
     if loglevel:
         settings = settings.model_copy(update={"log_level": loglevel.upper()})
+    serves_gpu = QUEUE_GPU in queues
+    if serves_gpu:
+        settings = settings.for_model(model)
     setup_logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    serves_gpu = QUEUE_GPU in queues
     app.captionq_serves_gpu = serves_gpu  # type: ignore[attr-defined]
     app.captionq_beat = beat  # type: ignore[attr-defined]
     app.steps["worker"].add(LoadModel)
     app.steps["worker"].add(ThreadedBeat)
     runtime.configure(settings, celery_app=app)
     threads = concurrency or default_concurrency(settings, queues)
+    queues = consumed_queues(settings, queues)
     log.info("captionq worker: queues %s, %d task threads%s%s", ",".join(queues), threads,
-             f", model {settings.model} on {settings.device}" if serves_gpu else "",
+             f", model {settings.worker_model} ({settings.model}) on {settings.device}" if serves_gpu else "",
              ", with the scheduler" if beat else "")
     worker = app.Worker(
         hostname=f"captionq-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}",

@@ -75,7 +75,7 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     """Run one delivery of ``captionq.caption_job``. Returns what happened (``skipped``,
     ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`."""
     try:
-        claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id)
+        claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id, served=rt.served)
     except Exception as exc:  # cannot even claim (database down): nothing changed, try later
         err = job_error(exc)
         if err.retryable:

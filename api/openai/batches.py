@@ -22,7 +22,7 @@ from api.body import read_json
 from api.context import AppContext, get_ctx, tenant
 from api.openai import files
 from api.openai.errors import OpenAIError, OpenAIRoute
-from api.openai.jobs import served_models
+from api.openai.jobs import served_models, with_model
 from api.openai.mapping import map_request
 from jobs import batches, lists
 from jobs.batches import BatchPlan
@@ -88,7 +88,7 @@ def _jobs(ctx: AppContext, lines: Iterator[bytes]) -> Iterator[tuple[int, Any]]:
         if mapped.stream or mapped.model not in models:
             raise OpenAIError(f"line {number}: model {mapped.model!r} is not served here (or stream is set)",
                               param="input_file_id", code="model_not_found")
-        yield number, {**mapped.job, "custom_id": line["custom_id"]}
+        yield number, {**with_model(ctx, mapped.job, mapped.model), "custom_id": line["custom_id"]}
 
 
 @router.post("/batches")

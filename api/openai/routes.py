@@ -27,7 +27,7 @@ async def list_models(request: Request, _tenant_id: Tenant) -> dict[str, Any]:
     ctx = get_ctx(request)
     return {"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "captionq"}
-        for name in jobs.served_models(ctx)[:1]
+        for name in jobs.listed_models(ctx)
     ]}
 
 
@@ -48,7 +48,7 @@ async def chat_completions(request: Request, tenant_id: Tenant) -> JSONResponse 
         raise OpenAIError(f"The model {mapped.model!r} does not exist; this server serves "
                           f"{jobs.served_models(ctx)[0]!r}", status=404, param="model",
                           code="model_not_found")
-    job, sub = await jobs.submit(request, ctx, tenant_id, mapped.job)
+    job, sub = await jobs.submit(request, ctx, tenant_id, jobs.with_model(ctx, mapped.job, mapped.model))
     headers = {"X-Captionq-Job-Id": job.id}
     if mapped.stream:
         return StreamingResponse(_stream(request, ctx, tenant_id, job, sub, mapped),

@@ -26,7 +26,9 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 
 def test_migrations_up_down_up(local: Settings):
-    assert current(local) == "0003"
+    assert current(local) == "0004"
+    downgrade(local, "0003")  # the jobs' model columns go
+    assert not {"model", "model_revision"} & _columns(local, "jobs")
     downgrade(local, "0002")  # the workers' stats column goes
     assert "stats" not in _columns(local, "workers")
     downgrade(local, "0001")  # the heartbeat/lease columns go, the rest stays
