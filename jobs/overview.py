@@ -124,21 +124,12 @@ def batch_progress(counts: dict[str, int], created_at: datetime, finished_at: da
     return Progress(done, total, percent, None if rate is None else round(rate, 2), eta)
 
 
-def queue_depths(session: Session, now: datetime) -> list[dict[str, Any]]:
-    """What waits on each Celery queue, read from the database (every tenant): caption jobs on
-    ``gpu`` (queued jobs) and webhook messages on ``io`` (pending messages), each with the age of
-    the oldest, the signal an autoscaler scales on."""
-    q_count, q_oldest = session.execute(
-        sa.select(sa.func.count(), sa.func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED)).one()
-    w_count, w_oldest = session.execute(
+def pending_webhooks(session: Session, now: datetime) -> dict[str, Any]:
+    """What waits on the ``io`` queue, read from the database (every tenant): webhook messages
+    due or retrying, and the age of the oldest. (Caption jobs wait per model:
+    :func:`jobs.model_fleet.list_models`.)"""
+    count, oldest = session.execute(
         sa.select(sa.func.count(), sa.func.min(WebhookMessage.created_at))
         .where(WebhookMessage.status == PENDING)).one()
-
-    def age(oldest: datetime | None) -> float | None:
-        return None if oldest is None else max(0.0, (now - oldest).total_seconds())
-
-    return [
-        {"queue": "gpu", "what": "caption jobs queued", "depth": int(q_count), "oldest_age_s": age(q_oldest)},
-        {"queue": "io", "what": "webhook messages pending", "depth": int(w_count),
-         "oldest_age_s": age(w_oldest)},
-    ]
+    return {"queue": "io", "depth": int(count),
+            "oldest_age_s": None if oldest is None else max(0.0, (now - oldest).total_seconds())}

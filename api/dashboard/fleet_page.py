@@ -1,6 +1,8 @@
-"""``/dashboard/fleet`` (operators): every GPU worker with its model, slots, batch occupancy,
-tokens/s and GPU memory (``GET /v1/workers``'s data, :mod:`jobs.fleet`), and the depth and
-oldest-item age of each queue (:func:`jobs.overview.queue_depths`)."""
+"""``/dashboard/fleet`` (operators): each served model with its queue — jobs queued, messages in
+the broker, the oldest job's age, free slots and the wait estimate (``GET /v1/models``'s data,
+:mod:`jobs.model_fleet`) —, the webhook queue (:func:`jobs.overview.pending_webhooks`), and
+every GPU worker with its model, slots, batch occupancy, tokens/s and GPU memory
+(``GET /v1/workers``'s data, :mod:`jobs.fleet`)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from api.dashboard import render
 from api.dashboard.access import Viewer, viewer
 from core.db import utcnow
 from jobs.fleet import list_workers
-from jobs.overview import queue_depths
+from jobs.model_fleet import list_models
+from jobs.overview import pending_webhooks
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -39,10 +42,13 @@ def _fleet(request: Request) -> dict[str, Any]:
     now = utcnow()
     with ctx.db.session() as session:
         fleet = list_workers(session, ctx.settings.worker_dead_seconds, now)
-        queues = queue_depths(session, now)
+        models = list_models(session, ctx.settings.registry, ctx.settings.worker_dead_seconds, now,
+                             ctx.publisher.ready_count)
+        webhooks = pending_webhooks(session, now)
     for w in fleet["data"]:
         w["gpu_memory"] = gpu_memory(w.get("engine"))
-    return {"workers": fleet["data"], "totals": fleet["totals"], "queues": queues}
+    return {"workers": fleet["data"], "totals": fleet["totals"], "models": models["data"],
+            "webhooks": webhooks}
 
 
 @router.get("/fleet")

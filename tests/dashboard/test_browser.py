@@ -242,5 +242,6 @@ def test_overview_and_fleet_pages(env: Env, page_a: Page) -> None:
     env.shot(page_a, "overview")
     page_a.goto("/dashboard/fleet")
     expect(page_a.locator("tr.worker[data-status=live]")).to_have_count(1, timeout=WAIT_MS)
-    expect(page_a.locator("#queue-gpu")).to_be_visible()
+    expect(page_a.locator("tr.model[data-status=available]")).to_have_count(1)
+    expect(page_a.locator("#queue-io")).to_be_visible()
     env.shot(page_a, "fleet")

@@ -56,5 +56,8 @@ def test_local_mode_needs_no_sign_in_and_filters_on_sqlite(local: tuple[TestClie
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
     assert preview.content == (media / "cat.png").read_bytes()
     assert client.get(f"/dashboard/jobs/{ids['cat_1']}/media/1").status_code == 404
+    fleet = client.get("/dashboard/fleet")
+    assert fleet.status_code == 200 and 'id="queue-io"' in fleet.text
+    assert f'id="model-{settings.registry.default}"' in fleet.text and "no_live_workers" in fleet.text
     page = client.get(f"/dashboard/jobs/{ids['cat_1']}")
     assert page.status_code == 200 and f"/dashboard/jobs/{ids['cat_1']}/media/0" in page.text
