@@ -22,6 +22,7 @@ from api.context import AppContext
 from api.context_limit import request_limits
 from api.metrics import Metrics, MetricsMiddleware
 from api.params import storable_params
+from api.ratelimit import RateLimiter, RateLimitHeaders
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
@@ -48,8 +49,9 @@ def create_app(
         settings=settings, db=db, publisher=publisher, service=service,
         checker=StorageUrlChecker(settings),
         limits=request_limits(settings),
-        auth=Authenticator(db, disabled=settings.auth == "disabled"),
+        auth=Authenticator(db, settings),
         metrics=Metrics(db),
+        limiter=RateLimiter(settings),
     )
 
     @asynccontextmanager
@@ -63,6 +65,7 @@ def create_app(
         hub = getattr(_app.state, "captionq_live_hub", None)  # SSE's shared pub/sub, if used
         if hub is not None:
             await hub.close()
+        await ctx.limiter.close()
         publisher.close()
         db.dispose()
 
@@ -74,9 +77,9 @@ def create_app(
     problems.install(app)
     openapi.install(app)
 
-    from api.routes import batches, events, jobs, models, ops, webhook_deliveries, workers
+    from api.routes import batches, events, jobs, keys, models, ops, usage, webhook_deliveries, workers
 
-    for module in (ops, jobs, batches, events, webhook_deliveries, workers, models):
+    for module in (ops, jobs, batches, events, webhook_deliveries, workers, models, keys, usage):
         app.include_router(module.router)
     from api.dashboard.setup import install as install_dashboard
     from api.openai import batches as openai_batches
@@ -89,6 +92,7 @@ def create_app(
     # Added innermost first: metrics see every request, the body cap applies before any route
     # reads, and an unexpected error is answered inside them all.
     app.add_middleware(problems.CatchAllMiddleware)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
     return app

@@ -60,6 +60,14 @@ class JobOutput(BaseModel):
     boxes: list[Any] | None = Field(None, description="task=grounding: boxes found in the text")
 
 
+class TasksOutput(BaseModel):
+    """The output of a job with ``tasks``: each task's output by its name, what a job with that
+    task's fields alone would output."""
+
+    model_config = _OPEN
+    tasks: dict[str, JobOutput]
+
+
 class Job(BaseModel):
     model_config = _OPEN
     id: str = Field(description="job_…")
@@ -70,11 +78,15 @@ class Job(BaseModel):
     request: dict[str, Any] = Field(
         description="The normalised JobRequest (defaults filled in); a data: URI is shown as "
                     "data:<mime>;sha256=<hex>;bytes=<n>")
-    output: JobOutput | None
-    partial_text: str | None = Field(description="Text so far while running; null otherwise")
+    output: JobOutput | TasksOutput | None
+    partial_text: str | None = Field(description="Text so far while running (a job with tasks: the "
+                                                  "first chat task's); null otherwise")
     error: JobError | None
     attempts: int
-    metrics: dict[str, Any] | None
+    metrics: dict[str, Any] | None = Field(
+        description="tiles, frames, input_tokens, output_tokens, vision_tiles (tiles the vision "
+                    "tower encoded for the job), model, finish_reason, seconds; a job with tasks "
+                    "adds tasks: {name: {input_tokens, output_tokens, finish_reason}}")
     metadata: dict[str, Any]
     priority: int
     model: str | None = Field(
@@ -141,7 +153,7 @@ class BatchResultLine(BaseModel):
     job_id: str
     custom_id: str | None
     status: JobStatus
-    output: JobOutput | None
+    output: JobOutput | TasksOutput | None
     error: JobError | None
     metadata: dict[str, Any]
 
@@ -189,6 +201,13 @@ class EngineCounters(BaseModel):
     busy_seconds: float = Field(description="Time spent running the model")
     requests: int
     batches: int
+    vision_tiles: int = Field(0, description="Tiles through the vision tower")
+    vision_reused_tiles: int = Field(
+        0, description="Tiles whose image features were reused (several tasks, rounds or grounding "
+                       "phrases of one job) instead of running the vision tower again")
+    prefix_reused_tokens: int = Field(
+        0, description="Prompt tokens (system message and image) whose keys and values were reused "
+                       "from another request of the same job instead of being computed again")
 
 
 class Worker(BaseModel):
@@ -296,7 +315,69 @@ class Readiness(BaseModel):
     status: str
 
 
+Scope = Literal["submit", "read", "admin"]
+
+
+class ApiKey(BaseModel):
+    """An API key as the admin API shows it: never its secret."""
+
+    model_config = _OPEN
+    id: str = Field(description="key_… (the key itself reads cq_<id>_<secret>)")
+    object: Literal["api_key"]
+    tenant: str
+    name: str | None
+    scopes: list[Scope] = Field(description="submit: POST routes; read: GET routes; admin: /v1/keys")
+    created_at: Time
+    last_used_at: Time | None = Field(description="Last use, to within a minute; null: never used")
+    revoked_at: Time | None
+
+
+class KeyRequest(BaseModel):
+    """``POST /v1/keys``: both fields optional."""
+
+    model_config = ConfigDict(extra="forbid")
+    scopes: list[Scope] | None = Field(None, min_length=1, description="Default: submit and read")
+    name: str | None = Field(None, max_length=200, description="A label for the key")
+
+
+class CreatedApiKey(ApiKey):
+    api_key: str = Field(description="The key: shown in this answer only, a hash is stored")
+
+
+class ApiKeyList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    data: list[ApiKey]
+
+
+class UsageFigures(BaseModel):
+    model_config = _OPEN
+    jobs: int = Field(description="Jobs that ended (succeeded, failed or canceled)")
+    images: int
+    frames: int = Field(description="Video frames")
+    tiles: int = Field(description="448x448 tiles the vision encoder saw")
+    input_tokens: int
+    output_tokens: int
+    gpu_seconds: float = Field(description="Time the jobs held an engine slot")
+
+
+class UsageRow(UsageFigures):
+    day: str | None = Field(None, description="group_by=day: the UTC day, YYYY-MM-DD")
+    key: str | None = Field(None, description="group_by=key: the API key id (null: no key)")
+    model: str | None = Field(None, description="group_by=model: the model (null: never ran)")
+
+
+class Usage(BaseModel):
+    model_config = _OPEN
+    object: Literal["usage"]
+    from_: str = Field(alias="from", description="First UTC day")
+    to: str = Field(description="Last UTC day, included")
+    group_by: Literal["day", "key", "model"] | None
+    data: list[UsageRow] = Field(description="One row per group, in order; empty without group_by")
+    total: UsageFigures
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Model, ModelList, Health, Readiness,
+    Worker, WorkerList, Model, ModelList, Health, Readiness, ApiKey, CreatedApiKey, ApiKeyList, Usage,
 )

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     # device ``cpu`` (measured in docs/ARCHITECTURE.md, "The engine process").
     engine_process: bool | None = None
     vision_chunk_tiles: int = 64
+    # image features kept for the later answers of a job with several tasks, rounds or grounding
+    # phrases (models.vision_cache), in tiles; past it the least recently used go
+    vision_cache_tiles: int = 256
+    # and the keys and values of their prompts' shared start (system message + image tokens), in
+    # prompt positions (models.vision_cache.PrefixCache)
+    prefix_cache_tokens: int = 16384
 
     # --- media ---------------------------------------------------------------------------
     s3_endpoint_url: str | None = None
@@ -131,6 +137,27 @@ class Settings(BaseSettings):
 
     # --- API -----------------------------------------------------------------------------
     auth: Literal["required", "disabled"] = "required"
+    # How long an API process trusts a verified key without reading the database again: a
+    # revoked key (or a changed plan or scope) takes effect within this time. At most 30 s.
+    auth_cache_seconds: float = Field(30.0, ge=0, le=30)
+
+    # --- plans: rate limits and quotas (the defaults for tenants without a plan) -----------
+    # Token buckets on every POST: per tenant and per API key (requests per second, burst).
+    # Kept in Redis (one atomic script per request, shared by every API process); without Redis
+    # (local mode) in the API process. ``rate_limits=False`` turns them off.
+    rate_limits: bool = True
+    # How long a POST waits for Redis's answer before it goes through unlimited (logged).
+    rate_limit_timeout_seconds: float = Field(0.5, gt=0)
+    default_requests_per_second: float = Field(100.0, gt=0)
+    default_burst: int = Field(200, ge=1)
+    default_key_requests_per_second: float | None = Field(None, gt=0)  # None: as the tenant
+    default_key_burst: int | None = Field(None, ge=1)
+    # Queued + running jobs per tenant (a batch counts every job); None: no limit.
+    default_max_jobs_in_flight: int | None = Field(None, ge=1)
+    # Monthly quotas per tenant (UTC calendar month); None: no limit.
+    default_monthly_images: int | None = Field(None, ge=0)
+    default_monthly_tokens: int | None = Field(None, ge=0)
+    default_monthly_gpu_seconds: float | None = Field(None, ge=0)
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"

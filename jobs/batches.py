@@ -31,6 +31,8 @@ from core.db import utcnow
 from core.errors import BatchFinished, DuplicateCustomId, InvalidRequest, NotFound
 from jobs import ids, outbox, storable
 from jobs import transitions as tx
+from jobs.admission import Admission, reserve
+from jobs.admission import precheck as admission_precheck
 from jobs.requests import (
     JsonInt,
     RequestLimits,
@@ -242,23 +244,24 @@ def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan,
 # Columns written for each job of a batch (the rest keep their defaults: NULL / 0 / false).
 COLUMNS = ("id", "tenant_id", "batch_id", "seq", "custom_id", "status", "priority", "request", "error",
            "attempts", "cancel_requested", "metadata", "webhook_url", "webhook_events", "created_at",
-           "finished_at", "expires_at", "model")
+           "finished_at", "expires_at", "model", "api_key_id")
 _JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events"})
 
 
-def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: datetime) -> list[tuple[Any, ...]]:
+def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: datetime,
+              key_id: str | None = None) -> list[tuple[Any, ...]]:
     """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text."""
     rows: list[tuple[Any, ...]] = []
     for item in chunk:
         seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json, model = item[:9]
         if len(item) > 9:  # an invalid line kept as a failed job
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.FAILED.value, 0, req_json,
-                         _dumps(item[9]), 0, False, meta_json, None, None, now, now, None, None))
+                         _dumps(item[9]), 0, False, meta_json, None, None, now, now, None, None, key_id))
         else:
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.QUEUED.value, priority,
                          req_json, None, 0, False, meta_json, hook_url,
                          _dumps(hook_events) if hook_events is not None else None, now, None,
-                         now + timedelta(seconds=ttl), model))
+                         now + timedelta(seconds=ttl), model, key_id))
     return rows
 
 
@@ -290,10 +293,11 @@ def _read_spool(spool: Spool) -> Iterator[list[list[Any]]]:
 
 
 def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Spool,
-                 batch_id: str | None = None) -> tuple[Batch, list[int]]:
+                 batch_id: str | None = None, admission: Admission | None = None) -> tuple[Batch, list[int]]:
     """Phase 2: one transaction. Returns the batch and the outbox ids to publish: one
     ``dispatch_batch`` row that stands for every queued job's caption message (see
-    :func:`jobs.outbox.dispatch_batch`), plus any finalisation message."""
+    :func:`jobs.outbox.dispatch_batch`), plus any finalisation message. The queued jobs go on
+    the tenant's jobs in flight last (429 past the plan's limit: nothing is inserted)."""
     now = utcnow()
     effects = tx.Effects()
     batch_id = batch_id or ids.batch_id()
@@ -306,8 +310,9 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
             created_at=now,
         ))
         session.flush()
+        key_id = admission.key_id if admission else None
         for chunk in _read_spool(spool):
-            _insert_jobs(session, _job_rows(chunk, tenant_id, batch_id, now))
+            _insert_jobs(session, _job_rows(chunk, tenant_id, batch_id, now, key_id))
         spool.file.close()
         batch = session.execute(
             sa.update(Batch).where(Batch.id == batch_id)
@@ -325,7 +330,15 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
                 sa.select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
             ).scalar_one()
         outbox_ids = outbox.add(session, effects.messages, now)
+        reserve(session, tenant_id, spool.queued, admission.limits.max_jobs_in_flight if admission else None)
     return batch, outbox_ids
+
+
+def precheck(service: JobService, tenant_id: str, admit: Admission, jobs: int) -> None:
+    """Quota and room for ``jobs`` more in flight, before a batch is validated (a refusal then
+    costs no validation); :func:`insert_batch` reserves exactly."""
+    with service.db.session() as session:
+        admission_precheck(session, tenant_id, admit, jobs, utcnow())
 
 
 # --- reads, cancel ----------------------------------------------------------------------------

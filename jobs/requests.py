@@ -128,6 +128,25 @@ class Webhook(BaseModel):
     events: list[EventType] | None = Field(None, min_length=1, max_length=len(ALL_EVENTS))
 
 
+class Message(BaseModel):
+    model_config = _STRICT
+    role: Literal["user", "assistant"]
+    content: Prompt
+
+
+class TaskSpec(BaseModel):
+    """One of a job's tasks (:mod:`jobs.tasks`): an independent conversation over the job's media,
+    given as rounds (``prompts``, or grounding phrases) or as ``messages`` ending with the user's
+    question. ``generation`` overrides the job's field by field."""
+
+    model_config = _STRICT
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    task: Literal["chat", "grounding"] = "chat"
+    prompts: list[Prompt] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
+    messages: list[Message] | None = Field(None, min_length=1, max_length=2 * MAX_PROMPTS + 1)
+    generation: dict[str, Any] | None = None
+
+
 class JobRequest(BaseModel):
     """API.md's JobRequest. Unknown fields and wrong JSON types are refused (422)."""
 
@@ -147,6 +166,9 @@ class JobRequest(BaseModel):
     priority: JsonInt = Field(0, ge=0, le=9)
     ttl_seconds: JsonInt | None = Field(None, ge=1, le=MAX_TTL_SECONDS)
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    # Several independent tasks over the same media (jobs.tasks), instead of prompts/history/task;
+    # the count is checked before the schema (too_many_tasks, tasks_empty)
+    tasks: list[TaskSpec] | None = None
 
 
 JOB_FIELDS = frozenset(JobRequest.model_fields)
@@ -279,6 +301,11 @@ def normalize_job_request(
         raise InvalidRequest("a job request must be a JSON object",
                              errors=[error(prefix, "expected an object")])
     storable.check(raw, prefix)
+    from jobs import tasks as job_tasks  # it builds on this module's schema
+
+    early = job_tasks.check_shape(raw, prefix)
+    if early:
+        raise InvalidRequest(_summary(early), errors=early)
     try:
         parsed = JobRequest.model_validate(raw)
     except ValidationError as exc:
@@ -305,9 +332,13 @@ def normalize_job_request(
             errs.append(_url_error(exc, [*prefix, "media", i, "url"]))
         if item["type"] == "video" and item["start"] is None:
             item["start"] = 0.0
-    if req["prompts"] is None:
+    if req["tasks"] is not None:
+        errs += job_tasks.normalize(req, prefix)
+    else:
+        del req["tasks"]  # stored requests stay as they were without it
+    if "tasks" not in req and req["prompts"] is None:
         req["prompts"] = [default_prompt(req["media"])]
-    for i, p in enumerate(req["prompts"]):
+    for i, p in enumerate(req.get("prompts") or []):
         if not p.strip():
             errs.append(error([*prefix, "prompts", i], "prompt must not be blank"))
     if req["task"] == "grounding" and not any(m["type"] == "image" for m in req["media"]):
@@ -336,7 +367,9 @@ def normalize_job_request(
         req["metadata"] = {}
     if req["ttl_seconds"] is None:
         req["ttl_seconds"] = limits.default_ttl_seconds
-    if not errs and context is not None:
+    if not errs and "tasks" in req:
+        errs += job_tasks.check_context(req, prefix, context, count_tokens)
+    elif not errs and context is not None:
         need = prompt_token_lower_bound(req, count_tokens) + req["generation"]["max_new_tokens"]
         if need > context:
             errs.append(error(

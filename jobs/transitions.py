@@ -9,7 +9,8 @@ that do not depend on the row (the worker's claim and result) skips the read: it
 ``UPDATE … WHERE status = <source> … RETURNING`` is the whole decision.
 
 In the same transaction, :func:`after` adjusts the batch counters, finishes the batch when its
-last job ended, and writes webhook messages and outbox rows into ``effects``.
+last job ended, counts an ended job's usage and takes it off the tenant's jobs in flight
+(:mod:`jobs.usage`), and writes webhook messages and outbox rows into ``effects``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from jobs import outbox, webhooks
+from jobs import outbox, usage, webhooks
 from jobs.queue import Message
 from jobs.render import batch_to_dict, job_to_dict
 from jobs.states import EVENT_FOR_STATUS, START, SUCCEED, TERMINAL, BatchStatus, JobStatus, Transition
@@ -217,6 +218,8 @@ def after(session: Session, applied: Applied, now: datetime, effects: Effects) -
         effects.add(outbox.caption_message(job.id, job.priority, job.model))
     if prev != new:
         emit_job_event(session, job, now, effects)
+    if new.terminal and not prev.terminal:
+        usage.record_ended(session, [job], now)
 
 
 def after_bulk(session: Session, jobs: list[Job], prev: JobStatus, now: datetime, effects: Effects) -> None:
@@ -231,6 +234,8 @@ def after_bulk(session: Session, jobs: list[Job], prev: JobStatus, now: datetime
     for batch_id, n in per_batch.items():
         new = JobStatus(jobs[0].status)
         bump_batch(session, batch_id, {prev: -n, new: +n}, now, effects)
+    if jobs and JobStatus(jobs[0].status).terminal and not prev.terminal:
+        usage.record_ended(session, jobs, now)
 
 
 def emit_job_event(session: Session, job: Job, now: datetime, effects: Effects) -> None:

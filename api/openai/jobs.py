@@ -18,6 +18,7 @@ from api.context import AppContext
 from api.live_hub import Subscription
 from api.routes import events
 from jobs import ids
+from jobs.admission import Admission
 from jobs.render import job_to_dict
 from jobs.requests import normalize_job_request
 from jobs.states import TERMINAL
@@ -55,15 +56,16 @@ def with_model(ctx: AppContext, job: dict[str, Any], model: str) -> dict[str, An
     return {**job, "model": model} if ctx.settings.models else job
 
 
-async def submit(request: Request, ctx: AppContext, tenant_id: str,
-                 job_request: dict[str, Any]) -> tuple[Job, Subscription | None]:
+async def submit(request: Request, ctx: AppContext, tenant_id: str, job_request: dict[str, Any],
+                 admit: Admission | None = None) -> tuple[Job, Subscription | None]:
     """Validate and submit the job, subscribed to its live events before it can run."""
     new_id = ids.job_id()
     listening = waiting.Listener(request, ctx, new_id)
 
     def create() -> Job:
         req = normalize_job_request(job_request, ctx.checker, ctx.limits)
-        return ctx.service.submit(tenant_id, req, job_id=new_id, before_publish=listening.wait_ready)
+        return ctx.service.submit(tenant_id, req, job_id=new_id, before_publish=listening.wait_ready,
+                                  admission=admit)
 
     try:
         job = await to_thread.run_sync(create)
