@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.context import get_ctx
 from api.dashboard import render
-from api.dashboard.access import Viewer, checked_viewer, viewer
+from api.dashboard.access import Viewer, acting_viewer, viewer
 from api.routes import batches as batch_routes
 from core.db import utcnow
 from core.errors import CaptionqError, NotFound
@@ -115,7 +115,7 @@ async def batch_jobs(request: Request, batch_id: str, v: Annotated[Viewer, Depen
 
 
 @router.post("/batches/{batch_id}/cancel")
-async def cancel(request: Request, batch_id: str, v: Annotated[Viewer, Depends(checked_viewer)],
+async def cancel(request: Request, batch_id: str, v: Annotated[Viewer, Depends(acting_viewer)],
                  view: Annotated[str, Query(max_length=16)] = "row") -> Response:
     """The API's own cancel (``POST /v1/batches/{id}/cancel``), then the row or panel again."""
     if await _batch(request, v, batch_id) is None:

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from api.context import get_ctx
 from api.dashboard import render
-from api.dashboard.access import Viewer, checked_viewer, viewer
+from api.dashboard.access import Viewer, acting_viewer, viewer
 from api.routes import events, webhook_deliveries
 from core.errors import CaptionqError, NotFound
 from jobs import ids, lists
@@ -124,7 +124,7 @@ async def webhooks(request: Request, job_id: str, v: Annotated[Viewer, Depends(v
 
 @router.post("/webhooks/{message_id}/redeliver")
 async def redeliver(request: Request, message_id: str,
-                    v: Annotated[Viewer, Depends(checked_viewer)]) -> Response:
+                    v: Annotated[Viewer, Depends(acting_viewer)]) -> Response:
     """One fresh attempt now, then the job's webhook list again (with the attempt, once made)."""
     error = None
     job_id = None

@@ -69,10 +69,13 @@ async def login(request: Request, api_key: Annotated[str, Form()] = "",
     """Check the key like a Bearer key; a good one becomes the session cookie."""
     ctx = get_ctx(request)
     key = api_key.strip()
-    tenant_id = await access.tenant_of_key(ctx, key)
-    if tenant_id is None:
+    who = await access.principal_of_key(ctx, key) if key else None
+    if who is None:
         return render.page(request, "login.html", None, status_code=401, next=_safe_next(next),
                            error="That API key is not valid.")
+    if "read" not in who.scopes:
+        return render.page(request, "login.html", None, status_code=403, next=_safe_next(next),
+                           error="That API key lacks the read scope the dashboard needs.")
     value = access.codec(request).encode(key)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(COOKIE, value, max_age=int(access.codec(request).lifetime), path=COOKIE_PATH,

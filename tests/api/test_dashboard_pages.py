@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.services
 
 
 def signed_in(base_url: str, api_key: str) -> httpx.Client:
+    """A client holding a dashboard session (close it: ``contextlib.closing``)."""
     c = httpx.Client(base_url=base_url, timeout=30)
     r = c.post("/dashboard/login", data={"api_key": api_key, "next": "/dashboard/batches"})
     assert r.status_code == 303 and r.headers["location"] == "/dashboard/batches", r.text
@@ -149,3 +151,40 @@ def test_overview_counts_failures_by_code(browser_a: httpx.Client, failed_batch:
     assert r.status_code == 200
     assert "media_not_found" in r.text and "context_too_long" in r.text
     assert "<svg" in r.text
+
+
+def key_with(settings: Settings, tenant_id: str, scopes: str) -> str:
+    from core.db import Database
+    from jobs.tenants import add_api_key
+
+    db = Database(settings)
+    try:
+        with db.session() as session:
+            return add_api_key(session, tenant_id, scopes)
+    finally:
+        db.dispose()
+
+
+def test_scopes_decide_what_a_key_sees_and_does(server, api_settings, tenant_a,  # type: ignore[no-untyped-def]
+                                                api: httpx.Client) -> None:
+    def session(scopes: str) -> closing[httpx.Client]:
+        return closing(signed_in(server.base_url, key_with(api_settings, tenant_a.tenant_id, scopes)))
+
+    with httpx.Client(base_url=server.base_url) as c:
+        r = c.post("/dashboard/login", data={"api_key": key_with(api_settings, tenant_a.tenant_id, "submit")})
+        assert r.status_code == 403 and "read scope" in r.text and "set-cookie" not in r.headers
+    batch = api.post("/v1/batches", json={"jobs": [{"prompts": ["hi"]}]}).json()
+    with session("read") as reader:
+        page = reader.get(f"/dashboard/batches/{batch['id']}")
+        assert page.status_code == 200 and "Cancel batch" not in page.text
+        assert "/dashboard/fleet" not in page.text and reader.get("/dashboard/fleet").status_code == 403
+        refused = reader.post(f"/dashboard/batches/{batch['id']}/cancel",
+                              headers={"X-CSRF-Token": csrf_of(page.text)})
+        assert refused.status_code == 403 and refused.json()["code"] == "insufficient_scope"
+        assert api.get(f"/v1/batches/{batch['id']}").json()["cancel_requested_at"] is None
+    with session("read submit") as user:
+        page = user.get(f"/dashboard/batches/{batch['id']}")
+        assert "Cancel batch" in page.text and user.get("/dashboard/fleet").status_code == 403
+    with session("read admin") as operator:
+        fleet = operator.get("/dashboard/fleet")
+        assert fleet.status_code == 200 and 'id="queue-gpu"' in fleet.text
