@@ -187,4 +187,4 @@ def test_scopes_decide_what_a_key_sees_and_does(server, api_settings, tenant_a, 
         assert "Cancel batch" in page.text and user.get("/dashboard/fleet").status_code == 403
     with session("read admin") as operator:
         fleet = operator.get("/dashboard/fleet")
-        assert fleet.status_code == 200 and 'id="queue-gpu"' in fleet.text
+        assert fleet.status_code == 200 and 'id="queue-io"' in fleet.text
