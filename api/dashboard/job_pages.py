@@ -39,17 +39,40 @@ async def _job(request: Request, v: Viewer, job_id: str) -> Job | None:
         return None
 
 
+def _rounds(prompts: list[Any], output: dict[str, Any]) -> list[dict[str, Any]]:
+    answers = list(output.get("rounds") or [])
+    return [{"prompt": p, "text": answers[i].get("text") if i < len(answers) else None,
+             "finish_reason": answers[i].get("finish_reason") if i < len(answers) else None}
+            for i, p in enumerate(prompts)]
+
+
+def _task_prompts(task: dict[str, Any]) -> list[Any]:
+    """A task's rounds as the page lists them: its prompts, or its conversation's last user turn."""
+    if task.get("prompts"):
+        return list(task["prompts"])
+    users = [m.get("content") for m in task.get("messages") or [] if isinstance(m, dict)
+             and m.get("role") == "user"]
+    last = users[-1] if users else ""
+    return [last if isinstance(last, str) else json.dumps(last, ensure_ascii=False)[:500]]
+
+
 def job_view(job: Job) -> dict[str, Any]:
+    """The job as the page shows it: one section per task (one unnamed section without tasks),
+    each with its rounds — prompt, answer, finish reason."""
     data = job_to_dict(job)
     req = job.request or {}
-    prompts = list(req.get("prompts") or [])
-    answers = list((job.output or {}).get("rounds") or [])
-    rounds = [{"prompt": p, "text": answers[i].get("text") if i < len(answers) else None,
-               "finish_reason": answers[i].get("finish_reason") if i < len(answers) else None}
-              for i, p in enumerate(prompts)]
+    output = job.output or {}
+    if isinstance(req.get("tasks"), list):
+        outputs = output.get("tasks") or {}
+        sections = [{"name": t.get("name"), "kind": t.get("task") or "chat",
+                     "rounds": _rounds(_task_prompts(t), outputs.get(t.get("name")) or {})}
+                    for t in req["tasks"] if isinstance(t, dict)]
+    else:
+        sections = [{"name": None, "kind": req.get("task") or "chat",
+                     "rounds": _rounds(list(req.get("prompts") or []), output)}]
     media = [{"index": i, "type": m.get("type"), "url": data["request"]["media"][i].get("url")}
              for i, m in enumerate(req.get("media") or []) if isinstance(m, dict)]
-    return {"job": data, "rounds": rounds, "media": media, "live": job.status not in TERMINAL}
+    return {"job": data, "sections": sections, "media": media, "live": job.status not in TERMINAL}
 
 
 @router.get("/jobs/{job_id}")

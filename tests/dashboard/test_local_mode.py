@@ -61,3 +61,25 @@ def test_local_mode_needs_no_sign_in_and_filters_on_sqlite(local: tuple[TestClie
     assert f'id="model-{settings.registry.default}"' in fleet.text and "no_live_workers" in fleet.text
     page = client.get(f"/dashboard/jobs/{ids['cat_1']}")
     assert page.status_code == 200 and f"/dashboard/jobs/{ids['cat_1']}/media/0" in page.text
+
+
+def test_a_job_with_tasks_shows_each_task(local: tuple[TestClient, Settings]) -> None:
+    client, settings = local
+    body = {"tasks": [{"name": "caption", "prompts": ["Describe it.", "Shorter."]},
+                      {"name": "tags", "messages": [{"role": "user", "content": "List <tags>."}]}]}
+    job = client.post("/v1/jobs", json=body).json()
+    output = {"tasks": {"caption": {"text": "short", "rounds": [
+        {"prompt": "Describe it.", "text": "a long answer", "finish_reason": "stop"},
+        {"prompt": "Shorter.", "text": "short", "finish_reason": "stop"}]},
+        "tags": {"text": "cat, dog", "rounds": [{"prompt": "List <tags>.", "text": "cat, dog",
+                                                 "finish_reason": "length"}]}}}
+    svc = helpers.service(settings)
+    try:
+        assert svc.start(job["id"]) is not None
+        svc.succeed(job["id"], output)
+    finally:
+        svc.db.dispose()
+    page = client.get(f"/dashboard/jobs/{job['id']}").text
+    assert 'data-task="caption"' in page and 'data-task="tags"' in page
+    assert "a long answer" in page and "short" in page and "cat, dog" in page
+    assert "List &lt;tags&gt;." in page and "List <tags>." not in page  # escaped

@@ -9,21 +9,25 @@
     var rounds = document.getElementById("live-rounds");
     var state = document.getElementById("live-state");
     var source = new EventSource(live.dataset.events);
-    // After a reconnect the stream starts again with the round's text so far: replace, not append.
-    var opened = false, resync = false;
+    // After a reconnect the stream starts each round again from its text so far: the first text
+    // of a (task, round) on the new connection replaces what the box holds instead of adding to it.
+    var opened = false, fresh = {};
     source.addEventListener("open", function () {
-      if (opened) resync = true;
+      if (opened) fresh = {reconnected: true};
       opened = true;
     });
-    function roundBox(r) {
-      var box = rounds.querySelector('pre[data-round="' + r + '"]');
+    function roundBox(task, r) {
+      var key = (task || "") + "/" + r;
+      var box = rounds.querySelector('pre[data-key="' + CSS.escape(key) + '"]');
       if (!box) {
         var head = document.createElement("p");
         head.className = "muted";
-        head.textContent = "round " + (r + 1);
+        head.textContent = (task ? "task " + task + " · " : "") + "round " + (r + 1);
         box = document.createElement("pre");
         box.className = "answer live-text";
+        box.dataset.key = key;
         box.dataset.round = String(r);
+        if (task) box.dataset.task = task;
         rounds.appendChild(head);
         rounds.appendChild(box);
       }
@@ -35,10 +39,10 @@
     });
     source.addEventListener("token", function (e) {
       var data = JSON.parse(e.data);
-      var box = roundBox(data.round || 0);
-      if (resync) {
+      var box = roundBox(data.task, data.round || 0);
+      if (fresh.reconnected && !fresh[box.dataset.key]) {
+        fresh[box.dataset.key] = true;
         box.textContent = data.text;
-        resync = false;
       } else {
         box.textContent += data.text;
       }
