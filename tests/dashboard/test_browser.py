@@ -78,10 +78,13 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     shots = Path(os.environ.get("CAPTIONQ_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "dashboard"
     shots.mkdir(parents=True, exist_ok=True)
-    stack = build_stack(tmp_path_factory.mktemp("dashboard"), webhook_retry_schedule="1,2")
+    # The sweeper (--beat) runs as in production: a message whose publish got lost under load is
+    # sent again within a second or two instead of never.
+    stack = build_stack(tmp_path_factory.mktemp("dashboard"), webhook_retry_schedule="1,2",
+                        sweep_interval_seconds=1.0)
     pw = None
     try:
-        stack.start_worker(queues="gpu,io")
+        stack.start_worker(queues="gpu,io", beat=True)
         a = helpers.new_tenant(stack.settings, f"dash-a-{time.monotonic_ns()}")
         b = helpers.new_tenant(stack.settings, f"dash-b-{time.monotonic_ns()}")
         image_url = stack.put_file(KIT / "images" / "img03_640x480.jpg")
@@ -186,7 +189,8 @@ def test_redeliver_a_webhook_from_the_job_page(env: Env, page_a: Page, batch: di
     with env.api(env.a) as c:
         job = c.get("/v1/jobs", params={"batch_id": batch["id"], "custom_id": "photo-1"}).json()["data"][0]
     assert env.receiver.wait_for(
-        lambda rx: any(r.payload["data"].get("id") == job["id"] for r in rx.accepted()), 30)
+        lambda rx: any(r.payload["data"].get("id") == job["id"] for r in rx.accepted()), 30), (
+        [(r.payload["type"], r.payload["data"].get("id")) for r in env.receiver.received], job["id"])
     msg_id = next(r.msg_id for r in env.receiver.accepted() if r.payload["data"].get("id") == job["id"])
     page_a.goto(f"/dashboard/jobs/{job['id']}")
     expect(page_a.locator("img[alt='media 0']")).to_be_visible()  # the preview, from S3
