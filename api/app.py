@@ -23,6 +23,7 @@ from api.context_limit import request_limits
 from api.metrics import Metrics, MetricsMiddleware
 from api.params import storable_params
 from api.ratelimit import RateLimiter, RateLimitHeaders
+from api.tracing import TracingMiddleware
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Asynchronous captioning and visual question answering jobs with InternVL2. "
-    "Errors are RFC 9457 problem details with a stable `code`."
+    "Errors are RFC 9457 problem details with a stable `code`. Every request accepts a W3C "
+    "`traceparent` header: with tracing on (OpenTelemetry, the standard `OTEL_*` variables) the "
+    "request's span and the work of a job it creates continue that trace."
 )
 
 
@@ -50,7 +53,7 @@ def create_app(
         checker=StorageUrlChecker(settings),
         limits=request_limits(settings),
         auth=Authenticator(db, settings),
-        metrics=Metrics(db),
+        metrics=Metrics(db, publisher, settings.registry, settings.worker_dead_seconds),
         limiter=RateLimiter(settings),
     )
 
@@ -95,6 +98,8 @@ def create_app(
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    # Outermost: the request's span (and a client's traceparent) is current in everything below.
+    app.add_middleware(TracingMiddleware)
     return app
 
 
@@ -105,9 +110,11 @@ def _ensure_local_tenant(db: Database) -> None:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``api.app:app_from_env``) for ``captionq serve --workers N``."""
+    from core import tracing
     from core.logging import setup_logging
     from core.settings import load_settings
 
     settings = load_settings()
     setup_logging(settings)
+    tracing.setup("captionq-api")
     return create_app(settings)

@@ -13,6 +13,7 @@ from api.metrics import Metrics
 from api.params import check_path_ids
 from api.ratelimit import STATE_KEY, RateLimiter
 from api.urlcheck import StorageUrlChecker
+from core import logcontext
 from core.db import Database
 from core.settings import Settings
 from jobs.admission import Admission
@@ -53,6 +54,11 @@ async def principal(request: Request) -> Principal:
         decision = await ctx.limiter.check(who.tenant_id, who.key_id, who.limits)
         if decision is not None:
             setattr(request.state, STATE_KEY, decision.headers)
+    # The request's log lines (and the threads it hands work to) name the tenant and the job or
+    # batch in its path.
+    params = request.path_params
+    logcontext.set_fields(tenant_id=who.tenant_id, job_id=params.get("job_id"),
+                          batch_id=params.get("batch_id"))
     return who
 
 

@@ -74,6 +74,7 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
                                                        "live ones' totals")},
     ("get", "/v1/models"): {200: _json("ModelList", "Every served model with its live workers, queue "
                                                      "and wait estimate")},
+    ("get", "/v1/queues"): {200: _json("QueueList", "The gpu and io queues: depth and oldest waiting work")},
     ("get", "/v1/keys"): {200: _json("ApiKeyList", "The tenant's API keys, oldest first (no secrets)")},
     ("post", "/v1/keys"): {201: _json("CreatedApiKey", "The new key; `api_key` is shown this once")},
     ("post", "/v1/keys/{key_id}/revoke"): {200: _json("ApiKey", "The key, revoked (every API process "

@@ -301,6 +301,24 @@ class ModelList(BaseModel):
     object: Literal["list"]
     default_model: str
     data: list[Model]
+class Queue(BaseModel):
+    """One queue (``GET /v1/queues``): what an autoscaler scales workers on."""
+
+    model_config = _OPEN
+    object: Literal["queue"]
+    name: str = Field(description="gpu.<model> (a served model's caption jobs) or io")
+    model: str | None = Field(description="The model of a gpu queue; null for io")
+    messages: int | None = Field(description="Messages waiting in the broker (null: the broker cannot say)")
+    waiting: int = Field(description="gpu.<model>: jobs queued in SQL (a batch's jobs wait there until "
+                                     "dispatched); io: webhook messages due for an attempt")
+    oldest_age_seconds: float = Field(description="Age of the oldest waiting job or due webhook "
+                                                  "message (0: none)")
+
+
+class QueueList(BaseModel):
+    model_config = _OPEN
+    object: Literal["list"]
+    data: list[Queue]
 
 
 class Health(BaseModel):
@@ -379,5 +397,6 @@ class Usage(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     Problem, Job, JobList, Batch, BatchList, BatchResultLine, WebhookMessage, WebhookMessageList,
-    Worker, WorkerList, Model, ModelList, Health, Readiness, ApiKey, CreatedApiKey, ApiKeyList, Usage,
+    Worker, WorkerList, Model, ModelList, Queue, QueueList, Health, Readiness, ApiKey, CreatedApiKey,
+    ApiKeyList, Usage,
 )

@@ -34,6 +34,7 @@ app.command("serve")(server.serve)
 app.command("worker")(server.worker)
 app.command("migrate")(server.migrate)
 app.command("up")(server.up)
+app.command("healthcheck")(server.healthcheck)
 app.command("caption")(caption.caption)
 app.command("make-test-checkpoint")(devtools.make_test_checkpoint)
 app.add_typer(keys.app, name="keys")
@@ -42,6 +43,7 @@ app.add_typer(models_cmd.app, name="models")
 for _name, _fn in client.COMMANDS.items():
     app.command(_name)(_fn)
 app.command("workers")(workers_cmd.workers)
+app.command("status")(workers_cmd.status)
 
 
 def main() -> None:

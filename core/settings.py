@@ -168,6 +168,17 @@ class Settings(BaseSettings):
     session_secret: str | None = Field(None, repr=False)
     dashboard_session_hours: float = Field(12.0, gt=0)
 
+    # --- worker observability --------------------------------------------------------------
+    # ``captionq worker`` serves Prometheus metrics (/metrics) and a health probe (/healthz) on
+    # these ports when set (the --metrics-port / --health-port options override them), bound to
+    # ``worker_probe_host`` (0.0.0.0 in a container, so that Prometheus can scrape it).
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535)
+    worker_health_port: int | None = Field(None, ge=0, le=65535)
+    worker_probe_host: str = "127.0.0.1"
+    # Celery task events (what Flower and ``celery events`` show): ``io`` sends them from every
+    # worker that consumes the io queue, ``all`` from gpu workers too, ``off`` from none.
+    task_events: Literal["off", "io", "all"] = "io"
+
     @field_validator("s3_allowed_buckets", mode="before")
     @classmethod
     def _split_buckets(cls, v: object) -> object:

@@ -27,6 +27,7 @@ import pydantic_core
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core import tracing
 from core.db import utcnow
 from core.errors import BatchFinished, DuplicateCustomId, InvalidRequest, NotFound
 from jobs import ids, outbox, storable
@@ -244,24 +245,26 @@ def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan,
 # Columns written for each job of a batch (the rest keep their defaults: NULL / 0 / false).
 COLUMNS = ("id", "tenant_id", "batch_id", "seq", "custom_id", "status", "priority", "request", "error",
            "attempts", "cancel_requested", "metadata", "webhook_url", "webhook_events", "created_at",
-           "finished_at", "expires_at", "model", "api_key_id")
-_JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events"})
+           "finished_at", "expires_at", "model", "api_key_id", "trace_context")
+_JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events", "trace_context"})
 
 
 def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: datetime,
-              key_id: str | None = None) -> list[tuple[Any, ...]]:
-    """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text."""
+              key_id: str | None = None, trace: str | None = None) -> list[tuple[Any, ...]]:
+    """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text; ``trace``:
+    the submitting request's trace context (JSON text), each job's parent in the worker."""
     rows: list[tuple[Any, ...]] = []
     for item in chunk:
         seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json, model = item[:9]
         if len(item) > 9:  # an invalid line kept as a failed job
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.FAILED.value, 0, req_json,
-                         _dumps(item[9]), 0, False, meta_json, None, None, now, now, None, None, key_id))
+                         _dumps(item[9]), 0, False, meta_json, None, None, now, now, None, None, key_id,
+                         None))
         else:
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.QUEUED.value, priority,
                          req_json, None, 0, False, meta_json, hook_url,
                          _dumps(hook_events) if hook_events is not None else None, now, None,
-                         now + timedelta(seconds=ttl), model, key_id))
+                         now + timedelta(seconds=ttl), model, key_id, trace))
     return rows
 
 
@@ -302,6 +305,8 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
     effects = tx.Effects()
     batch_id = batch_id or ids.batch_id()
     hook = plan.webhook
+    carrier = tracing.current_carrier()
+    trace = _dumps(carrier) if carrier else None
     with service.db.session() as session:
         session.add(Batch(
             id=batch_id, tenant_id=tenant_id, status=BatchStatus.QUEUED.value, total=0, queued=0,
@@ -312,7 +317,7 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
         session.flush()
         key_id = admission.key_id if admission else None
         for chunk in _read_spool(spool):
-            _insert_jobs(session, _job_rows(chunk, tenant_id, batch_id, now, key_id))
+            _insert_jobs(session, _job_rows(chunk, tenant_id, batch_id, now, key_id, trace))
         spool.file.close()
         batch = session.execute(
             sa.update(Batch).where(Batch.id == batch_id)

@@ -131,6 +131,8 @@ class Heartbeat:
         # Fixed facts stored with every beat's stats (the model's revision and checkpoint).
         self.about = dict(about or {})
         self._window = StatsWindow()
+        # The last stats sent, with their rates over the interval (the worker's /metrics reads it).
+        self.last: dict[str, Any] | None = None
         self._stop = threading.Event()
         beat(db, worker_id, model=model, stats=self._stats())  # registered before the first claim
         self._thread = threading.Thread(target=self._loop, name="captionq-heartbeat", daemon=True)
@@ -140,7 +142,8 @@ class Heartbeat:
         if self.stats_source is None:
             return self.about or None
         try:
-            return self.about | self._window.update(self.stats_source(), time.monotonic())
+            self.last = self.about | self._window.update(self.stats_source(), time.monotonic())
+            return self.last
         except Exception as exc:
             log.warning("engine stats of %s unavailable: %s: %s", self.worker_id, type(exc).__name__, exc)
             return None

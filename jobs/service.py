@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from core import tracing
 from core.db import Database, utcnow
 from core.errors import JobFinished, NotFound
 from core.settings import Settings
@@ -88,7 +89,8 @@ class JobService(WorkerTransitions):
         if admission is not None:
             check_quota(session, tenant_id, admission.limits, now)
         job = new_job_row(job_id or ids.job_id(), tenant_id, request, now,
-                          api_key_id=admission.key_id if admission else None)
+                          api_key_id=admission.key_id if admission else None,
+                          trace_context=tracing.current_carrier())
         # A Core INSERT of the row's values (the returned Job stays detached, as after a commit
         # with expire_on_commit off): the ORM's unit of work costs ~0.5 ms per submit.
         session.execute(sa.insert(Job.__table__), job_values(job))  # type: ignore[arg-type]
@@ -165,7 +167,8 @@ def job_values(job: Job) -> dict[str, Any]:
 
 def new_job_row(job_id: str, tenant_id: str, request: dict[str, Any], now: datetime, *,
                 batch_id: str | None = None, seq: int | None = None,
-                webhook: dict[str, Any] | None = None, api_key_id: str | None = None) -> Job:
+                webhook: dict[str, Any] | None = None, api_key_id: str | None = None,
+                trace_context: dict[str, str] | None = None) -> Job:
     hook = request.get("webhook") or webhook
     return Job(
         id=job_id, tenant_id=tenant_id, batch_id=batch_id, seq=seq, custom_id=request.get("custom_id"),
@@ -175,7 +178,7 @@ def new_job_row(job_id: str, tenant_id: str, request: dict[str, Any], now: datet
         webhook_url=hook["url"] if hook else None, webhook_events=list(hook["events"]) if hook else None,
         created_at=now, started_at=None, finished_at=None,
         expires_at=now + timedelta(seconds=request["ttl_seconds"]), model=request.get("model"),
-        api_key_id=api_key_id,
+        api_key_id=api_key_id, trace_context=trace_context,
     )
 
 

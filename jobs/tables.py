@@ -147,6 +147,9 @@ class Job(Base):
     model_revision: Mapped[str | None] = mapped_column(sa.String(80))
     # The API key that submitted the job (usage per key); NULL in local mode without keys.
     api_key_id: Mapped[str | None] = mapped_column(sa.String(40))
+    # The submitting request's W3C trace context ({"traceparent": ...}; core.tracing): the worker
+    # continues that trace. NULL when the request had none (tracing off, no client traceparent).
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONType)
 
 
 class Worker(Base):

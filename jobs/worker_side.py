@@ -34,10 +34,12 @@ class ClaimedJob(dict[str, Any]):
     """What :meth:`JobService.start` returns: the job's normalised request (this dict itself:
     ``media``, ``prompts``, ``generation``…) plus ``job_id``, ``attempt`` (pass it back to
     succeed/fail so a superseded attempt cannot record), ``tenant_id``, ``batch_id``,
-    ``created_at`` and ``started_at`` (this attempt's start)."""
+    ``created_at``, ``started_at`` (this attempt's start) and ``trace_context`` (the submitting
+    request's, see core.tracing)."""
 
     def __init__(self, request: dict[str, Any], *, job_id: str, attempt: int, tenant_id: str,
-                 batch_id: str | None, created_at: datetime, started_at: datetime | None = None) -> None:
+                 batch_id: str | None, created_at: datetime, started_at: datetime | None = None,
+                 trace_context: dict[str, str] | None = None) -> None:
         super().__init__(request)
         self.job_id = job_id
         self.attempt = attempt
@@ -45,6 +47,7 @@ class ClaimedJob(dict[str, Any]):
         self.batch_id = batch_id
         self.created_at = created_at
         self.started_at = started_at
+        self.trace_context = trace_context
 
     @property
     def request(self) -> dict[str, Any]:
@@ -134,7 +137,8 @@ class WorkerTransitions:
         tx.after(session, applied, now, effects)
         job = applied.job
         return ClaimedJob(job.request, job_id=job.id, attempt=job.attempts, tenant_id=job.tenant_id,
-                          batch_id=job.batch_id, created_at=job.created_at, started_at=job.started_at)
+                          batch_id=job.batch_id, created_at=job.created_at, started_at=job.started_at,
+                          trace_context=job.trace_context)
 
     def claim_lost(self, job_id: str, attempt: int) -> bool:
         """True when attempt ``attempt``'s claim is gone: the job is queued again with the

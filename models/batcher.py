@@ -68,6 +68,24 @@ class BatcherStats:
     vision_tiles: int = 0  # tiles through the ViT
     vision_reused_tiles: int = 0  # tiles whose features were reused (models.vision_cache)
     prefix_reused_tokens: int = 0  # prompt tokens not prefilled again (Engine.prefill_after)
+    # Gauges, as of the last step or batch: rows being decoded, KV positions they hold, and the
+    # accelerator's memory (torch's allocator: allocated and reserved bytes; 0 on the CPU).
+    running_rows: int = 0
+    kv_tokens_in_use: int = 0
+    gpu_memory_allocated_bytes: int = 0
+    gpu_memory_reserved_bytes: int = 0
+
+
+def sample_memory(stats: BatcherStats, device: object) -> None:
+    """Record the accelerator memory torch holds on ``device`` (no synchronisation: the
+    allocator's own counters)."""
+    dev = getattr(device, "type", None) or str(device)
+    if not str(dev).startswith("cuda"):
+        return
+    import torch
+
+    stats.gpu_memory_allocated_bytes = int(torch.cuda.memory_allocated(device))  # type: ignore[arg-type]
+    stats.gpu_memory_reserved_bytes = int(torch.cuda.memory_reserved(device))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -278,6 +296,7 @@ class Batcher:
             return
         took = time.perf_counter() - started
         log.debug("batch of %d ran in %.2f s", len(batch), took)
+        sample_memory(self.stats, self.engine.info.device)
         self.stats.busy_seconds += took
         self.stats.batches += 1
         self.stats.requests += len(batch)

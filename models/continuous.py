@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from models.batcher import Batcher, _Item, _release_cached_memory
+from models.batcher import Batcher, _Item, _release_cached_memory, sample_memory
 from models.decode_step import DecodeStep
 from models.engine import Engine, RowState, is_out_of_memory
 from models.errors import EngineError, OutOfMemory
@@ -58,6 +58,9 @@ from models.generation import take_step
 from models.slots import SlotKV
 
 log = logging.getLogger(__name__)
+
+# The accelerator's memory is sampled at every join and every this many decoding steps.
+MEMORY_SAMPLE_STEPS = 64
 
 
 @dataclass
@@ -229,6 +232,12 @@ class ContinuousBatcher(Batcher):
             length = self.step.kv.store(slot, [(k[b:b + 1], v[b:b + 1]) for k, v in layers])
             self._running[slot] = _Running(item, state, length)
         self.stats.largest_batch = max(self.stats.largest_batch, len(self._running))
+        self._gauges()
+        sample_memory(self.stats, engine.info.device)
+
+    def _gauges(self) -> None:
+        self.stats.running_rows = len(self._running)
+        self.stats.kv_tokens_in_use = sum(run.length for run in self._running.values())
 
     @torch.inference_mode()
     def _decode(self, engine: Engine) -> None:
@@ -264,6 +273,9 @@ class ContinuousBatcher(Batcher):
             if self._ended(run.state):
                 del self._running[slot]
                 self._finish(engine, run.item, run.state)
+        self._gauges()
+        if self.stats.decode_steps % MEMORY_SAMPLE_STEPS == 0:
+            sample_memory(self.stats, engine.info.device)
 
     @staticmethod
     def _ended(state: RowState) -> bool:

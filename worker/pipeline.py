@@ -36,6 +36,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from opentelemetry.trace import SpanKind
+
+from core import logcontext, tracing
+from core.db import utcnow
 from core.errors import CaptionqError, InternalError, TransientError
 from jobs import formats
 from jobs.render import job_to_dict
@@ -43,6 +47,7 @@ from jobs.service import ClaimedJob
 from jobs.tables import Job
 from models.engine import ChatRequest, ChatResult, GenerationParams
 from models.grounding import grounding_prompt, parse_grounding
+from worker import metrics as wmetrics
 from worker.live import JobWatch, Stopped, StopReason
 from worker.prepare import PreparedInput, PreparedItem, layout, prepare_items
 from worker.record import (
@@ -85,7 +90,22 @@ def generation_params(gen: dict[str, Any]) -> GenerationParams:
 
 def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retries: int = 0) -> str:
     """Run one delivery of ``captionq.caption_job``. Returns what happened (``skipped``,
-    ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`."""
+    ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`.
+
+    Observed on the way: its log lines carry the job's ids (:mod:`core.logcontext`), its stages
+    are spans of the job's trace (:mod:`core.tracing`) and the worker's metrics count it
+    (:mod:`worker.metrics`)."""
+    with logcontext.bind(job_id=job_id):
+        try:
+            outcome = _observed_run(rt, job_id, redelivered, retries)
+        except RetryLater:
+            wmetrics.job_finished("retry")
+            raise
+        wmetrics.job_finished(outcome)
+        return outcome
+
+
+def _observed_run(rt: Runtime, job_id: str, redelivered: bool, retries: int) -> str:
     try:
         claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id, served=rt.served)
     except Exception as exc:  # cannot even claim (database down): nothing changed, try later
@@ -96,6 +116,25 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     if claimed is None:
         log.info("job %s: nothing to run (not queued, or taken over)", job_id)
         return "skipped"
+    wmetrics.JOBS_STARTED.inc()
+    parent = tracing.extract(claimed.trace_context)
+    claimed_at = claimed.started_at or utcnow()
+    if claimed.attempt == 1:  # later attempts waited for a retry, not only for the broker
+        wmetrics.QUEUE_WAIT.observe(max(0.0, (claimed_at - claimed.created_at).total_seconds()))
+        tracing.past_span("broker wait", claimed.created_at, claimed_at, parent, captionq__job_id=job_id)
+    with logcontext.bind(batch_id=claimed.batch_id, tenant_id=claimed.tenant_id), \
+            tracing.attached(parent), \
+            tracing.span("captionq.job", kind=SpanKind.CONSUMER, captionq__job_id=job_id,
+                         captionq__attempt=claimed.attempt, captionq__batch_id=claimed.batch_id):
+        started = time.monotonic()
+        try:
+            return _claimed_run(rt, claimed, redelivered, retries)
+        finally:
+            wmetrics.JOB.observe(time.monotonic() - started)
+
+
+def _claimed_run(rt: Runtime, claimed: ClaimedJob, redelivered: bool, retries: int) -> str:
+    job_id = claimed.job_id
     if rt.live is not None:
         rt.live.status(job_id, "running")
     watch = JobWatch(job_id, rt.jobs, rt.live, deadline=time.monotonic() + rt.settings.job_soft_time_limit,
@@ -112,8 +151,11 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     metrics = metrics_json(outcome, images=sum(1 for i in items if i.kind == "image"),
                            tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine_info.name, prepare_seconds=prepare_seconds)
-    job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
-                                                                  claim=claimed))
+    wmetrics.PREPARE.observe(prepare_seconds)
+    wmetrics.ENGINE.observe(outcome.engine_seconds)
+    with tracing.span("record", captionq__outcome="succeeded"):
+        job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
+                                                                      claim=claimed))
     if job is None:
         return _not_recorded(rt, claimed, "result")
     log.info("job %s succeeded in %.2f s (attempt %d, %d tiles, %d+%d tokens)", job_id,
@@ -128,7 +170,8 @@ def _run(rt: Runtime, claimed: ClaimedJob,
     req = claimed.request
     watch.check()  # a takeover looks for a cancel requested during the earlier attempt
     t0 = time.monotonic()
-    items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
+    with tracing.span("prepare", captionq__media=len(req.get("media") or [])):
+        items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
     prepare_seconds = time.monotonic() - t0
     watch.check()
     outcome = answer_job(rt.batcher, req, items, watch, f"{claimed.job_id}:{claimed.attempt}")
@@ -198,7 +241,11 @@ def _chat(batcher: Any, prep: PreparedInput, prompt_list: list[str], params: Gen
         request = chat_request(prep, index, prompt, pixel_values, params, system, history,
                                watch.should_cancel, key, on_token=watch.on_token)
         t0 = time.monotonic()
-        result = watch.wait(batcher.submit(request))
+        with tracing.span("engine", captionq__round=index) as span:
+            result = watch.wait(batcher.submit(request))
+            if span is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", result.prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
         outcome.engine_seconds += time.monotonic() - t0
         if result.finish_reason == "canceled":
             raise Stopped(watch.reason or "cancel")
@@ -221,7 +268,8 @@ def _grounding(batcher: Any, items: list[PreparedItem], phrases: list[str], mode
             pixel_values = _tensor(prep)
         futures.append(batcher.submit(chat_request(prep, 0, phrase, pixel_values, params, system, None,
                                                       watch.should_cancel, key)))
-    results = watch.wait_all(futures)
+    with tracing.span("engine", captionq__phrases=len(phrases)):
+        results = watch.wait_all(futures)
     if any(r.finish_reason == "canceled" for r in results):
         raise Stopped(watch.reason or "cancel")
     return JobOutcome(rounds=[round_result(p, r) for p, r in zip(phrases, results, strict=True)],
@@ -279,8 +327,9 @@ def _failed(rt: Runtime, claimed: ClaimedJob, exc: BaseException, retries: int) 
 
 
 def _record_failure(rt: Runtime, claimed: ClaimedJob, code: str, message: str, *, retryable: bool) -> str:
-    status = record_outcome(rt, claimed, lambda: rt.jobs.fail(claimed.job_id, code, message, retryable,
-                                                              attempt=claimed.attempt))
+    with tracing.span("record", captionq__outcome="failed", captionq__error_code=code):
+        status = record_outcome(rt, claimed, lambda: rt.jobs.fail(claimed.job_id, code, message, retryable,
+                                                                  attempt=claimed.attempt))
     if status is None:
         return _not_recorded(rt, claimed, f"failure {code}")
     log.info("job %s %s: %s: %s", claimed.job_id, status, code, message)

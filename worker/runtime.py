@@ -265,7 +265,7 @@ def configure(settings: Settings, *, celery_app: Celery | None = None) -> Runtim
 
 def current() -> Runtime:
     """The runtime of this process; a worker not started through :func:`worker.app.run_worker`
-    (``celery -A worker.app:app_from_env``) builds it from the environment on first use."""
+    (``celery -A worker.cli_app``) builds it from the environment on first use."""
     if _current is not None:
         return _current
     from core.settings import load_settings

@@ -12,6 +12,7 @@ from api import waiting
 from api.body import read_json
 from api.context import AnyPrincipal, AppContext, admission, get_ctx, tenant
 from api.openapi import body_schema
+from core import logcontext
 from jobs import idempotency, ids, lists
 from jobs.render import job_to_dict
 from jobs.requests import normalize_job_request
@@ -67,6 +68,7 @@ async def submit_job(request: Request, tenant_id: Tenant, who: AnyPrincipal) -> 
     body = await read_json(request)
     wait = waiting.prefer_wait(request.headers.get("prefer"))
     new_id = ids.job_id()
+    logcontext.set_fields(job_id=new_id)
     # With a wait, listen to the job's events before its message reaches the broker (no ``done``
     # can be missed), subscribing while the job is validated and inserted.
     listening = waiting.Listener(request, ctx, new_id) if wait else None

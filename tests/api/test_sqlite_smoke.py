@@ -26,8 +26,10 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 
 def test_migrations_up_down_up(local: Settings):
-    assert current(local) == "0005"
-    assert {"plans", "usage_daily"} <= _tables(local) and "scopes" in _columns(local, "api_keys")
+    assert current(local) == "0009"
+    assert "trace_context" in _columns(local, "jobs")
+    downgrade(local, "0005")  # the jobs' trace context goes
+    assert "trace_context" not in _columns(local, "jobs")
     downgrade(local, "0004")  # plans, usage, key scopes and the in-flight counter go
     assert not {"plans", "usage_daily"} & _tables(local)
     assert not {"plan", "jobs_in_flight"} & _columns(local, "tenants")
