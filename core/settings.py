@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "INFO"
     log_json: bool = False
+    # Signs the web dashboard's session cookies. Unset: a random secret kept in
+    # ``data_dir/dashboard-session.key`` (shared by the API processes of one host; set it when
+    # several hosts serve the API behind one address).
+    session_secret: str | None = Field(None, repr=False)
+    dashboard_session_hours: float = Field(12.0, gt=0)
 
     # --- worker observability --------------------------------------------------------------
     # ``captionq worker`` serves Prometheus metrics (/metrics) and a health probe (/healthz) on
