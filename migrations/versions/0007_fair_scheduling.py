@@ -11,7 +11,7 @@
 Runs on PostgreSQL and SQLite (batch mode there; both have partial indexes).
 
 Revision ID: 0007
-Revises: 0009
+Revises: 0006
 Create Date: 2026-12-04
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0009"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

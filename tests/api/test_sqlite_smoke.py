@@ -28,7 +28,7 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 def test_migrations_up_down_up(local: Settings):
     assert current(local) == "0007"
     assert "weight" in _columns(local, "tenants") and {"fair_queues", "fair_tenants"} <= _tables(local)
-    downgrade(local, "0009")  # fair scheduling's tables and the tenants' weight go
+    downgrade(local, "0006")  # fair scheduling's tables and the tenants' weight go
     assert "weight" not in _columns(local, "tenants")
     assert not {"fair_queues", "fair_tenants"} & _tables(local)
     assert "trace_context" in _columns(local, "jobs")
