@@ -84,10 +84,12 @@ def create_app(
 
     for module in (ops, jobs, batches, events, webhook_deliveries, workers, models, keys, usage):
         app.include_router(module.router)
+    from api.dashboard.setup import install as install_dashboard
     from api.openai import batches as openai_batches
     from api.openai import files as openai_files
     from api.openai import routes as openai_routes
 
+    install_dashboard(app, settings)  # before the OpenAI catch-all
     for openai_module in (openai_files, openai_batches, openai_routes):  # routes' catch-all last
         app.include_router(openai_module.router)
     # Added innermost first: metrics see every request, the body cap applies before any route

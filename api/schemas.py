@@ -233,6 +233,7 @@ class Worker(BaseModel):
     requests_per_s: float | None = Field(
         None, description="Requests (rounds) finished per second over the interval")
     free_slots: int | None = Field(None, description="slots - running_jobs (at least 0)")
+    served_model: str | None = Field(None, description="The model it serves, as GET /v1/models names it")
     model_revision: str | None = Field(None, description="The revision of the checkpoint it serves")
     checkpoint: str | None = Field(None, description="The checkpoint it serves, as configured")
     engine: EngineCounters | None = Field(description="The counters the rates come from")

@@ -17,15 +17,25 @@ from __future__ import annotations
 from typing import Any
 
 ENV = "CAPTIONQ_BENCH_INSTANT_MODEL"
+# Seconds each batch takes (a stand-in for the GPU's time: the fair-scheduling flood,
+# bench/bench_fair_flood.py); unset or 0: instant.
+SECONDS_ENV = "CAPTIONQ_BENCH_INSTANT_MODEL_SECONDS"
 
 
 def install() -> None:
+    import os
+    import time
+
     from models import prompts
     from models.chat_types import ChatResult, Prepared
     from models.engine import Engine
     from models.text_stream import TextStream
 
+    seconds = float(os.environ.get(SECONDS_ENV) or 0)
+
     def instant_group(self: Engine, group: list[Prepared]) -> list[ChatResult]:
+        if seconds > 0:
+            time.sleep(seconds)  # the batch's device time; the GIL is free meanwhile, as on a GPU
         out = []
         for p in group:
             req = p.request
@@ -41,5 +51,5 @@ def install() -> None:
     setattr(Engine, "_run_group_unsafe", instant_group)  # noqa: B010
 
 
-def instant_env() -> dict[str, Any]:
-    return {ENV: "1"}
+def instant_env(batch_seconds: float = 0.0) -> dict[str, Any]:
+    return {ENV: "1", SECONDS_ENV: str(batch_seconds)}

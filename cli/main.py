@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from cli import caption, client, devtools, keys, models_cmd, plans, server, workers_cmd
+from cli import caption, client, devtools, keys, models_cmd, plans, server, tenants_cmd, workers_cmd
 from cli.common import console
 
 try:  # typer vendors click (typer._click) in the versions this project uses
@@ -39,6 +39,7 @@ app.command("caption")(caption.caption)
 app.command("make-test-checkpoint")(devtools.make_test_checkpoint)
 app.add_typer(keys.app, name="keys")
 app.add_typer(plans.app, name="plans")
+app.add_typer(tenants_cmd.app, name="tenants")
 app.add_typer(models_cmd.app, name="models")
 for _name, _fn in client.COMMANDS.items():
     app.command(_name)(_fn)

@@ -41,7 +41,7 @@ def serve(
 
 
 def worker(
-    queues: str = typer.Option("gpu,io", "--queues", "-Q", help="Comma-separated queues: gpu (model work), io (webhooks, batch finalisation)."),
+    queues: str = typer.Option("gpu,io", "--queues", "-Q", help="Comma-separated queues: gpu (model work: the queue of the model served, gpu.<model>), io (webhooks, batch finalisation)."),
     concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Task threads (gpu: jobs in flight that the batcher can combine; default batch size x 2)."),
     beat: bool = typer.Option(False, "--beat", "-B", help="Also run the periodic scheduler (sweeper); run exactly one per deployment."),
     loglevel: str | None = typer.Option(None, "--loglevel", "-l", help="Log level (default CAPTIONQ_LOG_LEVEL)."),

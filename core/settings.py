@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.registry import ModelSpec, Registry, build_registry
+from core.registry import ModelSpec, Registry, build_registry, parse_entry
 
 DEFAULT_WEBHOOK_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
@@ -115,10 +115,18 @@ class Settings(BaseSettings):
     max_request_bytes: int = 32 * 1024 * 1024
     max_batch_jobs_inline: int = 10_000
     sweep_interval_seconds: float = 10.0
-    # A batch puts at most about this many caption messages in the broker at once; each sweep
-    # refills it as jobs start (0 = no limit: all at submission). Keep it above
-    # 2 x (jobs started per second) x sweep_interval_seconds so the workers never run dry.
-    dispatch_window: int = 10_000
+    # At most about this many caption messages of batch jobs wait in a GPU queue of the broker
+    # at once, all tenants together; the rest wait in SQL, where the fair dispatcher
+    # (jobs.fair_dispatch) picks which enter next as jobs start (each claim and each sweep
+    # refills it). None: the slots of the live GPU workers (at least ``dispatch_window_min``),
+    # so a newcomer's job waits about one batch's running time behind a backlog; 0: no limit,
+    # every job at submission (no fairness).
+    dispatch_window: int | None = Field(None, ge=0)
+    dispatch_window_min: int = Field(16, ge=1)
+    # Fair scheduling (jobs.fair): a tenant's share of GPU slots when its ``weight`` is unset, and
+    # how long a job waits to rank one priority level higher within its tenant (0: no aging).
+    fair_default_weight: float = Field(1.0, gt=0)
+    fair_aging_seconds: float = Field(60.0, ge=0)
     outbox_grace_seconds: float = 30.0
     # A job still ``running`` this long after job_hard_time_limit has lost its worker: the sweeper
     # requeues it (or fails it with ``worker_lost`` once max_attempts deliveries are used).
@@ -166,6 +174,11 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "INFO"
     log_json: bool = False
+    # Signs the web dashboard's session cookies. Unset: a random secret kept in
+    # ``data_dir/dashboard-session.key`` (shared by the API processes of one host; set it when
+    # several hosts serve the API behind one address).
+    session_secret: str | None = Field(None, repr=False)
+    dashboard_session_hours: float = Field(12.0, gt=0)
 
     # --- worker observability --------------------------------------------------------------
     # ``captionq worker`` serves Prometheus metrics (/metrics) and a health probe (/healthz) on
@@ -192,6 +205,13 @@ class Settings(BaseSettings):
         if not parts or any(float(p) < 0 for p in parts):
             raise ValueError("must be a comma-separated list of non-negative seconds")
         return ",".join(parts)
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name, value in (v or {}).items():
+            parse_entry(name, value)  # a bad entry is named here, as CAPTIONQ_MODELS's error
+        return v
 
     @model_validator(mode="after")
     def _registry_is_valid(self) -> Settings:

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1000
 MAX_ERRORS = 100
+# A batch at least this large refreshes the planner's statistics of the jobs table.
+ANALYZE_AFTER = 5000
 SPOOL_MEMORY = 8 * 1024 * 1024
 
 
@@ -336,6 +338,8 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
             ).scalar_one()
         outbox_ids = outbox.add(session, effects.messages, now)
         admit(session, tenant_id, spool.queued, admission.limits if admission else None, now)
+    if spool.queued >= ANALYZE_AFTER and service.db.dialect == "postgresql":
+        _analyze_jobs(service)
     return batch, outbox_ids
 
 
@@ -344,6 +348,19 @@ def precheck(service: JobService, tenant_id: str, admit: Admission, jobs: int) -
     costs no validation); :func:`insert_batch` decides, exactly, in its transaction."""
     with service.db.session() as session:
         admission_precheck(session, tenant_id, admit, jobs, utcnow())
+
+
+def _analyze_jobs(service: JobService) -> None:
+    """Fresh planner statistics after a large batch. Until autovacuum gets to it, PostgreSQL
+    believes almost no job is queued, and counting the queued jobs whose message was sent (the
+    fair dispatcher, after every claim) goes through every queued job instead of the small
+    partial index meant for it: measured 20-100 ms a dispatch with 30,000 jobs waiting, against
+    well under 1 ms."""
+    try:
+        with service.db.session() as session:
+            session.execute(sa.text("ANALYZE jobs"))
+    except Exception as exc:  # statistics only: autovacuum catches up later
+        log.warning("ANALYZE jobs after a large batch failed: %s", exc)
 
 
 # --- reads, cancel ----------------------------------------------------------------------------

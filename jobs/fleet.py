@@ -32,7 +32,8 @@ def worker_to_dict(worker: Worker, running_jobs: int, live: bool) -> dict[str, A
         "busy_fraction": stats.get("busy_fraction"), "window_seconds": stats.get("window_seconds"),
         "requests_per_s": stats.get("requests_per_s"), "running_jobs": running_jobs,
         "free_slots": max(0, slots - running_jobs) if isinstance(slots := engine.get("slots"), int) else None,
-        "model_revision": stats.get("model_revision"), "checkpoint": stats.get("checkpoint"),
+        "served_model": stats.get("served_model"), "model_revision": stats.get("model_revision"),
+        "checkpoint": stats.get("checkpoint"),
         "engine": engine or None,
     }
 

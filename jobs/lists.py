@@ -108,6 +108,12 @@ class JobFilters:
     custom_id: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    error_code: str | None = None  # failed jobs whose error has this code
+    custom_id_prefix: str | None = None  # custom_id starts with this (the dashboard's search)
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def list_jobs(session: Session, tenant_id: str, f: JobFilters, limit: int = DEFAULT_LIMIT,
@@ -123,6 +129,10 @@ def list_jobs(session: Session, tenant_id: str, f: JobFilters, limit: int = DEFA
         where.append(Job.created_at > f.created_after)
     if f.created_before is not None:
         where.append(Job.created_at < f.created_before)
+    if f.error_code is not None:
+        where.append(Job.error["code"].as_string() == f.error_code)
+    if f.custom_id_prefix:
+        where.append(Job.custom_id.like(_like_prefix(f.custom_id_prefix), escape="\\"))
     return _page(session, Job, where, limit, cursor)
 
 

@@ -56,7 +56,7 @@ def list_models(session: Session, registry: Registry, dead_seconds: float, now: 
         n_queued, oldest = _merge(queued.get(spec.name), queued.get(None) if default else None)
         n_running = running.get(spec.name, 0) + (running.get(None, 0) if default else 0)
         workers = [worker_to_dict(w, running_by_worker.get(w.id, 0), True)
-                   for w in live if w.model == spec.name]
+                   for w in live if served_model(w) == spec.name]
         messages = None
         if count_messages is not None:
             queues = [caption_queue(spec.name), *([QUEUE_GPU] if default else [])]
@@ -87,6 +87,13 @@ def model_to_dict(spec: ModelSpec, default: bool, workers: list[dict[str, Any]],
 
 WORKER_KEYS = ("id", "status", "model_revision", "last_heartbeat_at", "slots", "running_jobs", "free_slots",
                "tokens_per_s", "requests_per_s", "batch_occupancy")
+
+
+def served_model(worker: Worker) -> str | None:
+    """The registry name a worker serves (its heartbeat's ``served_model``; the ``model`` column
+    holds the engine's reported name)."""
+    stats = worker.stats or {}
+    return stats.get("served_model") or worker.model
 
 
 def estimate_wait(live_workers: int, queued: int, free_slots: int, requests_per_s: float) -> float | None:

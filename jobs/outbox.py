@@ -6,21 +6,13 @@ re-publishes rows older than ``settings.outbox_grace_seconds``. A message may th
 twice; every consumer is idempotent (conditional transitions, ``task_id`` = the job id).
 
 A batch is not 100,000 outbox rows: its insert writes ONE ``dispatch_batch`` row per model in the
-batch (args ``[batch_id, after_seq, model]``; rows from before models have no model and stand for
-every job) that stands for the caption message of every queued job of that model in it.
-Publishing that row walks those jobs in submission order (keyset on ``seq``, only those still
-``queued``), sends their messages to the model's queue in pipelined chunks, and records its
-progress (the last ``seq`` sent, and a fresh ``created_at`` so the sweeper leaves a dispatch in
-progress alone) after each chunk; the row is deleted at the end. If the process dies half-way,
-the sweeper resumes from the recorded position (a chunk may be sent twice: harmless). The
-dispatch row is handled here and never sent to the broker itself.
-
-A dispatch is bounded by ``settings.dispatch_window``: it sends only while fewer than that many of
-the batch's dispatched jobs of its model are still waiting to start (so a model whose workers are
-busy or gone never holds back another model's jobs of the same batch), and otherwise keeps its
-row, which every sweep tops up again (:func:`top_up_dispatches`). So a batch of millions of jobs holds at most
-about a window of messages in the broker (~0.8 KB each in Redis) instead of all of them; the
-rest wait in SQL, in order, where a canceled batch's jobs also never reach the broker.
+batch, on that model's queue (``jobs.queue.caption_queue``), meaning "this batch has jobs waiting
+in SQL for this queue". Publishing that row runs the fair dispatcher (:mod:`jobs.fair_dispatch`),
+which sends the waiting jobs of every tenant, chosen by weight, priority and age, up to
+``dispatch_window`` messages in the model's queue (so a model whose workers are busy or gone
+never holds back another model's jobs); each worker claim and each sweep tops the window up
+again (:func:`top_up_dispatches`), and the row is deleted once none of its tenant's jobs waits
+any more. The dispatch row is never sent to the broker itself.
 """
 
 from __future__ import annotations
@@ -34,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from core.db import Database, utcnow
+from jobs.fair_dispatch import DISPATCH_BATCH, FairConfig, dispatch, dispatch_queues
 from jobs.queue import (
     QUEUE_GPU,
     QUEUE_IO,
@@ -44,8 +37,7 @@ from jobs.queue import (
     Publisher,
     caption_queue,
 )
-from jobs.states import JobStatus
-from jobs.tables import Job, Outbox
+from jobs.tables import Outbox
 
 if TYPE_CHECKING:
     from jobs.outbox_cleaner import OutboxCleaner
@@ -53,9 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
-DISPATCH_CHUNK = 5000
-# Not a Celery task: an outbox row meaning "publish every queued job of batch args[0] after seq args[1]".
-DISPATCH_BATCH = "captionq.outbox.dispatch_batch"
+# A dispatch row's publish waits this long for another dispatcher of its queue to finish (it may
+# have looked for waiting batches before this one was committed).
+DISPATCH_WAIT_SECONDS = 2.0
 
 
 def caption_message(job_id: str, priority: int, model: str | None = None) -> Message:
@@ -72,18 +64,12 @@ def finalize_message(batch_id: str) -> Message:
 
 
 def dispatch_message(batch_id: str, model: str | None = None) -> Message:
-    """The dispatch of a batch's jobs of ``model`` (None: all of them): one per model in the
-    batch, so that each model's window fills and drains with its own workers."""
-    if model is None:
-        return Message(DISPATCH_BATCH, [batch_id, -1], QUEUE_GPU, f"{batch_id}-dispatch", 0)
-    return Message(DISPATCH_BATCH, [batch_id, -1, model], caption_queue(model),
-                   f"{batch_id}-dispatch-{model}"[:60], 0)
-
-
-def dispatch_model(args: Sequence[object]) -> str | None:
-    """The model of a dispatch row's ``args`` (``[batch_id, after_seq]`` from before models:
-    every job of the batch)."""
-    return str(args[2]) if len(args) > 2 and args[2] is not None else None
+    """The dispatch row of a batch's jobs of ``model`` (None: jobs that name none), on that
+    model's queue: one per model in the batch, so each model's window fills and drains with its
+    own workers."""
+    suffix = f"-{model}" if model is not None else ""
+    task_id = f"{batch_id}-dispatch{suffix}"[:60]
+    return Message(DISPATCH_BATCH, [batch_id, -1], caption_queue(model), task_id, 0)
 
 
 def add(session: Session, messages: Sequence[Message], now: datetime | None = None) -> list[int]:
@@ -102,11 +88,12 @@ def add(session: Session, messages: Sequence[Message], now: datetime | None = No
     return list(result.scalars())
 
 
-def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int], window: int = 0) -> int:
-    """Send the given outbox rows (those still present) and delete them (a batch dispatch row:
-    its first ``window`` messages, see :func:`dispatch_batch`). Returns how many messages were
-    sent; on a broker error logs and returns what was done so far (the rest waits for the
-    sweeper)."""
+def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int],
+            fair: FairConfig | None = None) -> int:
+    """Send the given outbox rows (those still present) and delete them; a batch dispatch row
+    runs a dispatch of its queue instead (``fair``: the window and policy; None: no window).
+    Returns how many messages were sent; on a broker error logs and returns what was done so far
+    (the rest waits for the sweeper)."""
     if publisher is None:
         return 0
     sent = 0
@@ -116,8 +103,7 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
         with db.session() as session:
             rows = session.scalars(sa.select(Outbox).where(Outbox.id.in_(chunk)).order_by(Outbox.id)).all()
             messages = [_to_message(r) for r in rows if r.task != DISPATCH_BATCH]
-            dispatches = [(r.id, r.args[0], int(r.args[1]), dispatch_model(r.args))
-                          for r in rows if r.task == DISPATCH_BATCH]
+            queues = sorted({r.queue for r in rows if r.task == DISPATCH_BATCH})
         try:
             if messages:
                 publisher.send_many(messages, chunk=CHUNK)
@@ -127,17 +113,18 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
         if messages:
             delete_rows(db, [m.outbox_id for m in messages if m.outbox_id is not None])
             sent += len(messages)
-        for row_id, batch_id, after_seq, model in dispatches:
+        for queue in queues:
             try:
-                sent += dispatch_batch(db, publisher, row_id, batch_id, after_seq, window, model)
+                sent += dispatch(db, publisher, fair or FairConfig(window=0), queue,
+                                 wait_seconds=DISPATCH_WAIT_SECONDS) or 0
             except Exception as exc:
-                log.warning("dispatching batch %s stopped, sweeper resumes: %s", batch_id, exc)
+                log.warning("dispatching queue %s stopped, the sweeper resumes: %s", queue, exc)
                 return sent
     return sent
 
 
 def publish_messages(db: Database, publisher: Publisher | None, messages: Sequence[Message],
-                     window: int = 0, cleaner: OutboxCleaner | None = None) -> int:
+                     fair: FairConfig | None = None, cleaner: OutboxCleaner | None = None) -> int:
     """Send messages whose outbox rows (``outbox_id``) the caller just committed, then delete
     those rows (through ``cleaner``, off the caller's path, when given). On a broker error the
     rows stay for the sweeper."""
@@ -145,7 +132,7 @@ def publish_messages(db: Database, publisher: Publisher | None, messages: Sequen
         return 0
     plain = [m for m in messages if m.task != DISPATCH_BATCH]
     if len(plain) != len(messages):  # a batch dispatch: take the general path
-        return publish(db, publisher, [m.outbox_id for m in messages if m.outbox_id is not None], window)
+        return publish(db, publisher, [m.outbox_id for m in messages if m.outbox_id is not None], fair)
     try:
         publisher.send_many(plain, chunk=CHUNK)
     except Exception as exc:
@@ -168,80 +155,16 @@ def delete_rows(db: Database, ids: list[int]) -> None:
         session.execute(sa.delete(Outbox).where(Outbox.id.in_(ids)))
 
 
-def waiting_dispatched(session: Session, batch_id: str, after_seq: int, window: int,
-                       model: str | None = None) -> int:
-    """How many of the batch's jobs (of ``model``, when given) up to ``after_seq`` (dispatched)
-    are still queued, i.e. have a message waiting in the broker. Jobs start roughly in
-    submission order, so only the last
-    ``2 * window`` dispatched are counted: a bounded index range, not the whole batch (an
-    older straggler is missed, which only lets the window overshoot by that much)."""
-    return int(session.scalar(
-        sa.select(sa.func.count()).select_from(Job).where(
-            Job.batch_id == batch_id, Job.seq > after_seq - 2 * window, Job.seq <= after_seq,
-            Job.status == JobStatus.QUEUED.value, *of_model(model))
-    ) or 0)
-
-
-def of_model(model: str | None) -> list[sa.ColumnElement[bool]]:
-    """The condition "a job of ``model``" (none for None: every model)."""
-    return [] if model is None else [Job.model == model]
-
-
-def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: str, after_seq: int,
-                   window: int = 0, model: str | None = None) -> int:
-    """Publish the caption messages of ``batch_id``'s queued jobs (of ``model``, when given)
-    after ``after_seq``, in submission order, each to its model's queue, recording progress on
-    outbox row ``row_id``; delete the row when every
-    job is dispatched. With ``window`` > 0, stop once ``window`` dispatched jobs are waiting to
-    start and keep the row for the next top-up. Returns how many messages were sent."""
+def top_up_dispatches(db: Database, publisher: Publisher, fair: FairConfig) -> int:
+    """The sweeper's part for batch dispatches: a dispatch of every queue with batch jobs waiting
+    in SQL (one held by another dispatcher, e.g. a second sweeper, is left to it). Returns how
+    many messages were sent."""
     sent = 0
-    while True:
-        undispatched = (sa.select(Job.id, Job.seq, Job.priority, Job.model)
-                        .where(Job.batch_id == batch_id, Job.seq > after_seq,
-                               Job.status == JobStatus.QUEUED.value, *of_model(model))
-                        .order_by(Job.seq))
-        with db.session() as session:
-            room = DISPATCH_CHUNK
-            if window > 0:
-                room = min(room, window - waiting_dispatched(session, batch_id, after_seq, window, model))
-            # With no room, one row still says whether anything is left for a later top-up.
-            rows = session.execute(undispatched.limit(max(room, 1))).all()
-        if not rows:  # every job dispatched (or no longer queued): the dispatch is done
-            with db.session() as session:
-                session.execute(sa.delete(Outbox).where(Outbox.id == row_id))
-            return sent
-        if room <= 0:  # the window is full: the row stays for the next top-up
-            return sent
-        publisher.send_many([caption_message(r.id, r.priority, r.model) for r in rows], chunk=CHUNK)
-        sent += len(rows)
-        after_seq = rows[-1].seq
-        with db.session() as session:
-            now = utcnow()
-            args = [batch_id, after_seq] if model is None else [batch_id, after_seq, model]
-            session.execute(sa.update(Outbox).where(Outbox.id == row_id).values(args=args, created_at=now))
-            # The sweeper's re-send of lost messages counts from here, not from the batch's
-            # submission (jobs/recovery.py); a job not stamped yet has not been sent.
-            session.execute(sa.update(Job).where(Job.id.in_([r.id for r in rows]))
-                            .values(dispatched_at=now))
-
-
-def top_up_dispatches(db: Database, publisher: Publisher, window: int,
-                      older_than: datetime | None = None, limit: int = 1000) -> int:
-    """The sweeper's part for batch dispatches: each dispatch row (of any age when ``window`` >
-    0; else only those untouched since ``older_than``, i.e. abandoned) is continued, up to its
-    window. A dispatch in progress elsewhere may then send a chunk twice, which consumers
-    tolerate. Returns how many messages were sent."""
-    query = sa.select(Outbox.id, Outbox.args).where(Outbox.task == DISPATCH_BATCH)
-    if older_than is not None:
-        query = query.where(Outbox.created_at <= older_than)
-    with db.session() as session:
-        rows = session.execute(query.order_by(Outbox.id).limit(limit)).all()
-    sent = 0
-    for row_id, args in rows:
+    for queue in dispatch_queues(db):
         try:
-            sent += dispatch_batch(db, publisher, row_id, args[0], int(args[1]), window, dispatch_model(args))
+            sent += dispatch(db, publisher, fair, queue) or 0
         except Exception as exc:
-            log.warning("dispatching batch %s stopped, next sweep resumes: %s", args[0], exc)
+            log.warning("dispatching queue %s stopped, next sweep resumes: %s", queue, exc)
             break
     return sent
 
@@ -268,7 +191,7 @@ def _to_message(row: Outbox) -> Message:
 
 
 __all__ = [
-    "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "Outbox", "add", "caption_message", "dispatch_batch",
-    "dispatch_message", "dispatch_model", "finalize_message", "of_model", "pending_ids", "publish",
-    "publish_messages", "republish_stale", "top_up_dispatches", "waiting_dispatched", "webhook_message",
+    "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "TASK_CAPTION", "FairConfig", "Outbox", "add",
+    "caption_message", "dispatch_message", "finalize_message", "pending_ids", "publish", "publish_messages",
+    "republish_stale", "top_up_dispatches", "webhook_message",
 ]

@@ -44,6 +44,11 @@ def caption_queue(model: str | None) -> str:
     return f"{QUEUE_GPU}.{model}" if model else QUEUE_GPU
 
 
+def queue_model(queue: str) -> str | None:
+    """The model whose caption jobs ``queue`` carries: the inverse of :func:`caption_queue`."""
+    return queue[len(QUEUE_GPU) + 1:] if queue.startswith(f"{QUEUE_GPU}.") else None
+
+
 def gpu_queues(settings: Settings, model: str) -> list[str]:
     """The queues a GPU worker serving ``model`` consumes: its own, and the legacy ``gpu`` queue
     when it is the default model."""

@@ -27,13 +27,14 @@ from core.settings import Settings
 from jobs import ids, outbox
 from jobs import transitions as tx
 from jobs.admission import Admission, admit
-from jobs.queue import Publisher
+from jobs.queue import Publisher, caption_queue
 from jobs.render import result_line
 from jobs.states import CANCEL, JobStatus
 from jobs.tables import Batch, Job
 from jobs.worker_side import ClaimedJob, WorkerTransitions
 
 if TYPE_CHECKING:
+    from jobs.fair_dispatch import Kicker
     from jobs.outbox_cleaner import OutboxCleaner
 
 log = logging.getLogger(__name__)
@@ -41,20 +42,24 @@ log = logging.getLogger(__name__)
 
 class JobService(WorkerTransitions):
     def __init__(self, db: Database, settings: Settings, publisher: Publisher | None = None,
-                 cleaner: OutboxCleaner | None = None) -> None:
+                 cleaner: OutboxCleaner | None = None, kicker: Kicker | None = None) -> None:
         self.db = db
         self.settings = settings
         self.publisher = publisher
         # Long-running processes (API, worker) pass one so that deleting published outbox rows
         # does not hold up the caller; without it they are deleted before returning.
         self.cleaner = cleaner
+        # A worker passes one: each claim frees a place in the broker's window, which the fair
+        # dispatcher refills on the kicker's thread (jobs.fair_dispatch).
+        self.kicker = kicker
+        self.fair = outbox.FairConfig.from_settings(settings)
 
     # --- plumbing -------------------------------------------------------------------------
     def publish(self, outbox_ids: list[int]) -> int:
         """Send outbox rows after their transaction committed (errors: left for the sweeper)."""
         if not outbox_ids:
             return 0
-        return outbox.publish(self.db, self.publisher, outbox_ids, self.settings.dispatch_window)
+        return outbox.publish(self.db, self.publisher, outbox_ids, self.fair)
 
     def _run(self, fn: Any, *args: Any, before_publish: Callable[[], object] | None = None,
              relaxed: bool = False, **kwargs: Any) -> Any:
@@ -70,9 +75,12 @@ class JobService(WorkerTransitions):
             before_publish()
         if ids_:
             sent = [dataclasses.replace(m, outbox_id=i) for m, i in zip(effects.messages, ids_, strict=True)]
-            outbox.publish_messages(self.db, self.publisher, sent, self.settings.dispatch_window,
-                                    self.cleaner)
+            outbox.publish_messages(self.db, self.publisher, sent, self.fair, self.cleaner)
         return result
+
+    def after_claim(self, served: tx.ServedModel | None = None) -> None:
+        if self.kicker is not None:  # the claimed job's queue: the worker's model's
+            self.kicker.kick(caption_queue(served.name if served is not None else None))
 
     # --- submission -----------------------------------------------------------------------
     def submit(self, tenant_id: str, request: dict[str, Any], *, job_id: str | None = None,
@@ -177,6 +185,9 @@ def new_job_row(job_id: str, tenant_id: str, request: dict[str, Any], now: datet
         created_at=now, started_at=None, finished_at=None,
         expires_at=now + timedelta(seconds=request["ttl_seconds"]), model=request.get("model"),
         api_key_id=api_key_id, trace_context=trace_context,
+        # A single job's message is sent right after this commit; a batch's jobs wait for the
+        # fair dispatcher (NULL), which stamps them when it sends theirs.
+        dispatched_at=None if batch_id is not None else now,
     )
 
 

@@ -4,7 +4,8 @@ Each call does, in bounded chunks, each chunk its own short transaction:
 
 1. re-publish outbox rows committed more than ``outbox_grace_seconds`` ago and still unsent
    (the broker was down, or the process died between commit and publish), and refill the
-   window of every batch dispatch still in progress (``dispatch_window``);
+   window of every GPU queue with batch jobs waiting in SQL (``dispatch_window``,
+   :mod:`jobs.fair_dispatch`);
 2. fail queued jobs past their TTL with ``expired``;
 3. recover jobs stuck in ``running`` longer than ``job_hard_time_limit + stuck_grace_seconds``
    (their worker died without the broker redelivering): requeue them while attempts remain,
@@ -61,11 +62,9 @@ def sweep(service: JobService, *, now: datetime | None = None, max_rows: int = 2
     if service.publisher is not None:
         report.republished = outbox.republish_stale(service.db, service.publisher, s.outbox_grace_seconds,
                                                     now=now)
-        # Bounded dispatches are refilled every sweep; an unbounded one is resumed only once it
-        # has been left alone for the grace period (its process died half-way).
-        abandoned = None if s.dispatch_window > 0 else now - timedelta(seconds=s.outbox_grace_seconds)
-        report.dispatched = outbox.top_up_dispatches(service.db, service.publisher, s.dispatch_window,
-                                                     abandoned)
+        # The fair dispatcher's window is refilled every sweep (and by every worker claim); a
+        # second sweeper finds the queue locked and leaves it to the first.
+        report.dispatched = outbox.top_up_dispatches(service.db, service.publisher, service.fair)
     report.expired = _expire(service, now, max_rows)
     stuck_before = now - timedelta(seconds=s.job_hard_time_limit + s.stuck_grace_seconds)
     report.requeued, report.lost = _recover_stuck(service, now, stuck_before, max_rows)

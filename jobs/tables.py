@@ -34,6 +34,9 @@ class Tenant(Base):
     plan: Mapped[str | None] = mapped_column(sa.ForeignKey("plans.name", ondelete="SET NULL"))
     # Queued + running jobs, moved in the transaction of each submission and terminal transition.
     jobs_in_flight: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # Share of the GPU slots among tenants with waiting work (jobs.fair); NULL: the settings'
+    # ``fair_default_weight``.
+    weight: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class Plan(Base):
@@ -95,6 +98,10 @@ class Batch(Base):
     finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+UNDISPATCHED = sa.text("status = 'queued' AND dispatched_at IS NULL")
+DISPATCHED_QUEUED = sa.text("status = 'queued' AND dispatched_at IS NOT NULL")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -112,6 +119,14 @@ class Job(Base):
         sa.Index("ix_jobs_status_worker", "status", "worker_id"),
         # Per model: queue depth and the oldest queued job (GET /v1/models, the sweeper).
         sa.Index("ix_jobs_status_model_created", "status", "model", "created_at"),
+        # The fair dispatcher's reads (jobs.fair_dispatch): each tenant's jobs still waiting in
+        # SQL, per model and priority level oldest first, and the jobs whose message waits in the
+        # broker, per model. Partial, so each holds only the rows it is about (a million-job backlog is not
+        # counted on every dispatch).
+        sa.Index("ix_jobs_undispatched", "tenant_id", "model", "priority", "created_at", "seq",
+                 postgresql_where=UNDISPATCHED, sqlite_where=UNDISPATCHED),
+        sa.Index("ix_jobs_dispatched_queued", "model", "tenant_id",
+                 postgresql_where=DISPATCHED_QUEUED, sqlite_where=DISPATCHED_QUEUED),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
@@ -165,6 +180,27 @@ class Worker(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     # the engine's counters and rates as of the last heartbeat (jobs.heartbeats.StatsWindow)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class FairQueue(Base):
+    """A GPU queue's fair-share clock (jobs.fair.Clock.vtime). Its row is also what a dispatch
+    locks, so two dispatchers of one queue (two sweepers, an API and a worker) take turns."""
+
+    __tablename__ = "fair_queues"
+
+    queue: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    vtime: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class FairTenant(Base):
+    """A tenant's finish tag in a queue's fair share (jobs.fair.Clock.finish)."""
+
+    __tablename__ = "fair_tenants"
+
+    queue: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    finish: Mapped[float] = mapped_column(sa.Float, default=0.0)
 
 
 class Outbox(Base):

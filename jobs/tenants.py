@@ -21,6 +21,7 @@ from core.db import utcnow
 from core.errors import Conflict, NotFound
 from jobs import ids
 from jobs.api_keys import KEY_PREFIX, hash_secret, split_key
+from jobs.fair import check_weight
 from jobs.tables import ALL_SCOPES, ApiKey, Tenant
 
 LOCAL_TENANT_ID = "ten_local"
@@ -116,6 +117,15 @@ def find_tenant(session: Session, tenant_id_or_name: str) -> Tenant:
     if tenant is None:
         raise NotFound(f"no tenant {tenant_id_or_name!r}")
     return tenant
+
+
+def set_weight(session: Session, tenant_id_or_name: str, weight: float | None) -> str:
+    """Set a tenant's share of the GPU slots (jobs.fair); None goes back to the settings'
+    default. Returns the tenant id; a weight that is not a positive number: ValueError."""
+    tenant = find_tenant(session, tenant_id_or_name)
+    tenant.weight = None if weight is None else check_weight(weight)
+    session.flush()
+    return tenant.id
 
 
 def rotate_webhook_secret(session: Session, tenant_id_or_name: str, grace_seconds: int) -> str:

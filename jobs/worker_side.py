@@ -90,8 +90,15 @@ class WorkerTransitions:
             # notices when recording (``claim_lost``) and answers with a redelivery.
             claimed = self._run(self._claim, job_id, worker_id, served, relaxed=True)
             if claimed is not None:
+                self.after_claim(served)
                 return claimed  # type: ignore[no-any-return]
-        return self._run(self._start, job_id, redelivered, worker_id, served)  # type: ignore[no-any-return]
+        claimed = self._run(self._start, job_id, redelivered, worker_id, served)
+        if claimed is not None:
+            self.after_claim(served)
+        return claimed  # type: ignore[no-any-return]
+
+    def after_claim(self, served: tx.ServedModel | None = None) -> None:
+        """A job of ``served``'s model left the broker's window (the service refills it)."""
 
     def _claim(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
                worker_id: str | None, served: tx.ServedModel | None) -> ClaimedJob | None:

@@ -157,7 +157,9 @@ class Batcher:
         """The requests with ``vision_key`` ``key`` are all answered: drop their cached image
         features (models.vision_cache)."""
         if self._loaded.done() and self._loaded.exception() is None:
-            self._loaded.result().release_vision(key)
+            release = getattr(self._loaded.result(), "release_vision", None)  # None: a stand-in
+            if release is not None:
+                release(key)
 
     def close(self, *, cancel_pending: bool = True, timeout: float | None = None) -> None:
         """Stop the engine thread after the running batch; pending requests are failed
@@ -251,9 +253,10 @@ class Batcher:
 
     def _count_vision(self) -> None:
         engine = self.engine
-        vision = engine.vision_stats
-        self.stats.vision_tiles, self.stats.vision_reused_tiles = vision.tiles, vision.reused_tiles
-        self.stats.prefix_reused_tokens = engine.prefix_reused_tokens
+        vision = getattr(engine, "vision_stats", None)  # stand-in engines (benchmarks) have none
+        if vision is not None:
+            self.stats.vision_tiles, self.stats.vision_reused_tiles = vision.tiles, vision.reused_tiles
+            self.stats.prefix_reused_tokens = engine.prefix_reused_tokens
 
     def _start(self, item: _Item) -> bool:
         """Mark the future running; complete cancelled/canceled requests without model work."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from core.db import Database
 from core.settings import Settings
+from jobs.fair_dispatch import FairConfig, Kicker
 from jobs.live import LivePublisher
 from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
@@ -102,7 +103,8 @@ class Runtime:
         self.db = Database(settings)
         self.storage = StorageConfig.from_settings(settings)
         self.publisher = Publisher.from_settings(settings, celery_app)
-        self.jobs = JobService(self.db, settings, self.publisher, OutboxCleaner(self.db))
+        self.jobs = JobService(self.db, settings, self.publisher, OutboxCleaner(self.db),
+                               Kicker(self.db, self.publisher, FairConfig.from_settings(settings)))
         url = settings.events_redis_url
         self.live: LivePublisher | None = LivePublisher(url) if url else None
         # Only a gpu worker runs jobs; the listener starts with the model (load_model).
@@ -173,10 +175,13 @@ class Runtime:
                 from jobs.heartbeats import Heartbeat, new_worker_id
 
                 self.worker_id = new_worker_id()
-                served = self.served
+                # ``model``: the engine's reported name (GET /v1/workers, as before registries);
+                # ``served_model``: the registry name GET /v1/models groups workers by.
+                model = self._engine.info.name if self._engine is not None else None
                 self.heartbeat = Heartbeat(self.db, self.worker_id, self.settings.heartbeat_seconds,
-                                           model=served.name, stats_source=self.engine_stats,
-                                           about={"model_revision": self.revision,
+                                           model=model, stats_source=self.engine_stats,
+                                           about={"served_model": self.served.name,
+                                                  "model_revision": self.revision,
                                                   "checkpoint": self.settings.model})
             assert self.worker_id is not None
             return self.worker_id
@@ -243,6 +248,8 @@ class Runtime:
             self.live.close()
         if self.cancels is not None:
             self.cancels.close()
+        if self.jobs.kicker is not None:
+            self.jobs.kicker.close()
         if self.jobs.cleaner is not None:
             self.jobs.cleaner.close()
         self.publisher.close()

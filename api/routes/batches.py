@@ -125,10 +125,10 @@ async def cancel_batch(request: Request, batch_id: str, tenant_id: Tenant) -> JS
 async def batch_results(request: Request, batch_id: str, tenant_id: Tenant) -> StreamingResponse:
     ctx = get_ctx(request)
     await to_thread.run_sync(batches.get_batch, ctx.service, tenant_id, batch_id)  # 404 before streaming
-    return StreamingResponse(_results(ctx, batch_id), media_type="application/x-ndjson")
+    return StreamingResponse(result_chunks(ctx, batch_id), media_type="application/x-ndjson")
 
 
-def _results(ctx: AppContext, batch_id: str) -> Iterator[bytes]:
+def result_chunks(ctx: AppContext, batch_id: str) -> Iterator[bytes]:
     """Keyset-paged reads (one short session per 1,000 rows), sent in ~200-line writes."""
     buf: list[bytes] = []
     for line in ctx.service.iter_batch_results(batch_id):

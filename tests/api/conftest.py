@@ -34,6 +34,9 @@ def api_settings(pg_database, redis_url, s3_bucket, s3_env, tmp_path_factory) ->
         s3_endpoint_url=s3_bucket.endpoint_url, s3_region=s3_bucket.region,
         max_request_bytes=2 * 1024 * 1024, max_data_uri_bytes=64 * 1024, max_batch_jobs_inline=500,
         outbox_grace_seconds=0.0, max_context_tokens=32768,
+        # No worker takes these tests' messages: a wide window sends a batch's jobs at once, as
+        # the tests that drain them expect (tests/jobs/test_fair_dispatch.py covers the window).
+        dispatch_window=10_000,
     )
     return helpers.migrated(settings)
 

@@ -29,8 +29,9 @@ def test_the_default_model_with_its_worker_and_queue(api_settings, api, anon) ->
     name = api_settings.registry.default
     db = Database(api_settings)
     worker_id = f"test-models:{os.getpid()}-{time.monotonic_ns()}"
-    hb = heartbeats.Heartbeat(db, worker_id, 0.2, model=name, stats_source=engine_stats,
-                              about={"model_revision": "sha256:0123456789abcdef", "checkpoint": "x"})
+    hb = heartbeats.Heartbeat(db, worker_id, 0.2, model="tiny-internvl2", stats_source=engine_stats,
+                              about={"served_model": name, "model_revision": "sha256:0123456789abcdef",
+                                     "checkpoint": "x"})
     try:
         job = api.post("/v1/jobs", json={"prompts": ["Hi"]}).json()
         assert job["model"] == name and job["model_revision"] is None

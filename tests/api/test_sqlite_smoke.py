@@ -26,7 +26,11 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 
 def test_migrations_up_down_up(local: Settings):
-    assert current(local) == "0009"
+    assert current(local) == "0007"
+    assert "weight" in _columns(local, "tenants") and {"fair_queues", "fair_tenants"} <= _tables(local)
+    downgrade(local, "0006")  # fair scheduling's tables and the tenants' weight go
+    assert "weight" not in _columns(local, "tenants")
+    assert not {"fair_queues", "fair_tenants"} & _tables(local)
     assert "trace_context" in _columns(local, "jobs")
     downgrade(local, "0005")  # the jobs' trace context goes
     assert "trace_context" not in _columns(local, "jobs")
@@ -47,7 +51,7 @@ def test_migrations_up_down_up(local: Settings):
     names = set(sa.inspect(engine).get_table_names())
     engine.dispose()
     assert {"tenants", "api_keys", "jobs", "batches", "outbox", "webhook_messages", "webhook_attempts",
-            "idempotency_keys", "workers", "plans", "usage_daily"} <= names
+            "idempotency_keys", "workers", "plans", "usage_daily", "fair_queues", "fair_tenants"} <= names
     assert "stats" in _columns(local, "workers")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 COMMANDS = ["serve", "worker", "migrate", "keys", "up", "caption", "submit", "wait", "status",
-            "results", "cancel", "workers", "make-test-checkpoint", "plans"]
+            "results", "cancel", "workers", "make-test-checkpoint", "plans", "tenants"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +24,8 @@ def test_top_level_help_lists_every_command():
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "keys create", "keys rotate-webhook-secret"])
+@pytest.mark.parametrize("command", [*COMMANDS, "keys create", "keys rotate-webhook-secret",
+                                     "tenants set-weight"])
 def test_each_command_has_help(command):
     result = run_cli(*command.split(), "--help")
     assert result.returncode == 0, result.stderr

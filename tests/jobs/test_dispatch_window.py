@@ -1,6 +1,6 @@
-"""Bounded batch dispatch: a batch keeps at most ``dispatch_window`` caption messages waiting in
-the broker; each sweep refills the window as jobs start, in submission order, until every queued
-job was dispatched (real PostgreSQL and Redis)."""
+"""Bounded batch dispatch: at most ``dispatch_window`` caption messages of batch jobs wait in the
+gpu queue; each sweep refills the window as jobs start, in submission order for one tenant,
+until every queued job was dispatched (real PostgreSQL and Redis)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_canceled_batch_jobs_never_reach_the_broker(jobs_settings, tenant, windo
 
 
 def test_window_zero_sends_everything_at_once(jobs_settings, tenant, svc):
-    assert svc.settings.dispatch_window > 0  # the default is bounded ...
+    assert svc.settings.dispatch_window != 0  # the default is bounded (the workers' slots) ...
     unbounded = service(jobs_settings.model_copy(update={"dispatch_window": 0}))
     try:
         drain(jobs_settings)

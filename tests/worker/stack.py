@@ -63,7 +63,8 @@ class Stack:
         return {**os.environ, **settings_env(s), **bucket_env, "PYTHONUNBUFFERED": "1"}
 
     def start_worker(self, *, queues: str = "gpu,io", beat: bool = False, wait: bool = True,
-                     concurrency: int | None = None, **overrides: Any) -> Worker:
+                     concurrency: int | None = None, env: dict[str, str] | None = None,
+                     **overrides: Any) -> Worker:
         n = len(self.workers)
         log = self.tmp / f"worker-{n}.log"
         args = [sys.executable, "-m", "cli.main", "worker", "--queues", queues]
@@ -72,8 +73,8 @@ class Stack:
         if concurrency:
             args += ["--concurrency", str(concurrency)]
         with open(log, "wb") as out:
-            proc = subprocess.Popen(args, cwd=ROOT, env=self.worker_env(**overrides), stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(args, cwd=ROOT, env={**self.worker_env(**overrides), **(env or {})},
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         w = Worker(proc, log)
         self.workers.append(w)
         if wait:
