@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     default_ttl_seconds: int = 86400
     max_request_bytes: int = 32 * 1024 * 1024
     max_batch_jobs_inline: int = 10_000
+    # A bulk batch's outputs are written in parts of this many consecutive items (its jobs' seq),
+    # each part once all its jobs have ended; fixed per batch at submission.
+    batch_part_rows: int = Field(1000, ge=1, le=1_000_000)
     sweep_interval_seconds: float = 10.0
     # A batch puts at most about this many caption messages in the broker at once; each sweep
     # refills it as jobs start (0 = no limit: all at submission). Keep it above

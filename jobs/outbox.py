@@ -31,7 +31,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from core.db import Database, utcnow
-from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, TASK_FINALIZE, TASK_WEBHOOK, Message, Publisher
+from jobs.queue import (
+    QUEUE_GPU,
+    QUEUE_IO,
+    TASK_CAPTION,
+    TASK_EXPORT,
+    TASK_FINALIZE,
+    TASK_WEBHOOK,
+    Message,
+    Publisher,
+)
 from jobs.states import JobStatus
 from jobs.tables import Job, Outbox
 
@@ -56,6 +65,11 @@ def webhook_message(message_id: str) -> Message:
 
 def finalize_message(batch_id: str) -> Message:
     return Message(TASK_FINALIZE, [batch_id], QUEUE_IO, f"{batch_id}-finalize", 0)
+
+
+def export_message(batch_id: str, ended_parts: int) -> Message:
+    """Write the output parts that are complete now; one message per part boundary crossed."""
+    return Message(TASK_EXPORT, [batch_id], QUEUE_IO, f"{batch_id}-export-{ended_parts}", 0)
 
 
 def dispatch_message(batch_id: str) -> Message:
@@ -236,6 +250,7 @@ def _to_message(row: Outbox) -> Message:
 
 __all__ = [
     "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "Outbox", "add", "caption_message", "dispatch_batch",
-    "dispatch_message", "finalize_message", "pending_ids", "publish", "publish_messages", "republish_stale",
+    "dispatch_message", "export_message", "finalize_message",
+    "pending_ids", "publish", "publish_messages", "republish_stale",
     "top_up_dispatches", "waiting_dispatched", "webhook_message",
 ]

@@ -26,7 +26,9 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 
 def test_migrations_up_down_up(local: Settings):
-    assert current(local) == "0003"
+    assert current(local) == "0006"
+    downgrade(local, "0003")  # the bulk batch columns go
+    assert not {"source", "output_formats", "parts_done", "expires_at"} & _columns(local, "batches")
     downgrade(local, "0002")  # the workers' stats column goes
     assert "stats" not in _columns(local, "workers")
     downgrade(local, "0001")  # the heartbeat/lease columns go, the rest stays
@@ -40,6 +42,7 @@ def test_migrations_up_down_up(local: Settings):
     assert {"tenants", "api_keys", "jobs", "batches", "outbox", "webhook_messages", "webhook_attempts",
             "idempotency_keys", "workers"} <= names
     assert "stats" in _columns(local, "workers")
+    assert {"source", "output_formats", "parts_done", "expires_at"} <= _columns(local, "batches")
 
 
 def _columns(settings: Settings, table: str) -> set[str]:
