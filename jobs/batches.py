@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any, Literal, cast
@@ -227,10 +227,11 @@ def _dumps(value: Any) -> str:
 
 def validate_lines(
     lines: Iterable[tuple[int, Any]], plan: BatchPlan, checker: UrlChecker, limits: RequestLimits,
-    loc_name: str,
+    loc_name: str, normalize: Callable[..., dict[str, Any]] = normalize_job_request,
 ) -> Spool:
     """Phase 1. ``lines`` yields ``(number, raw)`` where raw is a parsed object (inline) or the
-    text of a manifest line. Raises :class:`InvalidRequest` with every error's location."""
+    text of a manifest line. Raises :class:`InvalidRequest` with every error's location.
+    ``normalize``: a source's items use :class:`jobs.source_requests.SourceNormalizer`."""
     spool = Spool(tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY))  # noqa: SIM115
     errors: list[dict[str, Any]] = []
     seen_custom: set[str] = set()
@@ -254,7 +255,7 @@ def validate_lines(
         custom = merged.get("custom_id") if isinstance(merged, dict) else None
         dup = isinstance(custom, str) and custom in seen_custom
         try:
-            req = normalize_job_request(merged, checker, limits, loc=loc)
+            req = normalize(merged, checker, limits, loc=loc)
             line_errors = []
         except InvalidRequest as exc:
             req, line_errors = None, exc.errors

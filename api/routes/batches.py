@@ -18,6 +18,8 @@ from api.routes.jobs import run_idempotent
 from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
 from jobs import batch_retry, batches, lists
 from jobs.render import batch_to_dict
+from jobs.requests import normalize_job_request
+from jobs.source_requests import SourceNormalizer
 from jobs.states import BatchStatus
 
 router = APIRouter(prefix="/v1", tags=["batches"])
@@ -96,7 +98,8 @@ async def submit_batch(request: Request, tenant_id: Tenant, background: Backgrou
         if plan.resume_from is not None:
             batch_retry.check_resume(ctx.db, tenant_id, plan.resume_from)
             lines = batch_retry.skip_succeeded(ctx.db, plan.resume_from, lines)
-        spool = batches.validate_lines(lines, plan, ctx.checker, ctx.limits, loc_name)
+        normalize = SourceNormalizer() if plan.source is not None else normalize_job_request
+        spool = batches.validate_lines(lines, plan, ctx.checker, ctx.limits, loc_name, normalize)
         batch, outbox_ids = batches.insert_batch(ctx.service, tenant_id, plan, spool)
         to_publish.extend(outbox_ids)
         return batch.id, batch_to_dict(batch)

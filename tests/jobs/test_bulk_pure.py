@@ -179,3 +179,39 @@ def test_parquet_rows_columns_and_sidecars():
     assert names2 == ["sidecars/_/2.caption.txt", "sidecars/_/2.json"]
     errors = [json.loads(x) for x in out.jsonl(rows, errors_only=True).splitlines()]
     assert [e["custom_id"] for e in errors] == ["b/1.png"]
+
+
+def test_source_normalizer_matches_the_full_path(tmp_path: Path):
+    from api.urlcheck import StorageUrlChecker
+    from core.settings import Settings
+    from jobs.requests import RequestLimits, merge_defaults, normalize_job_request
+    from jobs.source_requests import SourceNormalizer
+
+    checker = StorageUrlChecker(Settings(local_mode=True, media_root=tmp_path))
+    limits = RequestLimits()
+    defaults = {"prompts": ["Describe."], "generation": {"max_new_tokens": 7}, "metadata": {"set": "a"}}
+    items = [
+        {"custom_id": "a/1.jpg", "media": [{"type": "image", "url": "s3://bkt/a/1.jpg"}]},
+        {"custom_id": "a/2.jpg", "media": [{"type": "image", "url": "s3://bkt/a/2.jpg"}],
+         "metadata": {"n": 2}},
+        {"custom_id": "s/3", "media": [{"type": "image", "url": "s3://bkt/s.tar", "byte_range": [512, 99]}]},
+        {"custom_id": "s/4", "media": [{"type": "image", "url": "s3://bkt/s.tar", "byte_range": [15, 7]}]},
+        {"custom_id": "v.mp4", "media": [{"type": "video", "url": (tmp_path / "v.mp4").as_uri()}]},
+        {"custom_id": "b/5.jpg", "media": [{"type": "image", "url": "s3://bkt/b/5.jpg"}],
+         "metadata": {"n": 5}},
+    ]
+    fast = SourceNormalizer()
+    for item in items * 2:
+        merged = merge_defaults(defaults, item)
+        want = normalize_job_request(merged, checker, limits)
+        assert fast(merged, checker, limits, loc=["source", 1]) == want
+    assert fast.fast >= 7  # the second of each shape on came from a template
+    for bad in ({"custom_id": "x", "media": [{"type": "image", "url": "ftp://bkt/x.jpg"}]},
+                {"custom_id": "y", "media": [{"type": "image", "url": "s3://b/s.tar", "byte_range": [0, 0]}]},
+                {"custom_id": "z" * 300, "media": [{"type": "image", "url": "s3://bkt/z.jpg"}]}):
+        merged = merge_defaults(defaults, bad)
+        with pytest.raises(InvalidRequest) as full:
+            normalize_job_request(merged, checker, limits, loc=["source", 9])
+        with pytest.raises(InvalidRequest) as quick:
+            fast(merged, checker, limits, loc=["source", 9])
+        assert quick.value.errors == full.value.errors
