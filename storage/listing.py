@@ -14,6 +14,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -136,16 +137,24 @@ def _list_s3(u: S3Url, config: StorageConfig, match: GlobFilter, page_size: int)
     alone would cap a listing at a few thousand keys a second. A page that does not answer 200
     is asked again through boto3, whose error (mapped to our codes) is raised."""
     client = s3_client(config)
-    token: str | None = None
+
+    def fetch(token: str | None) -> ET.Element:
+        params: dict[str, object] = {"Bucket": u.bucket, "Prefix": u.key, "MaxKeys": page_size,
+                                     "EncodingType": "url"}
+        if token:
+            params["ContinuationToken"] = token
+        return call_with_retries(lambda: _page(client, http, u, params), config, what=u.url)
+
+    # The next page is fetched while the caller works through this one.
     with httpx.Client(timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
-                      trust_env=False) as http:
+                      trust_env=False) as http, ThreadPoolExecutor(1, thread_name_prefix="list") as pool:
+        pending = pool.submit(fetch, None)
         while True:
-            params: dict[str, object] = {"Bucket": u.bucket, "Prefix": u.key, "MaxKeys": page_size,
-                                         "EncodingType": "url"}
+            root = pending.result()
+            truncated = (root.findtext(_NS + "IsTruncated") or "false").lower() == "true"
+            token = root.findtext(_NS + "NextContinuationToken") if truncated else None
             if token:
-                params["ContinuationToken"] = token
-            root = call_with_retries(lambda p=params: _page(client, http, u, p), config,  # type: ignore[misc]
-                                     what=u.url)
+                pending = pool.submit(fetch, token)
             plen = len(u.key)
             # Keys come %-encoded only when the server says it honoured EncodingType=url.
             encoded = (root.findtext(_NS + "EncodingType") or "").lower() == "url"
@@ -155,9 +164,6 @@ def _list_s3(u: S3Url, config: StorageConfig, match: GlobFilter, page_size: int)
                 rel = key[plen:]
                 if rel and not key.endswith("/") and match(rel):
                     yield Listed(f"s3://{u.bucket}/{key}", rel, int(obj.findtext(_NS + "Size") or 0))
-            if (root.findtext(_NS + "IsTruncated") or "false").lower() != "true":
-                return
-            token = root.findtext(_NS + "NextContinuationToken")
             if not token:
                 return
 
