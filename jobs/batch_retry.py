@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from core.db import Database, utcnow
-from core.errors import InvalidRequest, NotFound
+from core.errors import BatchExpired, InvalidRequest, NotFound
 from jobs import outbox
 from jobs import transitions as tx
 from jobs.requests import error, pydantic_errors
@@ -51,7 +51,7 @@ def parse_retry(raw: Any) -> list[str] | None:
 
 
 CHUNK = 500
-EXPIRED_CODE = "batch_expired"
+EXPIRED_CODE = BatchExpired.code
 EXPIRED_MESSAGE = "the batch's completion window ended before this job started"
 
 
