@@ -215,3 +215,13 @@ def test_source_normalizer_matches_the_full_path(tmp_path: Path):
         with pytest.raises(InvalidRequest) as quick:
             fast(merged, checker, limits, loc=["source", 9])
         assert quick.value.errors == full.value.errors
+
+
+def test_fast_id_encoding_equals_the_reference():
+    import random
+
+    from jobs import ids
+
+    values = [0, 1, (1 << 128) - 1, 1 << 127] + [random.getrandbits(128) for _ in range(2000)]
+    for v in values:
+        assert ids._encode26(v) == ids._encode(v, 26).lower()
