@@ -5,8 +5,8 @@ Layout (names relative to the output prefix)::
     parts/results-000000.jsonl     every item of part 0 (format jsonl), result lines as results.jsonl
     parts/errors-000000.jsonl      the failed and canceled items of part 0 (always)
     parquet/part-000000.parquet    one row per item (format parquet)
-    sidecars/<custom_id stem>.txt  the answer next to where the item was in its source (format sidecar)
-    sidecars/<custom_id stem>.json the whole result of that item
+    sidecars/<custom_id stem>.txt  the answer next to where the item was in its source (format
+                                   sidecar); .json instead for jobs with tasks or structured output
     results.jsonl, errors.jsonl    every item / every failure, written when the batch ends
     manifest.json                  written last: the counts and every part's files
 
@@ -118,23 +118,23 @@ def sidecar_stem(custom_id: str | None, job_id: str) -> str:
 
 
 def sidecars(row: Any, task_names: Sequence[str] | None) -> list[tuple[str, bytes, str]]:
-    """(name, bytes, content type) of one succeeded item's sidecars: ``<stem>.txt`` with the
-    answer (``<stem>.<task>.txt`` per task) and ``<stem>.json`` with the whole result line."""
+    """(name, bytes, content type) of one succeeded item's sidecar: one file per item, since
+    creating files is what a sidecar export spends its time on. A job without tasks whose output
+    is its text: ``<stem>.txt`` with the answer. Otherwise (tasks, boxes, several rounds):
+    ``<stem>.json`` with ``{"custom_id", "job_id", "tasks": {name: text}, "output", "metadata"}``."""
     if row.status != "succeeded":
         return []
     stem = "sidecars/" + sidecar_stem(row.custom_id, row.id)
-    out: list[tuple[str, bytes, str]] = []
-    if task_names:
-        for t in task_names:
-            text = task_text(row.output, t)
-            if text is not None:
-                out.append((f"{stem}.{t}.txt", text.encode(), "text/plain; charset=utf-8"))
-    else:
-        text = task_text(row.output, None)
-        if text is not None:
-            out.append((f"{stem}.txt", text.encode(), "text/plain; charset=utf-8"))
-    out.append((f"{stem}.json", _line(result_line(row)), "application/json"))
-    return out
+    output = row.output if isinstance(row.output, dict) else {}
+    plain = not task_names and "tasks" not in output and not output.get("boxes") and \
+        len(output.get("rounds") or []) <= 1
+    text = task_text(output, None)
+    if plain and text is not None:
+        return [(f"{stem}.txt", text.encode(), "text/plain; charset=utf-8")]
+    body = {"custom_id": row.custom_id, "job_id": row.id,
+            "tasks": {t: task_text(output, t) for t in task_names or ()},
+            "output": row.output, "metadata": row.meta if row.meta is not None else {}}
+    return [(f"{stem}.json", _line(body), "application/json")]
 
 
 def manifest(batch: Any, status: str, parts: int, formats: Sequence[str]) -> bytes:

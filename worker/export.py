@@ -16,7 +16,7 @@ from typing import Any
 from jobs import batch_exports as bx
 from jobs import batch_outputs as out
 from storage.config import StorageConfig
-from storage.objects import put_object, sync_local
+from storage.objects import put_many, put_object
 from worker.finalize import ndjson
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,8 @@ def write_part(storage: StorageConfig, info: bx.ExportInfo, k: int, rows: list[A
         files.append((f"parquet/part-{k:06d}.parquet", out.parquet_bytes(rows, info.task_names),
                       "application/vnd.apache.parquet"))
 
-    def put(f: tuple[str, bytes, str]) -> None:
-        # Local files are synced together below, before the part counts as written.
-        put_object(_url(info.output_url, f[0]), f[1], f[2], storage, durable=False)
-
     head, last = files[:-1], files[-1]
-    if pool is not None and len(head) > 4:
-        list(pool.map(put, head))  # raises the first failure
-    else:
-        for f in head:
-            put(f)
-    sync_local(info.output_url, storage)
+    put_many(info.output_url, head, storage, pool if len(head) > 4 else None)  # durable on return
     put_object(_url(info.output_url, last[0]), last[1], last[2], storage)
     return len(files)
 

@@ -171,12 +171,14 @@ def test_parquet_rows_columns_and_sidecars():
     single = pq.read_table(io.BytesIO(out.parquet_bytes([_row(0, "succeeded", {"text": "hi"}, "x")], None)))
     assert single.column("text").to_pylist() == ["hi"]
 
-    names = {n: b for n, b, _ in out.sidecars(rows[0], ["caption", "tags"])}
-    assert names["sidecars/a/0.caption.txt"] == b"a cat" and names["sidecars/a/0.tags.txt"] == b"cat, sofa"
-    assert json.loads(names["sidecars/a/0.json"])["output"] == rows[0].output
+    [(name, body, _)] = out.sidecars(rows[0], ["caption", "tags"])
+    assert name == "sidecars/a/0.json"
+    assert json.loads(body) == {"custom_id": "a/0.jpg", "job_id": "job_0", "output": rows[0].output,
+                                "tasks": {"caption": "a cat", "tags": "cat, sofa"}, "metadata": {"k": 0}}
     assert out.sidecars(rows[1], None) == []  # failures go to errors.jsonl, not next to the data
-    names2 = [n for n, _, _ in out.sidecars(rows[2], ["caption"])]
-    assert names2 == ["sidecars/_/2.caption.txt", "sidecars/_/2.json"]
+    assert [n for n, _, _ in out.sidecars(rows[2], ["caption"])] == ["sidecars/_/2.json"]
+    assert out.sidecars(_row(3, "succeeded", {"text": "hi", "rounds": [{}]}, "c/3.png"), None) == [
+        ("sidecars/c/3.txt", b"hi", "text/plain; charset=utf-8")]
     errors = [json.loads(x) for x in out.jsonl(rows, errors_only=True).splitlines()]
     assert [e["custom_id"] for e in errors] == ["b/1.png"]
 

@@ -125,7 +125,6 @@ def check_outputs(out: Out, batch: dict[str, Any], want: dict[str, dict[str, Any
                 continue
             stem = cid.rsplit(".", 1)[0] if cid.endswith(".png") else cid
             assert out.read(f"sidecars/{stem}.txt").decode() == res["output"]["text"]
-            assert json.loads(out.read(f"sidecars/{stem}.json")) == res
 
 
 def test_s3_prefix_with_globs_writes_every_format(stack: Stack) -> None:
