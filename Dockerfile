@@ -32,7 +32,11 @@ RUN python3 -m pip install --upgrade pip \
  && if [ -n "$EXTRAS" ]; then python3 -m pip install ".[${EXTRAS}]"; else python3 -m pip install .; fi
 
 USER captionq
-EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')" || exit 1
+# 8000: the API; 9100 / 9101: a worker's /metrics and /healthz (CAPTIONQ_WORKER_METRICS_PORT,
+# CAPTIONQ_WORKER_HEALTH_PORT).
+EXPOSE 8000 9100 9101
+# The role's own probe: a worker's /healthz when CAPTIONQ_WORKER_HEALTH_PORT is set, else the
+# API's on CAPTIONQ_PORT. A worker container without a health port has no probe to answer.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=2m CMD ["captionq", "healthcheck"]
 ENTRYPOINT ["captionq"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

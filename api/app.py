@@ -19,15 +19,16 @@ from api import openapi, problems
 from api.auth import Authenticator
 from api.body import BodyLimitMiddleware
 from api.context import AppContext
-from api.context_limit import load_context_limit
+from api.context_limit import request_limits
 from api.metrics import Metrics, MetricsMiddleware
 from api.params import storable_params
+from api.ratelimit import RateLimiter, RateLimitHeaders
+from api.tracing import TracingMiddleware
 from api.urlcheck import StorageUrlChecker
 from core.db import Database
 from core.settings import Settings
 from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
-from jobs.requests import RequestLimits
 from jobs.service import JobService
 from jobs.tenants import ensure_local_tenant
 
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Asynchronous captioning and visual question answering jobs with InternVL2. "
-    "Errors are RFC 9457 problem details with a stable `code`."
+    "Errors are RFC 9457 problem details with a stable `code`. Every request accepts a W3C "
+    "`traceparent` header: with tracing on (OpenTelemetry, the standard `OTEL_*` variables) the "
+    "request's span and the work of a job it creates continue that trace."
 )
 
 
@@ -45,16 +48,13 @@ def create_app(
     db = db or Database(settings)
     publisher = publisher or Publisher.from_settings(settings)
     service = JobService(db, settings, publisher)
-    context = load_context_limit(settings)
-    log.info("submissions are checked against a context of %s tokens (from: %s)",
-             context.max_tokens, context.source)
     ctx = AppContext(
         settings=settings, db=db, publisher=publisher, service=service,
         checker=StorageUrlChecker(settings),
-        limits=RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
-                             max_context_tokens=context.max_tokens, count_tokens=context.count_tokens),
-        auth=Authenticator(db, disabled=settings.auth == "disabled"),
-        metrics=Metrics(db),
+        limits=request_limits(settings),
+        auth=Authenticator(db, settings),
+        metrics=Metrics(db, publisher, settings.registry, settings.worker_dead_seconds),
+        limiter=RateLimiter(settings),
     )
 
     @asynccontextmanager
@@ -68,6 +68,7 @@ def create_app(
         hub = getattr(_app.state, "captionq_live_hub", None)  # SSE's shared pub/sub, if used
         if hub is not None:
             await hub.close()
+        await ctx.limiter.close()
         publisher.close()
         db.dispose()
 
@@ -79,9 +80,9 @@ def create_app(
     problems.install(app)
     openapi.install(app)
 
-    from api.routes import batches, events, jobs, ops, webhook_deliveries, workers
+    from api.routes import batches, events, jobs, keys, models, ops, usage, webhook_deliveries, workers
 
-    for module in (ops, jobs, batches, events, webhook_deliveries, workers):
+    for module in (ops, jobs, batches, events, webhook_deliveries, workers, models, keys, usage):
         app.include_router(module.router)
     from api.openai import batches as openai_batches
     from api.openai import files as openai_files
@@ -92,8 +93,11 @@ def create_app(
     # Added innermost first: metrics see every request, the body cap applies before any route
     # reads, and an unexpected error is answered inside them all.
     app.add_middleware(problems.CatchAllMiddleware)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    # Outermost: the request's span (and a client's traceparent) is current in everything below.
+    app.add_middleware(TracingMiddleware)
     return app
 
 
@@ -104,9 +108,11 @@ def _ensure_local_tenant(db: Database) -> None:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``api.app:app_from_env``) for ``captionq serve --workers N``."""
+    from core import tracing
     from core.logging import setup_logging
     from core.settings import load_settings
 
     settings = load_settings()
     setup_logging(settings)
+    tracing.setup("captionq-api")
     return create_app(settings)

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
-from jobs.requests import BOUNDARY_TOKENS
+from jobs.requests import BOUNDARY_TOKENS, ModelLimits, RequestLimits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BOUNDARY_TOKENS", "ContextLimit", "load_context_limit"]
+__all__ = ["BOUNDARY_TOKENS", "ContextLimit", "load_context_limit", "request_limits"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,22 @@ def load_context_limit(settings: Settings) -> ContextLimit:
     limits = [n for n in (derived, cap) if n is not None]
     source = f"checkpoint {folder}" if derived is not None else "setting" if cap is not None else "none"
     return ContextLimit(min(limits) if limits else None, counter, source)
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    """What submissions are judged against: every served model (the registry) with its own
+    context, token counter and caps; the default model's also stand alone (``max_context_tokens``)."""
+    registry = settings.registry
+    models: dict[str, ModelLimits] = {}
+    for spec in registry.models.values():
+        context = load_context_limit(settings.for_model(spec.name))
+        log.info("model %s (%s): submissions are checked against a context of %s tokens (from: %s)",
+                 spec.name, spec.checkpoint, context.max_tokens, context.source)
+        models[spec.name] = ModelLimits(spec.name, context.max_tokens, context.count_tokens,
+                                        spec.max_tiles, spec.max_new_tokens)
+    for spec in registry.models.values():  # a checkpoint as configured names its model too
+        models.setdefault(spec.checkpoint, models[spec.name])
+    default = models[registry.default]
+    return RequestLimits(default_ttl_seconds=settings.default_ttl_seconds,
+                         max_context_tokens=default.max_context_tokens, count_tokens=default.count_tokens,
+                         models=models, default_model=registry.default)

@@ -24,7 +24,8 @@ from jobs.sources import SourceSpec
 
 REF = "#/components/schemas/{model}"
 MODELS: dict[str, type[BaseModel]] = {"JobRequest": JobRequest, "BatchRequest": BatchRequest,
-                                      "BatchRetryRequest": BatchRetryRequest, "SourceSpec": SourceSpec}
+                                      "BatchRetryRequest": BatchRetryRequest, "SourceSpec": SourceSpec,
+                                      "KeyRequest": schemas.KeyRequest}
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -62,8 +63,8 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
     ("post", "/v1/jobs/{job_id}/cancel"): {
         202: _json("Job", "Canceled (queued), or `cancel_requested` (running: the worker stops it)")},
     ("get", "/v1/jobs/{job_id}/events"): {200: _text(
-        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}) and "
-        "`done` (the Job); the stream ends after `done`")},
+        "text/event-stream", "Server-Sent Events `status` ({id, status}), `token` ({text, round}; a job "
+        "with tasks adds `task`, the task's name) and `done` (the Job); the stream ends after `done`")},
     ("post", "/v1/batches"): {
         202: _json("Batch", "The batch, its jobs queued"),
         200: _json("Batch", "A replay: the batch first created with this Idempotency-Key"),
@@ -82,6 +83,14 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
         202: _json("WebhookMessage", "The message, pending, with its attempts so far")},
     ("get", "/v1/workers"): {200: _json("WorkerList", "Every GPU worker with a heartbeat row, and the "
                                                        "live ones' totals")},
+    ("get", "/v1/models"): {200: _json("ModelList", "Every served model with its live workers, queue "
+                                                     "and wait estimate")},
+    ("get", "/v1/queues"): {200: _json("QueueList", "The gpu and io queues: depth and oldest waiting work")},
+    ("get", "/v1/keys"): {200: _json("ApiKeyList", "The tenant's API keys, oldest first (no secrets)")},
+    ("post", "/v1/keys"): {201: _json("CreatedApiKey", "The new key; `api_key` is shown this once")},
+    ("post", "/v1/keys/{key_id}/revoke"): {200: _json("ApiKey", "The key, revoked (every API process "
+                                                                  "refuses it within the auth cache TTL)")},
+    ("get", "/v1/usage"): {200: _json("Usage", "Usage of the tenant's ended jobs, in total and by group")},
     ("get", "/healthz"): {200: _json("Health", "The process is alive")},
     ("get", "/readyz"): {200: _json("Readiness", "Ready: the database, the broker and a worker answer")},
     ("get", "/metrics"): {200: _text("text/plain", "Prometheus text format")},
@@ -90,12 +99,18 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
 ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON (`invalid_json`)",
     401: "Missing or invalid API key (`unauthorized`)",
+    403: "The key lacks the scope the route needs (`insufficient_scope`); a submission past the "
+         "plan's monthly quota (`quota_exceeded`)",
     404: "No such resource for this tenant, or an id that cannot exist (`not_found`)",
     409: "Conflict: `job_finished`, `batch_finished` or `idempotency_in_flight`",
     413: "The body is over the size limit (`payload_too_large`)",
     415: "The body is not `application/json` (`unsupported_content_type`)",
     422: "Invalid request; `errors` lists every invalid field (`invalid_request`, "
-         "`unsupported_character`, `context_too_long`, `url_not_allowed`, …)",
+         "`unsupported_character`, `context_too_long`, `url_not_allowed`, `unknown_model`, "
+         "`exceeds_model_limit`, `tasks_empty`, `too_many_tasks`, `tasks_conflict`, "
+         "`duplicate_task_name`, `invalid_task`, `invalid_messages`, …)",
+    429: "Rate limited (`rate_limited`: the tenant's or the key's requests per second), or the "
+         "plan's jobs in flight (`too_many_jobs_in_flight`); see Retry-After",
     500: "An unexpected error (`internal`); the connection stays usable",
     503: "The database or the broker cannot be reached right now (`unavailable`); see Retry-After",
 }
@@ -105,15 +120,19 @@ def error_statuses(method: str, path: str) -> list[int]:
     """The problem statuses a route can answer."""
     statuses = {422, 500}
     if path.startswith("/v1/"):
-        statuses |= {401, 503}
+        statuses |= {401, 403, 503}
     if "{" in path or path == "/v1/webhook-deliveries":
         statuses.add(404)
+    if method == "post" and path in ("/v1/jobs", "/v1/batches", "/v1/keys"):
+        statuses |= {400, 413, 415}
     if method == "post" and path in ("/v1/jobs", "/v1/batches"):
-        statuses |= {400, 409, 413, 415}
+        statuses.add(409)
     if path.endswith("/cancel"):
         statuses.add(409)
     if path.endswith("/retry"):
         statuses |= {400, 413, 415}
+    if method == "post" and path.startswith("/v1/"):  # every POST spends a token
+        statuses.add(429)
     if path in ("/readyz", "/metrics"):
         statuses.add(503)
     return sorted(statuses)
@@ -127,6 +146,14 @@ def _problem(status: int) -> dict[str, Any]:
                                            "schema": {"type": "integer"}}}
     if status == 401:
         resp["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    if status == 429:
+        resp["headers"] = {
+            "Retry-After": {"description": "Whole seconds until the request can succeed", "required": True,
+                            "schema": {"type": "integer"}},
+            "RateLimit": {"description": "IETF draft: the tightest bucket, `\"key\";r=<left>;t=<seconds>`",
+                          "schema": {"type": "string"}},
+            "RateLimit-Policy": {"description": "IETF draft: each bucket, `\"tenant\";q=<burst>;w=<seconds>`",
+                                 "schema": {"type": "string"}}}
     return resp
 
 
@@ -144,9 +171,9 @@ IDEMPOTENCY_KEY = {
 STORABLE_TEXT = "^[^\\x00]*$"
 _ID_BODY = "[0-7][0-9a-hjkmnp-tv-z]{25}"  # jobs.ids: 128 bits, lower-case Crockford base32
 ID_PATTERNS = {"job_id": f"^job_{_ID_BODY}$", "batch_id": f"^bat_{_ID_BODY}$",
-               "message_id": f"^msg_{_ID_BODY}$"}
+               "message_id": f"^msg_{_ID_BODY}$", "key_id": "^key_[0-9a-f]{16}$"}
 REQUEST_COMPONENTS = ("JobRequest", "BatchRequest", "ImageItem", "VideoItem", "Generation", "Webhook",
-                      "BatchRetryRequest", "SourceSpec")
+                      "KeyRequest", "BatchRetryRequest", "SourceSpec")
 # Written out two levels deep instead of recursively (schemathesis cannot generate invalid
 # data for a recursive schema); deeper strings are refused all the same.
 _SCALARS: list[dict[str, Any]] = [{"type": "string", "pattern": STORABLE_TEXT}, {"type": "number"},

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
+from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, TooManyRequests, as_captionq_error
 from jobs import storable
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def problem(status: int, code: str, title: str, detail: str, *, errors: list[dic
 
 
 RETRY_AFTER_SECONDS = 5
+_CORE_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "errors"})
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -106,8 +107,12 @@ def error_response(exc: BaseException) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if err.retryable and status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(err, TooManyRequests):
+        headers = err.headers
     errors = err.errors if isinstance(err, InvalidRequest) else None
-    return problem(status, err.code, err.title, detail, errors=errors, headers=headers)
+    # Members an error adds (a quota's limit and use, RFC 9457 extension members); never the core ones.
+    extra = {k: v for k, v in err.extra.items() if k not in _CORE_MEMBERS}
+    return problem(status, err.code, err.title, detail, errors=errors, headers=headers, **extra)
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -236,7 +236,7 @@ def main() -> None:
     bucket = services.create_bucket()
     redis_url = f"redis://{services.REDIS_HOST}:{services.REDIS_PORT}/{REDIS_DB}"
     env = {"CAPTIONQ_DATABASE_URL": db.url, "CAPTIONQ_BROKER_URL": redis_url, "CAPTIONQ_LOG_LEVEL": "WARNING",
-           "CAPTIONQ_MAX_REQUEST_BYTES": str(64 * 1024 * 1024),
+           "CAPTIONQ_MAX_REQUEST_BYTES": str(64 * 1024 * 1024), "CAPTIONQ_RATE_LIMITS": "false",
            "CAPTIONQ_DISPATCH_WINDOW": str(args.dispatch_window), **bucket.env()}
     settings = Settings(database_url=db.url, broker_url=redis_url)
     upgrade(settings)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from cli.common import console, settings_or_exit
+from core.registry import DEFAULT_NAME
 from core.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -30,13 +31,29 @@ ERROR_PREFIX = "error: "  # how a worker's one-line reason for exiting starts (w
 def local_settings(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
                    **overrides: Any) -> Settings:
     """Settings for local mode. Auth is off by default only when bound to loopback and
-    CAPTIONQ_AUTH is not set; the broker is the filesystem transport unless one is configured."""
+    CAPTIONQ_AUTH is not set; the broker is the filesystem transport unless one is configured.
+
+    Local mode runs one worker, so it serves one model and accepts only that one: with a model
+    registry (``CAPTIONQ_MODELS``), the entry ``model`` names (else the default); a ``model``
+    that is a checkpoint rather than a registry name replaces the registry."""
     values: dict[str, Any] = {"local_mode": True, "host": host, "port": port, **overrides}
     if model:
         values["model"] = model
     if "CAPTIONQ_AUTH" not in os.environ and "auth" not in overrides:
         values["auth"] = "disabled" if host in LOOPBACK else "required"
-    return settings_or_exit(**values)
+    settings = settings_or_exit(**values)
+    if settings.models:
+        spec = settings.registry.resolve(model) if model else settings.model_spec()
+        # A copy, not a new Settings: the settings sources would merge the environment's
+        # registry back into the one given here.
+        if spec is None:  # a checkpoint: the one model, as without a registry
+            name = settings.model_name or DEFAULT_NAME
+            update: dict[str, Any] = {"models": {}, "default_model": name, "worker_model": name}
+        else:
+            update = {"models": {spec.name: {"checkpoint": spec.checkpoint, **spec.limits()}},
+                      "default_model": spec.name, "worker_model": spec.name}
+        settings = settings.model_copy(update=update)
+    return settings
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from cli import batch_cmd, caption, client, devtools, keys, models_cmd, server, workers_cmd
+from cli import batch_cmd, caption, client, devtools, keys, models_cmd, plans, server, workers_cmd
 from cli.common import console
 
 try:  # typer vendors click (typer._click) in the versions this project uses
@@ -34,14 +34,17 @@ app.command("serve")(server.serve)
 app.command("worker")(server.worker)
 app.command("migrate")(server.migrate)
 app.command("up")(server.up)
+app.command("healthcheck")(server.healthcheck)
 app.command("caption")(caption.caption)
 app.command("make-test-checkpoint")(devtools.make_test_checkpoint)
 app.add_typer(keys.app, name="keys")
+app.add_typer(plans.app, name="plans")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(batch_cmd.app, name="batch")
 for _name, _fn in client.COMMANDS.items():
     app.command(_name)(_fn)
 app.command("workers")(workers_cmd.workers)
+app.command("status")(workers_cmd.status)
 
 
 def main() -> None:

@@ -1,15 +1,48 @@
-"""``captionq models``: fetch checkpoints from the Hugging Face hub ahead of time."""
+"""``captionq models``: fetch checkpoints from the Hugging Face hub ahead of time, and list the
+served models with their workers and queues (``GET /v1/models``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from cli.client import API_KEY, API_URL, Api
 from cli.common import console, fail
 from models.errors import EngineError
 
-app = typer.Typer(help="Fetch InternVL2 checkpoints into the Hugging Face cache.", no_args_is_help=True)
+app = typer.Typer(help="Fetch InternVL2 checkpoints into the Hugging Face cache; list the served models.",
+                  no_args_is_help=True)
+
+COLUMNS = ("MODEL", "STATUS", "WORKERS", "SLOTS", "FREE", "QUEUED", "RUNNING", "OLDEST", "WAIT", "CHECKPOINT")
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
+def table(body: dict[str, Any]) -> str:
+    """The served models as aligned text columns (``*``: the default model; ``-``: unknown)."""
+    rows = [COLUMNS] + [(
+        m["id"] + ("*" if m["default"] else ""), m["status"], str(m["live_workers"]), str(m["slots"]),
+        str(m["free_slots"]), str(m["queued_jobs"]), str(m["running_jobs"]), _seconds(m["oldest_queued_seconds"]),
+        _seconds(m["estimated_wait_seconds"]), m["checkpoint"]) for m in body["data"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows)
+
+
+@app.command("list")
+def list_models(
+    as_json: bool = typer.Option(False, "--json", help="Print the API's JSON instead of a table."),
+    api_url: str = API_URL,
+    api_key: str | None = API_KEY,
+) -> None:
+    """The served models: live workers, slots, queued jobs, oldest queued job and a rough wait
+    (no_live_workers: no worker serves the model now; its jobs wait)."""
+    body = Api(api_url, api_key).request("GET", "/v1/models")
+    typer.echo(json.dumps(body, ensure_ascii=False, indent=2) if as_json else table(body))
 
 
 @app.command("pull")

@@ -1,5 +1,6 @@
 """``captionq workers``: the GPU worker fleet (``GET /v1/workers``) as a table — slots, KV budget,
-tokens/s and batch occupancy over each worker's last heartbeat interval."""
+tokens/s and batch occupancy over each worker's last heartbeat interval; ``captionq status``: the
+same fleet and the queues (``GET /v1/queues``: depth, waiting work, oldest age)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,41 @@ def workers(
     """GPU workers: slots, KV budget, tokens/s and batch occupancy (live and dead)."""
     body = Api(api_url, api_key).request("GET", "/v1/workers")
     typer.echo(json.dumps(body, ensure_ascii=False, indent=2) if as_json else table(body))
+
+
+QUEUE_COLUMNS = ("QUEUE", "BROKER MESSAGES", "WAITING", "OLDEST")
+
+
+def _age(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def queue_table(body: dict[str, Any]) -> str:
+    """The queues as aligned columns (``-``: the broker cannot say / nothing waits)."""
+    rows = [QUEUE_COLUMNS] + [(
+        q["name"], _num(q.get("messages"), "d"), str(q["waiting"]), _age(float(q["oldest_age_seconds"])))
+        for q in body["data"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(QUEUE_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows)
+
+
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print {workers, queues} as JSON instead of tables."),
+    api_url: str = API_URL,
+    api_key: str | None = API_KEY,
+) -> None:
+    """The fleet at a glance: GPU workers (slots, tokens/s, occupancy, running jobs) and the
+    queues (messages in the broker, waiting jobs, the oldest one's age)."""
+    api = Api(api_url, api_key)
+    fleet = api.request("GET", "/v1/workers")
+    queues = api.request("GET", "/v1/queues")
+    if as_json:
+        typer.echo(json.dumps({"workers": fleet, "queues": queues}, ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{table(fleet)}\n\n{queue_table(queues)}")

@@ -56,6 +56,43 @@ class Unauthorized(CaptionqError):
     title = "Missing or invalid API key"
 
 
+class Forbidden(CaptionqError):
+    code = "forbidden"
+    http_status = 403
+    title = "Forbidden"
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+    title = "The API key lacks the scope this request needs"
+
+
+class QuotaExceeded(Forbidden):
+    """The tenant used its monthly quota: no new work until the month ends or the plan grows."""
+
+    code = "quota_exceeded"
+    title = "Monthly quota exceeded"
+
+
+class TooManyRequests(CaptionqError):
+    """429. ``headers`` (``Retry-After``, ``RateLimit``, ``RateLimit-Policy``) go on the response."""
+
+    code = "rate_limited"
+    http_status = 429
+    retryable = True
+    title = "Too many requests"
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None,
+                 extra: dict[str, object] | None = None) -> None:
+        super().__init__(message, extra=extra)
+        self.headers = headers or {}
+
+
+class TooManyJobsInFlight(TooManyRequests):
+    code = "too_many_jobs_in_flight"
+    title = "Too many jobs queued or running"
+
+
 class NotFound(CaptionqError):
     code = "not_found"
     http_status = 404

@@ -7,10 +7,12 @@ Each field is read from ``CAPTIONQ_<FIELD NAME IN CAPITALS>`` (a ``.env`` file i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.registry import ModelSpec, Registry, build_registry
 
 DEFAULT_WEBHOOK_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
@@ -37,6 +39,14 @@ class Settings(BaseSettings):
     # --- the model ---------------------------------------------------------------------------
     model: str = "OpenGVLab/InternVL2-8B"
     model_name: str | None = None  # reported name; defaults to the checkpoint's folder or hub id
+    # The model registry (core/registry.py): a JSON object of name -> checkpoint, or name ->
+    # {"checkpoint": ..., "max_tiles": ..., "max_new_tokens": ..., "max_context_tokens": ...}.
+    # Unset: CAPTIONQ_MODEL is the one model. ``default_model``: what a request without
+    # ``model`` gets (unset: the first entry). ``worker_model``: the entry a GPU worker serves
+    # (``captionq worker --model``; unset: the default).
+    models: dict[str, Any] | None = None
+    default_model: str | None = None
+    worker_model: str | None = None
     device: str = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
@@ -70,6 +80,12 @@ class Settings(BaseSettings):
     # device ``cpu`` (measured in docs/ARCHITECTURE.md, "The engine process").
     engine_process: bool | None = None
     vision_chunk_tiles: int = 64
+    # image features kept for the later answers of a job with several tasks, rounds or grounding
+    # phrases (models.vision_cache), in tiles; past it the least recently used go
+    vision_cache_tiles: int = 256
+    # and the keys and values of their prompts' shared start (system message + image tokens), in
+    # prompt positions (models.vision_cache.PrefixCache)
+    prefix_cache_tokens: int = 16384
 
     # --- media ---------------------------------------------------------------------------
     s3_endpoint_url: str | None = None
@@ -124,10 +140,42 @@ class Settings(BaseSettings):
 
     # --- API -----------------------------------------------------------------------------
     auth: Literal["required", "disabled"] = "required"
+    # How long an API process trusts a verified key without reading the database again: a
+    # revoked key (or a changed plan or scope) takes effect within this time. At most 30 s.
+    auth_cache_seconds: float = Field(30.0, ge=0, le=30)
+
+    # --- plans: rate limits and quotas (the defaults for tenants without a plan) -----------
+    # Token buckets on every POST: per tenant and per API key (requests per second, burst).
+    # Kept in Redis (one atomic script per request, shared by every API process); without Redis
+    # (local mode) in the API process. ``rate_limits=False`` turns them off.
+    rate_limits: bool = True
+    # How long a POST waits for Redis's answer before it goes through unlimited (logged).
+    rate_limit_timeout_seconds: float = Field(0.5, gt=0)
+    default_requests_per_second: float = Field(100.0, gt=0)
+    default_burst: int = Field(200, ge=1)
+    default_key_requests_per_second: float | None = Field(None, gt=0)  # None: as the tenant
+    default_key_burst: int | None = Field(None, ge=1)
+    # Queued + running jobs per tenant (a batch counts every job); None: no limit.
+    default_max_jobs_in_flight: int | None = Field(None, ge=1)
+    # Monthly quotas per tenant (UTC calendar month); None: no limit.
+    default_monthly_images: int | None = Field(None, ge=0)
+    default_monthly_tokens: int | None = Field(None, ge=0)
+    default_monthly_gpu_seconds: float | None = Field(None, ge=0)
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
     log_json: bool = False
+
+    # --- worker observability --------------------------------------------------------------
+    # ``captionq worker`` serves Prometheus metrics (/metrics) and a health probe (/healthz) on
+    # these ports when set (the --metrics-port / --health-port options override them), bound to
+    # ``worker_probe_host`` (0.0.0.0 in a container, so that Prometheus can scrape it).
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535)
+    worker_health_port: int | None = Field(None, ge=0, le=65535)
+    worker_probe_host: str = "127.0.0.1"
+    # Celery task events (what Flower and ``celery events`` show): ``io`` sends them from every
+    # worker that consumes the io queue, ``all`` from gpu workers too, ``off`` from none.
+    task_events: Literal["off", "io", "all"] = "io"
 
     @field_validator("s3_allowed_buckets", mode="before")
     @classmethod
@@ -143,6 +191,14 @@ class Settings(BaseSettings):
         if not parts or any(float(p) < 0 for p in parts):
             raise ValueError("must be a comma-separated list of non-negative seconds")
         return ",".join(parts)
+
+    @model_validator(mode="after")
+    def _registry_is_valid(self) -> Settings:
+        registry = self.registry  # raises ValueError with what is wrong
+        if self.worker_model is not None and registry.resolve(self.worker_model) is None:
+            raise ValueError(f"CAPTIONQ_WORKER_MODEL={self.worker_model!r} is not a served model "
+                             f"({', '.join(registry.names)})")
+        return self
 
     @model_validator(mode="after")
     def _auth_only_disabled_locally(self) -> Settings:
@@ -183,6 +239,30 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def registry(self) -> Registry:
+        """The served models (core/registry.py), from ``models`` / ``default_model`` / ``model``."""
+        return build_registry(self.models, self.default_model, checkpoint=self.model,
+                              legacy_name=self.model_name, max_context_tokens=self.max_context_tokens)
+
+    def model_spec(self, name: str | None = None) -> ModelSpec:
+        """The registry entry ``name`` (default: this worker's, else the default model)."""
+        spec = self.registry.resolve(name or self.worker_model)
+        if spec is None:
+            raise ValueError(f"{name!r} is not a served model ({', '.join(self.registry.names)})")
+        return spec
+
+    def for_model(self, name: str | None = None) -> Settings:
+        """These settings for a process that runs model ``name`` (see :meth:`model_spec`): its
+        checkpoint, its context cap, and ``worker_model`` = its registry name. The engine's
+        reported name (``model_name``, a job's ``metrics.model``) stays the checkpoint's own
+        in a registry: one ``CAPTIONQ_MODEL_NAME`` cannot name several models."""
+        spec = self.model_spec(name)
+        context = spec.max_context_tokens if spec.max_context_tokens is not None else self.max_context_tokens
+        reported = None if self.models else self.model_name
+        return self.model_copy(update={"model": spec.checkpoint, "model_name": reported,
+                                       "max_context_tokens": context, "worker_model": spec.name})
 
 
 def load_settings(**overrides: object) -> Settings:

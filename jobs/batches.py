@@ -19,7 +19,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO, Any, Literal, cast
 
@@ -27,10 +27,13 @@ import pydantic_core
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core import tracing
 from core.db import utcnow
 from core.errors import BatchFinished, DuplicateCustomId, InvalidRequest, NotFound
 from jobs import ids, outbox, storable
 from jobs import transitions as tx
+from jobs.admission import Admission, reserve
+from jobs.admission import precheck as admission_precheck
 from jobs.requests import (
     JsonInt,
     RequestLimits,
@@ -68,6 +71,7 @@ class BatchRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     skip_invalid: bool = False
     priority: JsonInt | None = Field(None, ge=0, le=9)  # extension: default priority of the batch's jobs
+    model: str | None = None  # the model of the batch's jobs (a line's own ``model`` wins)
     # bulk batches (jobs/sources.py, jobs/batch_outputs.py, jobs/batch_retry.py)
     source: dict[str, Any] | None = None
     tasks: list[Any] | None = Field(None, min_length=1, max_length=64)
@@ -133,6 +137,8 @@ def plan_batch(raw: Any, checker: UrlChecker, max_inline: int) -> BatchPlan:
     defaults = dict(req.defaults) if req.defaults is not None else None
     if req.priority is not None:
         defaults = {"priority": req.priority, **(defaults or {})}
+    if req.model is not None:
+        defaults = {"model": req.model, **(defaults or {})}
     if req.tasks is not None:  # the batch's tasks are a default of every job
         defaults = {**(defaults or {}), "tasks": req.tasks}
     errs += check_defaults(defaults, ["defaults"])
@@ -215,6 +221,8 @@ class Spool:
     count: int = 0
     queued: int = 0
     failed: int = 0
+    # the models of the queued lines: each gets its own dispatch (jobs.outbox.dispatch_message)
+    models: set[str | None] = field(default_factory=set)
 
 
 def _loads(raw: str | bytes) -> Any:
@@ -270,8 +278,9 @@ def validate_lines(
             hook = req["webhook"] or batch_job_hook
             _write(spool, [number, req["custom_id"], req["priority"], req["ttl_seconds"],
                            hook["url"] if hook else None, hook["events"] if hook else None,
-                           _dumps(req["metadata"]), _dumps(req)])
+                           _dumps(req["metadata"]), _dumps(req), req.get("model")])
             spool.queued += 1
+            spool.models.add(req.get("model"))
         if len(errors) >= MAX_ERRORS:
             break
     if not errors and spool.count == 0:
@@ -287,7 +296,7 @@ def validate_lines(
 
 def _write(spool: Spool, item: list[Any]) -> None:
     """Valid: ``[seq, custom_id, priority, ttl_seconds, webhook_url, webhook_events, metadata_json,
-    request_json]``; invalid (skip_invalid) adds a ninth element, the job error."""
+    request_json, model]``; invalid (skip_invalid) adds a tenth element, the job error."""
     spool.file.write(pydantic_core.to_json(item) + b"\n")
     spool.count += 1
 
@@ -305,30 +314,33 @@ def _invalid(spool: Spool, errors: list[dict[str, Any]], plan: BatchPlan,
     meta = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
     invalid = {"code": "invalid_request", "message": message, "retryable": False}
     _write(spool, [number, custom if isinstance(custom, str) else None, 0, None, None, None,
-                   _dumps(meta), _dumps(request), invalid])
+                   _dumps(meta), _dumps(request), None, invalid])
     spool.failed += 1
 
 
 # Columns written for each job of a batch (the rest keep their defaults: NULL / 0 / false).
 COLUMNS = ("id", "tenant_id", "batch_id", "seq", "custom_id", "status", "priority", "request", "error",
            "attempts", "cancel_requested", "metadata", "webhook_url", "webhook_events", "created_at",
-           "finished_at", "expires_at")
-_JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events"})
+           "finished_at", "expires_at", "model", "api_key_id", "trace_context")
+_JSON_COLUMNS = frozenset({"request", "error", "metadata", "webhook_events", "trace_context"})
 
 
-def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: datetime) -> list[tuple[Any, ...]]:
-    """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text."""
+def _job_rows(chunk: list[list[Any]], tenant_id: str, batch_id: str, now: datetime,
+              key_id: str | None = None, trace: str | None = None) -> list[tuple[Any, ...]]:
+    """Spool lines → row tuples in :data:`COLUMNS` order, JSON columns as JSON text; ``trace``:
+    the submitting request's trace context (JSON text), each job's parent in the worker."""
     rows: list[tuple[Any, ...]] = []
     for item in chunk:
-        seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json = item[:8]
-        if len(item) > 8:  # an invalid line kept as a failed job
+        seq, custom, priority, ttl, hook_url, hook_events, meta_json, req_json, model = item[:9]
+        if len(item) > 9:  # an invalid line kept as a failed job
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.FAILED.value, 0, req_json,
-                         _dumps(item[8]), 0, False, meta_json, None, None, now, now, None))
+                         _dumps(item[9]), 0, False, meta_json, None, None, now, now, None, None, key_id,
+                         None))
         else:
             rows.append((ids.job_id(), tenant_id, batch_id, seq, custom, JobStatus.QUEUED.value, priority,
                          req_json, None, 0, False, meta_json, hook_url,
                          _dumps(hook_events) if hook_events is not None else None, now, None,
-                         now + timedelta(seconds=ttl)))
+                         now + timedelta(seconds=ttl), model, key_id, trace))
     return rows
 
 
@@ -360,14 +372,17 @@ def _read_spool(spool: Spool) -> Iterator[list[list[Any]]]:
 
 
 def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Spool,
-                 batch_id: str | None = None) -> tuple[Batch, list[int]]:
+                 batch_id: str | None = None, admission: Admission | None = None) -> tuple[Batch, list[int]]:
     """Phase 2: one transaction. Returns the batch and the outbox ids to publish: one
     ``dispatch_batch`` row that stands for every queued job's caption message (see
-    :func:`jobs.outbox.dispatch_batch`), plus any finalisation message."""
+    :func:`jobs.outbox.dispatch_batch`), plus any finalisation message. The queued jobs go on
+    the tenant's jobs in flight last (429 past the plan's limit: nothing is inserted)."""
     now = utcnow()
     effects = tx.Effects()
     batch_id = batch_id or ids.batch_id()
     hook = plan.webhook
+    carrier = tracing.current_carrier()
+    trace = _dumps(carrier) if carrier else None
     with service.db.session() as session:
         session.add(Batch(
             id=batch_id, tenant_id=tenant_id, status=BatchStatus.QUEUED.value, total=0, queued=0,
@@ -381,8 +396,9 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
                         if plan.completion_window is not None else None),
         ))
         session.flush()
+        key_id = admission.key_id if admission else None
         for chunk in _read_spool(spool):
-            _insert_jobs(session, _job_rows(chunk, tenant_id, batch_id, now))
+            _insert_jobs(session, _job_rows(chunk, tenant_id, batch_id, now, key_id, trace))
         spool.file.close()
         batch = session.execute(
             sa.update(Batch).where(Batch.id == batch_id)
@@ -390,7 +406,9 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
             .returning(Batch).execution_options(populate_existing=True, synchronize_session=False)
         ).scalar_one()
         if spool.queued:
-            effects.add(outbox.dispatch_message(batch_id))
+            # One dispatch per model, so one model's backlog never holds another's window.
+            for model in sorted(spool.models, key=lambda m: m or ""):
+                effects.add(outbox.dispatch_message(batch_id, model))
         else:  # every line was invalid (skip_invalid): nothing will run
             tx.on_last_job_ended(session, batch, now, effects)
             session.flush()
@@ -398,7 +416,15 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
                 sa.select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
             ).scalar_one()
         outbox_ids = outbox.add(session, effects.messages, now)
+        reserve(session, tenant_id, spool.queued, admission.limits.max_jobs_in_flight if admission else None)
     return batch, outbox_ids
+
+
+def precheck(service: JobService, tenant_id: str, admit: Admission, jobs: int) -> None:
+    """Quota and room for ``jobs`` more in flight, before a batch is validated (a refusal then
+    costs no validation); :func:`insert_batch` reserves exactly."""
+    with service.db.session() as session:
+        admission_precheck(session, tenant_id, admit, jobs, utcnow())
 
 
 # --- reads, cancel ----------------------------------------------------------------------------

@@ -30,7 +30,10 @@ def worker_to_dict(worker: Worker, running_jobs: int, live: bool) -> dict[str, A
         "slots": engine.get("slots"), "kv_budget_tokens": engine.get("kv_budget_tokens"),
         "tokens_per_s": stats.get("tokens_per_s"), "batch_occupancy": stats.get("batch_occupancy"),
         "busy_fraction": stats.get("busy_fraction"), "window_seconds": stats.get("window_seconds"),
-        "running_jobs": running_jobs, "engine": engine or None,
+        "requests_per_s": stats.get("requests_per_s"), "running_jobs": running_jobs,
+        "free_slots": max(0, slots - running_jobs) if isinstance(slots := engine.get("slots"), int) else None,
+        "model_revision": stats.get("model_revision"), "checkpoint": stats.get("checkpoint"),
+        "engine": engine or None,
     }
 
 

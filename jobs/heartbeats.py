@@ -60,7 +60,7 @@ class StatsWindow:
 
     def update(self, snapshot: dict[str, Any], now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"engine": snapshot, "window_seconds": None, "tokens_per_s": None,
-                               "batch_occupancy": None, "busy_fraction": None}
+                               "requests_per_s": None, "batch_occupancy": None, "busy_fraction": None}
         last, self._last = self._last, (now, snapshot)
         if last is None or now <= last[0]:
             return out
@@ -74,6 +74,7 @@ class StatsWindow:
         steps, slots = delta("decode_steps"), snapshot.get("slots") or 0
         out["window_seconds"] = round(dt, 3)
         out["tokens_per_s"] = round(delta("tokens_generated") / dt, 3)
+        out["requests_per_s"] = round(delta("requests") / dt, 3)
         out["busy_fraction"] = round(min(1.0, max(0.0, delta("busy_seconds") / dt)), 4)
         if steps > 0 and slots:
             out["batch_occupancy"] = round(delta("rows_stepped") / steps / slots, 4)
@@ -117,16 +118,21 @@ def dead_workers(db: Database, dead_seconds: float, now: datetime) -> list[str]:
 
 class Heartbeat:
     """A daemon thread that calls :func:`beat` every ``interval`` seconds until :meth:`close`,
-    with the stats of ``stats_source`` (if given) and their rates over the interval.
+    with the stats of ``stats_source`` (if given) and their rates over the interval, and the
+    worker's fixed ``about`` facts (its model's revision).
     A failed beat (database down) is logged and tried again at the next tick: the sweeper does
     not judge workers while it cannot reach the database either (see :mod:`jobs.recovery`).
     A failing ``stats_source`` only leaves the stats out of that beat."""
 
     def __init__(self, db: Database, worker_id: str, interval: float, *, model: str | None = None,
-                 stats_source: StatsSource | None = None) -> None:
+                 stats_source: StatsSource | None = None, about: dict[str, Any] | None = None) -> None:
         self.db, self.worker_id, self.interval, self.model = db, worker_id, interval, model
         self.stats_source = stats_source
+        # Fixed facts stored with every beat's stats (the model's revision and checkpoint).
+        self.about = dict(about or {})
         self._window = StatsWindow()
+        # The last stats sent, with their rates over the interval (the worker's /metrics reads it).
+        self.last: dict[str, Any] | None = None
         self._stop = threading.Event()
         beat(db, worker_id, model=model, stats=self._stats())  # registered before the first claim
         self._thread = threading.Thread(target=self._loop, name="captionq-heartbeat", daemon=True)
@@ -134,9 +140,10 @@ class Heartbeat:
 
     def _stats(self) -> dict[str, Any] | None:
         if self.stats_source is None:
-            return None
+            return self.about or None
         try:
-            return self._window.update(self.stats_source(), time.monotonic())
+            self.last = self.about | self._window.update(self.stats_source(), time.monotonic())
+            return self.last
         except Exception as exc:
             log.warning("engine stats of %s unavailable: %s: %s", self.worker_id, type(exc).__name__, exc)
             return None

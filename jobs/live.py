@@ -8,9 +8,11 @@ Per job, two Redis keys:
 
 - channel ``captionq:job:{id}:events`` (pub/sub): JSON ``{"event": "status"|"token"|"done",
   "data": {...}}``. ``token`` data is ``{"text": delta, "round": r, "offset": n}`` where ``offset``
-  is the length of round ``r``'s text before this delta; ``status`` and ``done`` data is
+  is the length of round ``r``'s text before this delta (a job with tasks adds ``"task": name``:
+  each task is its own stream of rounds); ``status`` and ``done`` data is
   ``{"status": s}``, and ``done`` may carry ``"job"``: the final Job JSON, as committed.
-- string ``captionq:job:{id}:text``: JSON ``{"round": r, "text": full text of round r so far}``,
+- string ``captionq:job:{id}:text``: JSON ``{"round": r, "text": full text of round r so far}``
+  (a job with tasks: ``{"tasks": {name: {"round": r, "text": ...}}}``, every task's stream),
   written in the same MULTI/EXEC as each token publish.
 
 Why both: a subscriber that SUBSCRIBEs first and then GETs the text key has no gap and no
@@ -93,16 +95,23 @@ class LivePublisher:
         except Exception as exc:
             log.debug("live event for %s not published: %s", job_id, exc)
 
-    def tokens(self, job_id: str, round_index: int, offset: int, delta: str, full_text: str) -> None:
-        self._later(self._send_tokens, job_id, round_index, offset, delta, full_text)
+    def tokens(self, job_id: str, round_index: int, offset: int, delta: str, full_text: str, *,
+               task: str | None = None, tasks_text: dict[str, Any] | None = None) -> None:
+        """A token event; of task ``task`` of a job with tasks, whose ``tasks_text`` is every
+        task's current round and text (the snapshot a new listener starts from)."""
+        self._later(self._send_tokens, job_id, round_index, offset, delta, full_text, task, tasks_text)
 
-    def _send_tokens(self, job_id: str, round_index: int, offset: int, delta: str, full_text: str) -> None:
+    def _send_tokens(self, job_id: str, round_index: int, offset: int, delta: str, full_text: str,
+                     task: str | None, tasks_text: dict[str, Any] | None) -> None:
+        snapshot: dict[str, Any] = {"round": round_index, "text": full_text}
+        data: dict[str, Any] = {"text": delta, "round": round_index, "offset": offset}
+        if task is not None:
+            snapshot = {"tasks": tasks_text or {task: snapshot}}
+            data["task"] = task
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(text_key(job_id), json.dumps({"round": round_index, "text": full_text}),
-                     ex=TEXT_TTL_SECONDS)
-            pipe.publish(channel(job_id), encode("token", {"text": delta, "round": round_index,
-                                                           "offset": offset}))
+            pipe.set(text_key(job_id), json.dumps(snapshot), ex=TEXT_TTL_SECONDS)
+            pipe.publish(channel(job_id), encode("token", data))
             pipe.execute()
         except Exception as exc:
             log.debug("live tokens for %s not published: %s", job_id, exc)

@@ -5,17 +5,20 @@ If the process dies or the broker is down between commit and send, the rows stay
 re-publishes rows older than ``settings.outbox_grace_seconds``. A message may therefore be sent
 twice; every consumer is idempotent (conditional transitions, ``task_id`` = the job id).
 
-A batch is not 100,000 outbox rows: its insert writes ONE ``dispatch_batch`` row that stands for
-the caption message of every queued job in it. Publishing that row walks the batch's jobs in
-submission order (keyset on ``seq``, only those still ``queued``), sends their messages in
-pipelined chunks, and records its progress (the last ``seq`` sent, and a fresh ``created_at`` so
-the sweeper leaves a dispatch in progress alone) after each chunk; the row is deleted at the end.
-If the process dies half-way, the sweeper resumes from the recorded position (a chunk may be sent
-twice: harmless). The dispatch row is handled here and never sent to the broker itself.
+A batch is not 100,000 outbox rows: its insert writes ONE ``dispatch_batch`` row per model in the
+batch (args ``[batch_id, after_seq, model]``; rows from before models have no model and stand for
+every job) that stands for the caption message of every queued job of that model in it.
+Publishing that row walks those jobs in submission order (keyset on ``seq``, only those still
+``queued``), sends their messages to the model's queue in pipelined chunks, and records its
+progress (the last ``seq`` sent, and a fresh ``created_at`` so the sweeper leaves a dispatch in
+progress alone) after each chunk; the row is deleted at the end. If the process dies half-way,
+the sweeper resumes from the recorded position (a chunk may be sent twice: harmless). The
+dispatch row is handled here and never sent to the broker itself.
 
 A dispatch is bounded by ``settings.dispatch_window``: it sends only while fewer than that many of
-the batch's dispatched jobs are still waiting to start, and otherwise keeps its row, which every
-sweep tops up again (:func:`top_up_dispatches`). So a batch of millions of jobs holds at most
+the batch's dispatched jobs of its model are still waiting to start (so a model whose workers are
+busy or gone never holds back another model's jobs of the same batch), and otherwise keeps its
+row, which every sweep tops up again (:func:`top_up_dispatches`). So a batch of millions of jobs holds at most
 about a window of messages in the broker (~0.8 KB each in Redis) instead of all of them; the
 rest wait in SQL, in order, where a canceled batch's jobs also never reach the broker.
 """
@@ -40,6 +43,7 @@ from jobs.queue import (
     TASK_WEBHOOK,
     Message,
     Publisher,
+    caption_queue,
 )
 from jobs.states import JobStatus
 from jobs.tables import Job, Outbox
@@ -55,8 +59,9 @@ DISPATCH_CHUNK = 5000
 DISPATCH_BATCH = "captionq.outbox.dispatch_batch"
 
 
-def caption_message(job_id: str, priority: int) -> Message:
-    return Message(TASK_CAPTION, [job_id], QUEUE_GPU, job_id, priority)
+def caption_message(job_id: str, priority: int, model: str | None = None) -> Message:
+    """The caption message of a job, on its model's queue (``jobs.queue.caption_queue``)."""
+    return Message(TASK_CAPTION, [job_id], caption_queue(model), job_id, priority)
 
 
 def webhook_message(message_id: str) -> Message:
@@ -72,8 +77,19 @@ def export_message(batch_id: str, ended_parts: int) -> Message:
     return Message(TASK_EXPORT, [batch_id], QUEUE_IO, f"{batch_id}-export-{ended_parts}", 0)
 
 
-def dispatch_message(batch_id: str) -> Message:
-    return Message(DISPATCH_BATCH, [batch_id, -1], QUEUE_GPU, f"{batch_id}-dispatch", 0)
+def dispatch_message(batch_id: str, model: str | None = None) -> Message:
+    """The dispatch of a batch's jobs of ``model`` (None: all of them): one per model in the
+    batch, so that each model's window fills and drains with its own workers."""
+    if model is None:
+        return Message(DISPATCH_BATCH, [batch_id, -1], QUEUE_GPU, f"{batch_id}-dispatch", 0)
+    return Message(DISPATCH_BATCH, [batch_id, -1, model], caption_queue(model),
+                   f"{batch_id}-dispatch-{model}"[:60], 0)
+
+
+def dispatch_model(args: Sequence[object]) -> str | None:
+    """The model of a dispatch row's ``args`` (``[batch_id, after_seq]`` from before models:
+    every job of the batch)."""
+    return str(args[2]) if len(args) > 2 and args[2] is not None else None
 
 
 def add(session: Session, messages: Sequence[Message], now: datetime | None = None) -> list[int]:
@@ -106,7 +122,8 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
         with db.session() as session:
             rows = session.scalars(sa.select(Outbox).where(Outbox.id.in_(chunk)).order_by(Outbox.id)).all()
             messages = [_to_message(r) for r in rows if r.task != DISPATCH_BATCH]
-            dispatches = [(r.id, r.args[0], int(r.args[1])) for r in rows if r.task == DISPATCH_BATCH]
+            dispatches = [(r.id, r.args[0], int(r.args[1]), dispatch_model(r.args))
+                          for r in rows if r.task == DISPATCH_BATCH]
         try:
             if messages:
                 publisher.send_many(messages, chunk=CHUNK)
@@ -116,9 +133,9 @@ def publish(db: Database, publisher: Publisher | None, outbox_ids: Iterable[int]
         if messages:
             delete_rows(db, [m.outbox_id for m in messages if m.outbox_id is not None])
             sent += len(messages)
-        for row_id, batch_id, after_seq in dispatches:
+        for row_id, batch_id, after_seq, model in dispatches:
             try:
-                sent += dispatch_batch(db, publisher, row_id, batch_id, after_seq, window)
+                sent += dispatch_batch(db, publisher, row_id, batch_id, after_seq, window, model)
             except Exception as exc:
                 log.warning("dispatching batch %s stopped, sweeper resumes: %s", batch_id, exc)
                 return sent
@@ -157,34 +174,42 @@ def delete_rows(db: Database, ids: list[int]) -> None:
         session.execute(sa.delete(Outbox).where(Outbox.id.in_(ids)))
 
 
-def waiting_dispatched(session: Session, batch_id: str, after_seq: int, window: int) -> int:
-    """How many of the batch's jobs up to ``after_seq`` (dispatched) are still queued, i.e. have
-    a message waiting in the broker. Jobs start roughly in submission order, so only the last
+def waiting_dispatched(session: Session, batch_id: str, after_seq: int, window: int,
+                       model: str | None = None) -> int:
+    """How many of the batch's jobs (of ``model``, when given) up to ``after_seq`` (dispatched)
+    are still queued, i.e. have a message waiting in the broker. Jobs start roughly in
+    submission order, so only the last
     ``2 * window`` dispatched are counted: a bounded index range, not the whole batch (an
     older straggler is missed, which only lets the window overshoot by that much)."""
     return int(session.scalar(
         sa.select(sa.func.count()).select_from(Job).where(
             Job.batch_id == batch_id, Job.seq > after_seq - 2 * window, Job.seq <= after_seq,
-            Job.status == JobStatus.QUEUED.value)
+            Job.status == JobStatus.QUEUED.value, *of_model(model))
     ) or 0)
 
 
+def of_model(model: str | None) -> list[sa.ColumnElement[bool]]:
+    """The condition "a job of ``model``" (none for None: every model)."""
+    return [] if model is None else [Job.model == model]
+
+
 def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: str, after_seq: int,
-                   window: int = 0) -> int:
-    """Publish the caption messages of ``batch_id``'s queued jobs after ``after_seq``, in
-    submission order, recording progress on outbox row ``row_id``; delete the row when every
+                   window: int = 0, model: str | None = None) -> int:
+    """Publish the caption messages of ``batch_id``'s queued jobs (of ``model``, when given)
+    after ``after_seq``, in submission order, each to its model's queue, recording progress on
+    outbox row ``row_id``; delete the row when every
     job is dispatched. With ``window`` > 0, stop once ``window`` dispatched jobs are waiting to
     start and keep the row for the next top-up. Returns how many messages were sent."""
     sent = 0
     while True:
-        undispatched = (sa.select(Job.id, Job.seq, Job.priority)
+        undispatched = (sa.select(Job.id, Job.seq, Job.priority, Job.model)
                         .where(Job.batch_id == batch_id, Job.seq > after_seq,
-                               Job.status == JobStatus.QUEUED.value)
+                               Job.status == JobStatus.QUEUED.value, *of_model(model))
                         .order_by(Job.seq))
         with db.session() as session:
             room = DISPATCH_CHUNK
             if window > 0:
-                room = min(room, window - waiting_dispatched(session, batch_id, after_seq, window))
+                room = min(room, window - waiting_dispatched(session, batch_id, after_seq, window, model))
             # With no room, one row still says whether anything is left for a later top-up.
             rows = session.execute(undispatched.limit(max(room, 1))).all()
         if not rows:  # every job dispatched (or no longer queued): the dispatch is done
@@ -193,13 +218,13 @@ def dispatch_batch(db: Database, publisher: Publisher, row_id: int, batch_id: st
             return sent
         if room <= 0:  # the window is full: the row stays for the next top-up
             return sent
-        publisher.send_many([caption_message(r.id, r.priority) for r in rows], chunk=CHUNK)
+        publisher.send_many([caption_message(r.id, r.priority, r.model) for r in rows], chunk=CHUNK)
         sent += len(rows)
         after_seq = rows[-1].seq
         with db.session() as session:
             now = utcnow()
-            session.execute(sa.update(Outbox).where(Outbox.id == row_id)
-                            .values(args=[batch_id, after_seq], created_at=now))
+            args = [batch_id, after_seq] if model is None else [batch_id, after_seq, model]
+            session.execute(sa.update(Outbox).where(Outbox.id == row_id).values(args=args, created_at=now))
             # The sweeper's re-send of lost messages counts from here, not from the batch's
             # submission (jobs/recovery.py); a job not stamped yet has not been sent.
             session.execute(sa.update(Job).where(Job.id.in_([r.id for r in rows]))
@@ -220,7 +245,7 @@ def top_up_dispatches(db: Database, publisher: Publisher, window: int,
     sent = 0
     for row_id, args in rows:
         try:
-            sent += dispatch_batch(db, publisher, row_id, args[0], int(args[1]), window)
+            sent += dispatch_batch(db, publisher, row_id, args[0], int(args[1]), window, dispatch_model(args))
         except Exception as exc:
             log.warning("dispatching batch %s stopped, next sweep resumes: %s", args[0], exc)
             break
@@ -250,7 +275,7 @@ def _to_message(row: Outbox) -> Message:
 
 __all__ = [
     "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "Outbox", "add", "caption_message", "dispatch_batch",
-    "dispatch_message", "export_message", "finalize_message",
-    "pending_ids", "publish", "publish_messages", "republish_stale",
-    "top_up_dispatches", "waiting_dispatched", "webhook_message",
+    "dispatch_message", "dispatch_model", "export_message", "finalize_message", "of_model", "pending_ids",
+    "publish", "publish_messages", "republish_stale", "top_up_dispatches", "waiting_dispatched",
+    "webhook_message",
 ]

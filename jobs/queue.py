@@ -3,6 +3,11 @@
 The API and the sweeper only *send* messages; the worker package defines the tasks on an app made
 by the same :func:`make_celery`, so both sides agree on broker, serializer, queues and priorities.
 
+Routing: a caption message goes to its model's queue, ``gpu.<model>`` (:func:`caption_queue`, the
+one place that decides), at publish time; a GPU worker consumes only the queue of the model it
+loaded. Plain ``gpu`` is the queue of jobs stored before jobs named a model, which the default
+model's workers also consume.
+
 Priorities: the API's ``priority`` is 0..9, higher first. Redis (kombu) serves priority step 0
 first, so the message carries ``9 - priority`` there. The local filesystem broker has no
 priorities (FIFO).
@@ -17,12 +22,13 @@ from typing import Any, ClassVar
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import ChannelError
 
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TASK_CAPTION = "captionq.caption_job"  # args [job_id], queue gpu, task_id = job id
+TASK_CAPTION = "captionq.caption_job"  # args [job_id], queue gpu.<model>, task_id = job id
 TASK_WEBHOOK = "captionq.deliver_webhook"  # args [message_id], queue io, task_id = message id
 TASK_FINALIZE = "captionq.finalize_batch"  # args [batch_id], queue io
 TASK_SWEEP = "captionq.sweep"  # no args, queue io, from beat
@@ -31,6 +37,19 @@ TASK_EXPORT = "captionq.export_batch_parts"  # args [batch_id], queue io: write 
 QUEUE_GPU = "gpu"
 QUEUE_IO = "io"
 PRIORITY_STEPS = list(range(10))
+
+
+def caption_queue(model: str | None) -> str:
+    """The broker queue of a caption job for ``model`` (a registry name; None: a job stored
+    before jobs named their model, served by the default model's workers)."""
+    return f"{QUEUE_GPU}.{model}" if model else QUEUE_GPU
+
+
+def gpu_queues(settings: Settings, model: str) -> list[str]:
+    """The queues a GPU worker serving ``model`` consumes: its own, and the legacy ``gpu`` queue
+    when it is the default model."""
+    own = [caption_queue(model)]
+    return [*own, QUEUE_GPU] if model == settings.registry.default else own
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -71,9 +90,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_always_eager=False,
-        task_queues=(
-            Queue(QUEUE_GPU, default_exchange, routing_key=QUEUE_GPU),
-            Queue(QUEUE_IO, default_exchange, routing_key=QUEUE_IO),
+        # Every served model's queue is declared alike on both sides (publisher and worker).
+        task_queues=tuple(
+            Queue(name, default_exchange, routing_key=name)
+            for name in (QUEUE_GPU, QUEUE_IO, *(caption_queue(m) for m in settings.registry.names))
         ),
         task_default_queue=QUEUE_IO,
         task_default_exchange="captionq",
@@ -227,6 +247,11 @@ class Publisher:
                 try:
                     ok = conn.default_channel.queue_declare(queue=queue, passive=True)
                     return int(ok.message_count)
+                except ChannelError as exc:
+                    if "NOT_FOUND" in str(exc):  # Redis keeps no key for an empty queue
+                        return 0
+                    conn.collect()
+                    raise
                 except Exception:
                     conn.collect()
                     raise

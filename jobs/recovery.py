@@ -11,9 +11,11 @@ database crash whose worker could not ask for redelivery. Such a job would wait 
   in the same conditional UPDATE, so each job gets at most one extra message per period and two
   sweepers never pick the same job. Skipped: jobs whose message still waits in the outbox
   (``outbox.republish_stale`` sends those) and batch jobs a bounded dispatch has not reached yet.
-  On Redis it first compares the queued jobs with the messages waiting in the gpu queue and
-  re-sends only as many (oldest first) as are missing, so a long backlog is not doubled every
-  period. A duplicate is harmless: the claim is a conditional UPDATE, the second one is a no-op.
+  On Redis it first compares, model by model, the queued jobs with the messages waiting in
+  that model's queue and re-sends only as many (oldest first) as are missing, so a long backlog
+  is not doubled every period, and a model without workers never looks as if another model's
+  messages were its own. A duplicate is harmless: the claim is a conditional UPDATE, the second
+  one is a no-op.
 - :func:`recover_dead_workers` requeues (keeping the attempt cap: ``worker_lost`` once it is used
   up) the running jobs of GPU workers whose heartbeat (:mod:`jobs.heartbeats`) is older than
   ``worker_dead_seconds``. It only judges while this process's previous sweep reached the
@@ -33,7 +35,7 @@ import sqlalchemy as sa
 
 from jobs import heartbeats, outbox
 from jobs import transitions as tx
-from jobs.queue import QUEUE_GPU
+from jobs.queue import caption_queue
 from jobs.service import JobService
 from jobs.states import FAIL, REQUEUE, JobStatus
 from jobs.tables import Job, Outbox, Worker
@@ -44,9 +46,18 @@ CHUNK = 1000
 
 
 def resend_queued(service: JobService, now: datetime, limit: int = CHUNK) -> int:
-    """Re-send the caption message of queued jobs that may have lost it (module docs)."""
+    """Re-send the caption message of queued jobs that may have lost it (module docs), model by
+    model (each has its own queue)."""
     if service.publisher is None:
         return 0
+    with service.db.session() as session:
+        models = list(session.scalars(sa.select(Job.model).where(Job.status == JobStatus.QUEUED.value)
+                                      .group_by(Job.model)))
+    return sum(_resend_queued(service, now, model, limit) for model in models)
+
+
+def _resend_queued(service: JobService, now: datetime, model: str | None, limit: int) -> int:
+    assert service.publisher is not None
     cutoff = now - timedelta(seconds=service.settings.queued_resend_seconds)
     sent_at = sa.func.coalesce(Job.dispatched_at, Job.created_at)
     in_outbox = sa.select(Outbox.task_id).where(Outbox.task == outbox.TASK_CAPTION)
@@ -54,7 +65,8 @@ def resend_queued(service: JobService, now: datetime, limit: int = CHUNK) -> int
     # Queued jobs that should have a message in the broker: sent, not waiting in the outbox or
     # behind a batch dispatch.
     sent = [
-        Job.status == JobStatus.QUEUED.value, Job.id.not_in(in_outbox),
+        Job.status == JobStatus.QUEUED.value, Job.model.is_(None) if model is None else Job.model == model,
+        Job.id.not_in(in_outbox),
         sa.or_(Job.dispatched_at.is_not(None), Job.batch_id.is_(None), Job.batch_id.not_in(dispatching)),
     ]
     eligible = [*sent, sent_at <= cutoff]
@@ -63,7 +75,7 @@ def resend_queued(service: JobService, now: datetime, limit: int = CHUNK) -> int
         if not candidates:
             return 0
         queued = int(session.scalar(sa.select(sa.func.count()).select_from(Job).where(*sent)) or 0)
-    ready = service.publisher.ready_count(QUEUE_GPU)
+    ready = service.publisher.ready_count(caption_queue(model))
     # Every such job accounts for one waiting message (or one a worker took and has not claimed
     # yet); fewer waiting messages than jobs means some are missing.
     missing = candidates if ready is None else min(candidates, queued - ready)
@@ -77,12 +89,12 @@ def resend_queued(service: JobService, now: datetime, limit: int = CHUNK) -> int
             .values(dispatched_at=now).returning(Job.id, Job.priority)
             .execution_options(synchronize_session=False)
         ).all()
-        out = outbox.add(session, [outbox.caption_message(r.id, r.priority) for r in rows], now)
+        out = outbox.add(session, [outbox.caption_message(r.id, r.priority, model) for r in rows], now)
     service.publish(out)
     if rows:
         log.warning("re-sent the caption message of %d job(s) queued for more than %.0f s "
-                    "(%s messages waiting in the broker)", len(rows),
-                    service.settings.queued_resend_seconds, "?" if ready is None else ready)
+                    "(%s messages waiting in %s)", len(rows), service.settings.queued_resend_seconds,
+                    "?" if ready is None else ready, caption_queue(model))
     return len(rows)
 
 

@@ -40,6 +40,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "metrics": job.metrics,
         "metadata": job.meta if job.meta is not None else {},
         "priority": job.priority,
+        "model": job.model,
+        "model_revision": job.model_revision,
         "cancel_requested": bool(job.cancel_requested),
         "created_at": rfc3339(job.created_at),
         "started_at": rfc3339(job.started_at),

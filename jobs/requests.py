@@ -17,13 +17,18 @@ context (``context_too_long``; the worker does the exact check after tokenising)
                 + generation.max_new_tokens
 
 Unknown context (``RequestLimits.max_context_tokens`` None): no check here.
+
+``model`` names a served model (``RequestLimits.models``, built from the registry,
+``core/registry.py``); absent, the default. Anything else is ``unknown_model``. The model's own
+limits apply: its context, and its ``max_tiles`` / ``max_new_tokens`` (a request that asks for
+more is refused with ``exceeds_model_limit``; one that leaves them out gets the smaller default).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
 import pydantic_core
@@ -129,6 +134,25 @@ class Webhook(BaseModel):
     events: list[EventType] | None = Field(None, min_length=1, max_length=len(ALL_EVENTS))
 
 
+class Message(BaseModel):
+    model_config = _STRICT
+    role: Literal["user", "assistant"]
+    content: Prompt
+
+
+class TaskSpec(BaseModel):
+    """One of a job's tasks (:mod:`jobs.tasks`): an independent conversation over the job's media,
+    given as rounds (``prompts``, or grounding phrases) or as ``messages`` ending with the user's
+    question. ``generation`` overrides the job's field by field."""
+
+    model_config = _STRICT
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    task: Literal["chat", "grounding"] = "chat"
+    prompts: list[Prompt] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
+    messages: list[Message] | None = Field(None, min_length=1, max_length=2 * MAX_PROMPTS + 1)
+    generation: dict[str, Any] | None = None
+
+
 class JobRequest(BaseModel):
     """API.md's JobRequest. Unknown fields and wrong JSON types are refused (422)."""
 
@@ -147,6 +171,10 @@ class JobRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     priority: JsonInt = Field(0, ge=0, le=9)
     ttl_seconds: JsonInt | None = Field(None, ge=1, le=MAX_TTL_SECONDS)
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    # Several independent tasks over the same media (jobs.tasks), instead of prompts/history/task;
+    # the count is checked before the schema (too_many_tasks, tasks_empty)
+    tasks: list[TaskSpec] | None = None
 
 
 JOB_FIELDS = frozenset(JobRequest.model_fields)
@@ -166,12 +194,33 @@ class UrlChecker(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelLimits:
+    """One served model as submissions are judged against it: its registry name, context (None:
+    unknown) and token counter, and its caps on tiles per item and new tokens (None: the
+    schema's)."""
+
+    name: str
+    max_context_tokens: int | None = None
+    count_tokens: Callable[[str], int] | None = None
+    max_tiles: int | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class RequestLimits:
     default_ttl_seconds: int = 86400
     # The model's context in tokens (None: unknown, the worker checks) and, when the API can
     # read the checkpoint's tokenizer, a prompt's token count (lower bound: see the module doc).
+    # With ``models``, each model's own apply instead.
     max_context_tokens: int | None = None
     count_tokens: Callable[[str], int] | None = None
+    # The served models by name (and by checkpoint, as OpenAI clients name them), and the name
+    # a request without ``model`` gets. Empty: ``model`` is not judged here.
+    models: Mapping[str, ModelLimits] = field(default_factory=dict)
+    default_model: str | None = None
+
+    def served(self) -> list[str]:
+        return sorted({m.name for m in self.models.values()})
 
 
 def default_prompt(media: list[dict[str, Any]]) -> str:
@@ -258,13 +307,30 @@ def normalize_job_request(
         raise InvalidRequest("a job request must be a JSON object",
                              errors=[error(prefix, "expected an object")])
     storable.check(raw, prefix)
+    from jobs import tasks as job_tasks  # it builds on this module's schema
+
+    early = job_tasks.check_shape(raw, prefix)
+    if early:
+        raise InvalidRequest(_summary(early), errors=early)
     try:
-        model = JobRequest.model_validate(raw)
+        parsed = JobRequest.model_validate(raw)
     except ValidationError as exc:
         schema_errs = pydantic_errors(exc, prefix)
         raise InvalidRequest(_summary(schema_errs), errors=schema_errs) from None
-    req = model.model_dump()
+    req = parsed.model_dump()
     errs: list[dict[str, Any]] = []
+    context, count_tokens = limits.max_context_tokens, limits.count_tokens
+    if limits.models:
+        served = limits.models.get(req["model"] or limits.default_model or "")
+        if served is None:
+            errs.append(error([*prefix, "model"], f"unknown model {req['model']!r}: this service serves "
+                              f"{', '.join(limits.served())}", "unknown_model"))
+        else:
+            req["model"] = served.name
+            context, count_tokens = served.max_context_tokens, served.count_tokens
+            errs += _model_limits(parsed, req, served, prefix)
+    if not limits.models:
+        del req["model"]  # no registry to judge it by: not stored (stored requests stay as they were)
     for i, item in enumerate(req["media"]):
         try:
             item["url"] = checker.media(item["url"], item["type"])
@@ -277,9 +343,13 @@ def normalize_job_request(
                               "byte_range needs a positive length and an s3:// or file:// URL"))
         if item["type"] == "video" and item["start"] is None:
             item["start"] = 0.0
-    if req["prompts"] is None:
+    if req["tasks"] is not None:
+        errs += job_tasks.normalize(req, prefix)
+    else:
+        del req["tasks"]  # stored requests stay as they were without it
+    if "tasks" not in req and req["prompts"] is None:
         req["prompts"] = [default_prompt(req["media"])]
-    for i, p in enumerate(req["prompts"]):
+    for i, p in enumerate(req.get("prompts") or []):
         if not p.strip():
             errs.append(error([*prefix, "prompts", i], "prompt must not be blank"))
     if req["task"] == "grounding" and not any(m["type"] == "image" for m in req["media"]):
@@ -308,18 +378,42 @@ def normalize_job_request(
         req["metadata"] = {}
     if req["ttl_seconds"] is None:
         req["ttl_seconds"] = limits.default_ttl_seconds
-    if not errs and limits.max_context_tokens is not None:
-        need = prompt_token_lower_bound(req, limits.count_tokens) + req["generation"]["max_new_tokens"]
-        if need > limits.max_context_tokens:
+    if not errs and "tasks" in req:
+        errs += job_tasks.check_context(req, prefix, context, count_tokens)
+    elif not errs and context is not None:
+        need = prompt_token_lower_bound(req, count_tokens) + req["generation"]["max_new_tokens"]
+        if need > context:
             errs.append(error(
                 [*prefix, "prompts"],
                 f"the request needs at least {need} tokens (images/frames at 256 tokens each, the "
-                f"prompts, and max_new_tokens) but the model's context is {limits.max_context_tokens}",
+                f"prompts, and max_new_tokens) but the model's context is {context}",
                 "context_too_long",
             ))
     if errs:
         raise InvalidRequest(_summary(errs), errors=errs)
     return req
+
+
+def _model_limits(parsed: JobRequest, req: dict[str, Any], served: ModelLimits,
+                  prefix: list[Any]) -> list[dict[str, Any]]:
+    """The model's caps: a value the request set above one is refused; a default above one is
+    lowered to it (``req`` is changed in place)."""
+    errs: list[dict[str, Any]] = []
+    if served.max_tiles is not None:
+        for i, (item, out) in enumerate(zip(parsed.media, req["media"], strict=True)):
+            if out["max_tiles"] <= served.max_tiles:
+                continue
+            if "max_tiles" in item.model_fields_set:
+                errs.append(error([*prefix, "media", i, "max_tiles"], f"model {served.name!r} takes at most "
+                                  f"{served.max_tiles} tiles per item", "exceeds_model_limit"))
+            out["max_tiles"] = served.max_tiles
+    gen = req["generation"]
+    if served.max_new_tokens is not None and gen["max_new_tokens"] > served.max_new_tokens:
+        if "max_new_tokens" in parsed.generation.model_fields_set:
+            errs.append(error([*prefix, "generation", "max_new_tokens"], f"model {served.name!r} generates "
+                              f"at most {served.max_new_tokens} new tokens", "exceeds_model_limit"))
+        gen["max_new_tokens"] = served.max_new_tokens
+    return errs
 
 
 def merge_defaults(defaults: Mapping[str, Any] | None, job: Any) -> Any:

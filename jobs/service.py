@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from core import tracing
 from core.db import Database, utcnow
 from core.errors import JobFinished, NotFound
 from core.settings import Settings
 from jobs import ids, outbox
 from jobs import transitions as tx
+from jobs.admission import Admission, check_quota, reserve
 from jobs.queue import Publisher
 from jobs.render import result_line
 from jobs.states import CANCEL, JobStatus
@@ -74,20 +76,26 @@ class JobService(WorkerTransitions):
 
     # --- submission -----------------------------------------------------------------------
     def submit(self, tenant_id: str, request: dict[str, Any], *, job_id: str | None = None,
-               before_publish: Callable[[], object] | None = None) -> Job:
+               before_publish: Callable[[], object] | None = None, admission: Admission | None = None) -> Job:
         """Insert one queued job (``request`` already normalised) and enqueue it;
         ``before_publish()`` runs after the commit and before its message goes to the broker
-        (the API waits there for its subscription to the job's live events)."""
-        return self._run(self._submit, tenant_id, request, job_id,  # type: ignore[no-any-return]
+        (the API waits there for its subscription to the job's live events). ``admission``: the
+        submitting key and its plan's quota and jobs-in-flight limit (:mod:`jobs.admission`)."""
+        return self._run(self._submit, tenant_id, request, job_id, admission,  # type: ignore[no-any-return]
                          before_publish=before_publish)
 
     def _submit(self, session: Any, effects: tx.Effects, now: datetime, tenant_id: str,
-                request: dict[str, Any], job_id: str | None) -> Job:
-        job = new_job_row(job_id or ids.job_id(), tenant_id, request, now)
+                request: dict[str, Any], job_id: str | None, admission: Admission | None) -> Job:
+        if admission is not None:
+            check_quota(session, tenant_id, admission.limits, now)
+        job = new_job_row(job_id or ids.job_id(), tenant_id, request, now,
+                          api_key_id=admission.key_id if admission else None,
+                          trace_context=tracing.current_carrier())
         # A Core INSERT of the row's values (the returned Job stays detached, as after a commit
         # with expire_on_commit off): the ORM's unit of work costs ~0.5 ms per submit.
         session.execute(sa.insert(Job.__table__), job_values(job))  # type: ignore[arg-type]
-        effects.add(outbox.caption_message(job.id, job.priority))
+        effects.add(outbox.caption_message(job.id, job.priority, job.model))
+        reserve(session, tenant_id, 1, admission.limits.max_jobs_in_flight if admission else None)
         return job
 
     # --- reads ----------------------------------------------------------------------------
@@ -159,7 +167,8 @@ def job_values(job: Job) -> dict[str, Any]:
 
 def new_job_row(job_id: str, tenant_id: str, request: dict[str, Any], now: datetime, *,
                 batch_id: str | None = None, seq: int | None = None,
-                webhook: dict[str, Any] | None = None) -> Job:
+                webhook: dict[str, Any] | None = None, api_key_id: str | None = None,
+                trace_context: dict[str, str] | None = None) -> Job:
     hook = request.get("webhook") or webhook
     return Job(
         id=job_id, tenant_id=tenant_id, batch_id=batch_id, seq=seq, custom_id=request.get("custom_id"),
@@ -168,7 +177,8 @@ def new_job_row(job_id: str, tenant_id: str, request: dict[str, Any], now: datet
         meta=request.get("metadata") or {},
         webhook_url=hook["url"] if hook else None, webhook_events=list(hook["events"]) if hook else None,
         created_at=now, started_at=None, finished_at=None,
-        expires_at=now + timedelta(seconds=request["ttl_seconds"]),
+        expires_at=now + timedelta(seconds=request["ttl_seconds"]), model=request.get("model"),
+        api_key_id=api_key_id, trace_context=trace_context,
     )
 
 

@@ -6,7 +6,7 @@ Every list filter has an index that starts with ``tenant_id`` and ends with
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +16,8 @@ from core.db import Base, JSONType, UTCDateTime, utcnow
 
 # Auto-increment keys: BIGINT on PostgreSQL; SQLite only auto-increments INTEGER PRIMARY KEY.
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Space-separated scopes of an API key: ``submit`` (POST), ``read`` (GET), ``admin`` (keys, usage).
+ALL_SCOPES = "submit read admin"
 
 
 class Tenant(Base):
@@ -28,6 +30,27 @@ class Tenant(Base):
     previous_webhook_secret: Mapped[str | None] = mapped_column(sa.String(200))
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The tenant's limits (``plans.name``); NULL: the defaults in settings (jobs/plans.py).
+    plan: Mapped[str | None] = mapped_column(sa.ForeignKey("plans.name", ondelete="SET NULL"))
+    # Queued + running jobs, moved in the transaction of each submission and terminal transition.
+    jobs_in_flight: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+
+
+class Plan(Base):
+    """Rate limits and monthly quotas shared by the tenants on the plan (NULL: no limit)."""
+
+    __tablename__ = "plans"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    requests_per_second: Mapped[float] = mapped_column(sa.Float)
+    burst: Mapped[int] = mapped_column(sa.Integer)
+    key_requests_per_second: Mapped[float | None] = mapped_column(sa.Float)
+    key_burst: Mapped[int | None] = mapped_column(sa.Integer)
+    max_jobs_in_flight: Mapped[int | None] = mapped_column(sa.Integer)
+    monthly_images: Mapped[int | None] = mapped_column(sa.BigInteger)
+    monthly_tokens: Mapped[int | None] = mapped_column(sa.BigInteger)
+    monthly_gpu_seconds: Mapped[float | None] = mapped_column(sa.Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ApiKey(Base):
@@ -38,6 +61,10 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(sa.String(64))  # sha256 hex of the secret part
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    scopes: Mapped[str] = mapped_column(sa.String(100), default=ALL_SCOPES, server_default=ALL_SCOPES)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    # Written at most once a minute per key and API process (api/auth.py), never per request.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Batch(Base):
@@ -97,6 +124,8 @@ class Job(Base):
         sa.Index("ix_jobs_status_started", "status", "started_at"),
         # The running jobs of a worker that went silent.
         sa.Index("ix_jobs_status_worker", "status", "worker_id"),
+        # Per model: queue depth and the oldest queued job (GET /v1/models, the sweeper).
+        sa.Index("ix_jobs_status_model_created", "status", "model", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
@@ -125,6 +154,16 @@ class Job(Base):
     # last sent (NULL: at submit, ``created_at``), for the sweeper's re-send of lost messages.
     worker_id: Mapped[str | None] = mapped_column(sa.String(200))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The registry name of the model the job runs on (core/registry.py; NULL: stored before jobs
+    # named a model, the default model's) and the revision of the checkpoint that answered it
+    # (set by the claim of the attempt that runs it).
+    model: Mapped[str | None] = mapped_column(sa.String(64))
+    model_revision: Mapped[str | None] = mapped_column(sa.String(80))
+    # The API key that submitted the job (usage per key); NULL in local mode without keys.
+    api_key_id: Mapped[str | None] = mapped_column(sa.String(40))
+    # The submitting request's W3C trace context ({"traceparent": ...}; core.tracing): the worker
+    # continues that trace. NULL when the request had none (tracing off, no client traceparent).
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONType)
 
 
 class Worker(Base):
@@ -210,3 +249,22 @@ class IdempotencyKey(Base):
     # An in_flight claim belongs to its request only until this time; the request renews it
     # while it works, so a claim left by a crashed process is free again within seconds.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class UsageDaily(Base):
+    """Totals of the jobs that ended, per tenant, UTC day, key and model; added to in the same
+    transaction as each terminal transition (jobs/usage.py), so a job is counted exactly once."""
+
+    __tablename__ = "usage_daily"
+
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # '' without a key
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)  # '' when it never ran
+    jobs: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    images: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    frames: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    tiles: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    gpu_seconds: Mapped[float] = mapped_column(sa.Float, default=0.0)

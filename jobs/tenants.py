@@ -9,7 +9,6 @@ secret signing too until it expires, so receivers can switch without dropping me
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from sqlalchemy.orm import Session
 from core.db import utcnow
 from core.errors import Conflict, NotFound
 from jobs import ids
-from jobs.tables import ApiKey, Tenant
+from jobs.api_keys import KEY_PREFIX, hash_secret, split_key
+from jobs.tables import ALL_SCOPES, ApiKey, Tenant
 
-KEY_PREFIX = "cq"
 LOCAL_TENANT_ID = "ten_local"
 LOCAL_TENANT_NAME = "__local__"  # not a name `keys create` would take by accident
 
@@ -44,15 +43,11 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
 def _new_key() -> tuple[str, str, str]:
     """(key id, full key, hash of its secret part)."""
     key_id = "key_" + secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    return key_id, f"{KEY_PREFIX}_{key_id}_{secret}", _hash(secret)
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secret}", hash_secret(secret)
 
 
 def create_api_key(session: Session, name: str) -> CreatedKey:
@@ -69,36 +64,42 @@ def create_api_key(session: Session, name: str) -> CreatedKey:
     session.add(tenant)
     session.flush()
     key_id, key, key_hash = _new_key()
-    session.add(ApiKey(id=key_id, tenant_id=tenant.id, key_hash=key_hash, created_at=utcnow()))
+    session.add(ApiKey(id=key_id, tenant_id=tenant.id, key_hash=key_hash, scopes=ALL_SCOPES,
+                       created_at=utcnow()))
     session.flush()
     return CreatedKey(tenant_id=tenant.id, api_key=key, webhook_secret=tenant.webhook_secret)
 
 
-def add_api_key(session: Session, tenant_id_or_name: str) -> str:
+def add_api_key(session: Session, tenant_id_or_name: str, scopes: str = ALL_SCOPES,
+                name: str | None = None) -> str:
     """Another key for an existing tenant (returned once)."""
-    tenant = _find(session, tenant_id_or_name)
+    return new_key_for(session, tenant_id_or_name, scopes, name)[1].api_key
+
+
+def new_key_for(session: Session, tenant_id_or_name: str, scopes: str, name: str | None = None,
+                ) -> tuple[ApiKey, CreatedKey]:
+    """A new key with ``scopes`` (the stored, space-separated form) for an existing tenant: the
+    row and the key itself (shown once; the caller commits)."""
+    tenant = find_tenant(session, tenant_id_or_name)
     key_id, key, key_hash = _new_key()
-    session.add(ApiKey(id=key_id, tenant_id=tenant.id, key_hash=key_hash, created_at=utcnow()))
+    row = ApiKey(id=key_id, tenant_id=tenant.id, key_hash=key_hash, scopes=scopes, name=name,
+                 created_at=utcnow())
+    session.add(row)
     session.flush()
-    return key
+    return row, CreatedKey(tenant_id=tenant.id, api_key=key, webhook_secret="")
 
 
 def authenticate(session: Session, api_key: str) -> str | None:
     """The tenant id that ``api_key`` belongs to, or None (unknown, malformed or revoked)."""
-    prefix, _, rest = api_key.partition("_")
-    if prefix != KEY_PREFIX or not rest.startswith("key_"):
-        return None
-    key_id, sep, secret = rest[4:].partition("_")
-    if not sep or not key_id or not secret or len(api_key) > 200:
+    parts = split_key(api_key)
+    if parts is None:
         return None
     row = session.execute(
-        sa.select(ApiKey.tenant_id, ApiKey.key_hash).where(
-            ApiKey.id == "key_" + key_id, ApiKey.revoked_at.is_(None)
-        )
+        sa.select(ApiKey.tenant_id, ApiKey.key_hash).where(ApiKey.id == parts[0], ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
-    return row.tenant_id if hmac.compare_digest(row.key_hash, _hash(secret)) else None
+    return row.tenant_id if hmac.compare_digest(row.key_hash, hash_secret(parts[1])) else None
 
 
 def revoke_api_key(session: Session, key_id: str) -> bool:
@@ -108,7 +109,7 @@ def revoke_api_key(session: Session, key_id: str) -> bool:
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
-def _find(session: Session, tenant_id_or_name: str) -> Tenant:
+def find_tenant(session: Session, tenant_id_or_name: str) -> Tenant:
     tenant = session.scalar(
         sa.select(Tenant).where(sa.or_(Tenant.id == tenant_id_or_name, Tenant.name == tenant_id_or_name))
     )
@@ -119,7 +120,7 @@ def _find(session: Session, tenant_id_or_name: str) -> Tenant:
 
 def rotate_webhook_secret(session: Session, tenant_id_or_name: str, grace_seconds: int) -> str:
     """Issue a new signing secret; the old one keeps signing for ``grace_seconds`` more."""
-    tenant = _find(session, tenant_id_or_name)
+    tenant = find_tenant(session, tenant_id_or_name)
     old = tenant.webhook_secret
     tenant.webhook_secret = new_webhook_secret()
     if grace_seconds > 0:

@@ -9,7 +9,8 @@ that do not depend on the row (the worker's claim and result) skips the read: it
 ``UPDATE … WHERE status = <source> … RETURNING`` is the whole decision.
 
 In the same transaction, :func:`after` adjusts the batch counters, finishes the batch when its
-last job ended, and writes webhook messages and outbox rows into ``effects``.
+last job ended, counts an ended job's usage and takes it off the tenant's jobs in flight
+(:mod:`jobs.usage`), and writes webhook messages and outbox rows into ``effects``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from jobs import outbox, webhooks
+from jobs import outbox, usage, webhooks
 from jobs.queue import Message
 from jobs.render import batch_to_dict, job_to_dict
 from jobs.states import EVENT_FOR_STATUS, START, SUCCEED, TERMINAL, BatchStatus, JobStatus, Transition
@@ -116,9 +117,13 @@ def _claim_statement() -> sa.Update:
         sa.update(t)
         .where(t.c.id == sa.bindparam("job_id"), t.c.status == source.value,
                t.c.attempts < sa.bindparam("max_attempts"),
-               sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now))
+               sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+               sa.or_(sa.bindparam("any_model", type_=sa.Boolean()),
+                      t.c.model == sa.bindparam("served_model", type_=t.c.model.type),
+                      sa.and_(t.c.model.is_(None), sa.bindparam("unnamed", type_=sa.Boolean()))))
         .values(status=START.target.value, attempts=t.c.attempts + 1, started_at=now, partial_text=None,
-                worker_id=sa.bindparam("worker_id", type_=t.c.worker_id.type))
+                worker_id=sa.bindparam("worker_id", type_=t.c.worker_id.type),
+                model_revision=sa.bindparam("revision", type_=t.c.model_revision.type))
         .returning(*t.c)
     )
 
@@ -151,12 +156,30 @@ def _detached_job(row: Any) -> Job:
 
 
 def claim(session: Session, job_id: str, now: datetime, max_attempts: int,
-          worker_id: str | None = None) -> Applied | None:
-    """:data:`START` for a queued job that is not expired and has attempts left: ``attempts`` + 1,
-    ``started_at`` = ``now``, ``worker_id`` = the claiming worker. None when it does not apply."""
-    row = session.execute(_claim_statement(), {"job_id": job_id, "now": now, "max_attempts": max_attempts,
-                                               "worker_id": worker_id}).first()
+          worker_id: str | None = None, served: ServedModel | None = None) -> Applied | None:
+    """:data:`START` for a queued job that is not expired and has attempts left — and, with
+    ``served``, is of that model: ``attempts`` + 1, ``started_at`` = ``now``, ``worker_id`` = the
+    claiming worker, ``model_revision`` = the served checkpoint's. None when it does not apply."""
+    served = served or ServedModel()
+    row = session.execute(_claim_statement(), {
+        "job_id": job_id, "now": now, "max_attempts": max_attempts, "worker_id": worker_id,
+        "any_model": served.name is None, "served_model": served.name, "unnamed": served.takes_unnamed,
+        "revision": served.revision}).first()
     return Applied(_detached_job(row), JobStatus.QUEUED) if row is not None else None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model a claiming worker runs: its registry name (None: any job), whether it also takes
+    jobs stored before jobs named a model (the default model's workers do), and its checkpoint
+    revision, recorded on the job it claims."""
+
+    name: str | None = None
+    takes_unnamed: bool = True
+    revision: str | None = None
+
+    def serves(self, model: str | None) -> bool:
+        return self.name is None or model == self.name or (model is None and self.takes_unnamed)
 
 
 def succeed(session: Session, job_id: str, attempt: int, output: dict[str, Any], metrics: dict[str, Any],
@@ -192,9 +215,11 @@ def after(session: Session, applied: Applied, now: datetime, effects: Effects) -
     if job.batch_id is not None and prev != new:
         bump_batch(session, job.batch_id, {prev: -1, new: +1}, now, effects)
     if new == JobStatus.QUEUED:  # requeued: a fresh message for the gpu queue
-        effects.add(outbox.caption_message(job.id, job.priority))
+        effects.add(outbox.caption_message(job.id, job.priority, job.model))
     if prev != new:
         emit_job_event(session, job, now, effects)
+    if new.terminal and not prev.terminal:
+        usage.record_ended(session, [job], now)
 
 
 def after_bulk(session: Session, jobs: list[Job], prev: JobStatus, now: datetime, effects: Effects) -> None:
@@ -204,11 +229,15 @@ def after_bulk(session: Session, jobs: list[Job], prev: JobStatus, now: datetime
         if job.batch_id is not None:
             per_batch[job.batch_id] = per_batch.get(job.batch_id, 0) + 1
         if job.status == JobStatus.QUEUED.value:
-            effects.add(outbox.caption_message(job.id, job.priority))
+            effects.add(outbox.caption_message(job.id, job.priority, job.model))
         emit_job_event(session, job, now, effects)
     for batch_id, n in per_batch.items():
         new = JobStatus(jobs[0].status)
         bump_batch(session, batch_id, {prev: -n, new: +n}, now, effects)
+    if jobs and JobStatus(jobs[0].status).terminal and not prev.terminal:
+        usage.record_ended(session, jobs, now)
+    elif jobs and prev.terminal and not JobStatus(jobs[0].status).terminal:  # a batch retry
+        usage.record_reopened(session, jobs)
 
 
 def emit_job_event(session: Session, job: Job, now: datetime, effects: Effects) -> None:

@@ -34,10 +34,12 @@ class ClaimedJob(dict[str, Any]):
     """What :meth:`JobService.start` returns: the job's normalised request (this dict itself:
     ``media``, ``prompts``, ``generation``…) plus ``job_id``, ``attempt`` (pass it back to
     succeed/fail so a superseded attempt cannot record), ``tenant_id``, ``batch_id``,
-    ``created_at`` and ``started_at`` (this attempt's start)."""
+    ``created_at``, ``started_at`` (this attempt's start) and ``trace_context`` (the submitting
+    request's, see core.tracing)."""
 
     def __init__(self, request: dict[str, Any], *, job_id: str, attempt: int, tenant_id: str,
-                 batch_id: str | None, created_at: datetime, started_at: datetime | None = None) -> None:
+                 batch_id: str | None, created_at: datetime, started_at: datetime | None = None,
+                 trace_context: dict[str, str] | None = None) -> None:
         super().__init__(request)
         self.job_id = job_id
         self.attempt = attempt
@@ -45,6 +47,7 @@ class ClaimedJob(dict[str, Any]):
         self.batch_id = batch_id
         self.created_at = created_at
         self.started_at = started_at
+        self.trace_context = trace_context
 
     @property
     def request(self) -> dict[str, Any]:
@@ -62,8 +65,8 @@ class WorkerTransitions:
              relaxed: bool = False, **kwargs: Any) -> Any:
         raise NotImplementedError
 
-    def start(self, job_id: str, *, redelivered: bool = False,
-              worker_id: str | None = None) -> ClaimedJob | None:
+    def start(self, job_id: str, *, redelivered: bool = False, worker_id: str | None = None,
+              served: tx.ServedModel | None = None) -> ClaimedJob | None:
         """Claim ``job_id`` for this delivery: queued → running, ``attempts`` + 1.
 
         Returns the normalised request (a :class:`ClaimedJob`), or None when there is nothing to
@@ -73,7 +76,10 @@ class WorkerTransitions:
         in ``running`` is taken over too. When the attempt cap (``settings.max_attempts``) is
         already used up the job fails with ``worker_lost`` and None is returned. ``worker_id``
         (the heartbeat of the worker claiming it, :mod:`jobs.heartbeats`) is recorded on the job,
-        so that the sweeper requeues it soon after that worker goes silent.
+        so that the sweeper requeues it soon after that worker goes silent. ``served`` (the
+        model the worker runs) claims only that model's jobs and records its revision: a job of
+        another model (a message that reached the wrong queue) is left queued, and the sweeper
+        re-sends its message to its own model's queue (``jobs.recovery.resend_queued``).
         """
         if not redelivered:
             # The common case, in one statement: a queued job, not expired, attempts left. Its
@@ -82,24 +88,29 @@ class WorkerTransitions:
             # the claim durable too. Only a PostgreSQL crash while the job runs can lose it; the
             # job is then back to queued with the previous attempt count, which the worker
             # notices when recording (``claim_lost``) and answers with a redelivery.
-            claimed = self._run(self._claim, job_id, worker_id, relaxed=True)
+            claimed = self._run(self._claim, job_id, worker_id, served, relaxed=True)
             if claimed is not None:
                 return claimed  # type: ignore[no-any-return]
-        return self._run(self._start, job_id, redelivered, worker_id)  # type: ignore[no-any-return]
+        return self._run(self._start, job_id, redelivered, worker_id, served)  # type: ignore[no-any-return]
 
     def _claim(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
-               worker_id: str | None) -> ClaimedJob | None:
-        applied = tx.claim(session, job_id, now, self.settings.max_attempts, worker_id)
+               worker_id: str | None, served: tx.ServedModel | None) -> ClaimedJob | None:
+        applied = tx.claim(session, job_id, now, self.settings.max_attempts, worker_id, served)
         return self._claimed(session, effects, now, applied) if applied is not None else None
 
     def _start(self, session: Any, effects: tx.Effects, now: datetime, job_id: str,
-               redelivered: bool, worker_id: str | None) -> ClaimedJob | None:
-        # Not claimable in one statement: read the row to say why not (expired, attempt cap) or
-        # to take over a job a dead worker left running (redelivered).
+               redelivered: bool, worker_id: str | None, served: tx.ServedModel | None) -> ClaimedJob | None:
+        # Not claimable in one statement: read the row to say why not (expired, attempt cap,
+        # another model's job) or to take over a job a dead worker left running (redelivered).
         row = session.execute(
-            sa.select(Job.status, Job.attempts, Job.expires_at).where(Job.id == job_id)
+            sa.select(Job.status, Job.attempts, Job.expires_at, Job.model).where(Job.id == job_id)
         ).first()
         if row is None:
+            return None
+        served = served or tx.ServedModel()
+        if not served.serves(row.model):
+            log.warning("job %s is for model %s, not %s: left for that model's workers", job_id,
+                        row.model, served.name)
             return None
         if row.status == JobStatus.QUEUED.value and row.expires_at is not None and row.expires_at <= now:
             self._fail_in(session, effects, now, job_id, "expired",
@@ -115,6 +126,7 @@ class WorkerTransitions:
             return None
         applied = tx.apply(session, job_id, t, lambda seen: {
             "attempts": seen.attempts + 1, "started_at": now, "partial_text": None, "worker_id": worker_id,
+            "model_revision": served.revision,
         })
         if applied is None:
             return None
@@ -125,7 +137,8 @@ class WorkerTransitions:
         tx.after(session, applied, now, effects)
         job = applied.job
         return ClaimedJob(job.request, job_id=job.id, attempt=job.attempts, tenant_id=job.tenant_id,
-                          batch_id=job.batch_id, created_at=job.created_at, started_at=job.started_at)
+                          batch_id=job.batch_id, created_at=job.created_at, started_at=job.started_at,
+                          trace_context=job.trace_context)
 
     def claim_lost(self, job_id: str, attempt: int) -> bool:
         """True when attempt ``attempt``'s claim is gone: the job is queued again with the

@@ -65,6 +65,27 @@ class BatcherStats:
     tokens_generated: int = 0
     decode_steps: int = 0
     rows_stepped: int = 0
+    vision_tiles: int = 0  # tiles through the ViT
+    vision_reused_tiles: int = 0  # tiles whose features were reused (models.vision_cache)
+    prefix_reused_tokens: int = 0  # prompt tokens not prefilled again (Engine.prefill_after)
+    # Gauges, as of the last step or batch: rows being decoded, KV positions they hold, and the
+    # accelerator's memory (torch's allocator: allocated and reserved bytes; 0 on the CPU).
+    running_rows: int = 0
+    kv_tokens_in_use: int = 0
+    gpu_memory_allocated_bytes: int = 0
+    gpu_memory_reserved_bytes: int = 0
+
+
+def sample_memory(stats: BatcherStats, device: object) -> None:
+    """Record the accelerator memory torch holds on ``device`` (no synchronisation: the
+    allocator's own counters)."""
+    dev = getattr(device, "type", None) or str(device)
+    if not str(dev).startswith("cuda"):
+        return
+    import torch
+
+    stats.gpu_memory_allocated_bytes = int(torch.cuda.memory_allocated(device))  # type: ignore[arg-type]
+    stats.gpu_memory_reserved_bytes = int(torch.cuda.memory_reserved(device))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -131,6 +152,12 @@ class Batcher:
             self._pending.append(_Item(prepared, future, engine.batch_key(prepared)))
             self._cond.notify()
         return future
+
+    def release_vision(self, key: str) -> None:
+        """The requests with ``vision_key`` ``key`` are all answered: drop their cached image
+        features (models.vision_cache)."""
+        if self._loaded.done() and self._loaded.exception() is None:
+            self._loaded.result().release_vision(key)
 
     def close(self, *, cancel_pending: bool = True, timeout: float | None = None) -> None:
         """Stop the engine thread after the running batch; pending requests are failed
@@ -222,6 +249,12 @@ class Batcher:
             if live:
                 self._run(live)
 
+    def _count_vision(self) -> None:
+        engine = self.engine
+        vision = engine.vision_stats
+        self.stats.vision_tiles, self.stats.vision_reused_tiles = vision.tiles, vision.reused_tiles
+        self.stats.prefix_reused_tokens = engine.prefix_reused_tokens
+
     def _start(self, item: _Item) -> bool:
         """Mark the future running; complete cancelled/canceled requests without model work."""
         if not item.future.set_running_or_notify_cancel():
@@ -263,6 +296,7 @@ class Batcher:
             return
         took = time.perf_counter() - started
         log.debug("batch of %d ran in %.2f s", len(batch), took)
+        sample_memory(self.stats, self.engine.info.device)
         self.stats.busy_seconds += took
         self.stats.batches += 1
         self.stats.requests += len(batch)
@@ -272,6 +306,7 @@ class Batcher:
         self.stats.tokens_generated += tokens
         self.stats.rows_stepped += tokens
         self.stats.decode_steps += max((r.output_tokens for r in results), default=0)
+        self._count_vision()
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)
 

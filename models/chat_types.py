@@ -47,6 +47,10 @@ class ChatRequest:
     should_cancel: Callable[[], bool] | None = None
     system_message: str | None = None
     mode: Literal["chat", "batch_chat"] = "chat"
+    #: requests with the same key carry the same ``pixel_values`` (one job's media, laid out
+    #: once): the ViT runs for the first of them and the others reuse its features
+    #: (:mod:`models.vision_cache`); the key's owner releases it when done. None: no reuse
+    vision_key: str | None = None
 
 
 @dataclass
@@ -62,6 +66,8 @@ class ChatResult:
     has_json: bool = False
     json: Any = None
     logprobs: list[dict[str, Any]] | None = None
+    #: tiles the ViT encoded for this request (0: its features were reused)
+    vision_tiles: int = 0
 
 
 @dataclass
@@ -72,6 +78,7 @@ class Prepared:
     question: str  # after the automatic prefix: what goes into the history
     input_ids: list[int]
     num_context_tokens: int
+    vision_tiles: int = 0  # set when its inputs are built (Engine.build_inputs)
 
     @property
     def prompt_tokens(self) -> int:

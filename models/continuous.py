@@ -19,6 +19,16 @@ The engine thread loops over one decoding step at a time. Between two steps it:
 3. **retires** rows that stopped, reached their length or were canceled: their results go out
    and their slots are free for the next admission, right away.
 
+Requests that share a ``vision_key`` (one job's tasks, rounds or grounding phrases) share more
+than the image features: their prompts start with the same tokens up to the last ``</img>``
+(system message and image tokens, most of a prompt). The first of them to join prefills its
+whole prompt and leaves the keys and values of that prefix with the engine
+(``Engine.prefix_cache``); the others join with a prefill of the rest of their prompt only
+(``Engine.prefill_after``), the prefix's keys and values copied into their slots. The prefix is
+kept until the key is released (``release_vision``); a prompt that does not start with its key's
+prefix (another system message) is prefilled whole. (The static path does the same for a
+request that runs alone.)
+
 A row's numbers never depend on its neighbours: its prefill has no padding, and in a step each
 row attends only to its own slot. In float32 on the CPU its tokens equal the same request run alone
 through ``Engine.generate_batch`` (tests/models/test_continuous.py, for staggered arrivals,
@@ -40,7 +50,7 @@ from typing import Any
 
 import torch
 
-from models.batcher import Batcher, _Item, _release_cached_memory
+from models.batcher import Batcher, _Item, _release_cached_memory, sample_memory
 from models.decode_step import DecodeStep
 from models.engine import Engine, RowState, is_out_of_memory
 from models.errors import EngineError, OutOfMemory
@@ -48,6 +58,9 @@ from models.generation import take_step
 from models.slots import SlotKV
 
 log = logging.getLogger(__name__)
+
+# The accelerator's memory is sampled at every join and every this many decoding steps.
+MEMORY_SAMPLE_STEPS = 64
 
 
 @dataclass
@@ -155,11 +168,27 @@ class ContinuousBatcher(Batcher):
                 self._run([alone])
             return []
         live = [item for item in taken if self._start(item)]
-        by_length: dict[int, list[_Item]] = {}
+        # the first request of a vision key without a stored prefix leads: it stores the prefix
+        # that the others of its key (followers) then start from
+        leaders: list[_Item] = []
+        followers: list[_Item] = []
+        keys: set[str] = set()
         for item in live:
+            key = item.prepared.request.vision_key
+            if key is not None and (key in keys or key in engine.prefix_cache) and \
+                    engine.image_prefix_length(item.prepared):
+                followers.append(item)
+            else:
+                leaders.append(item)
+                if key is not None:
+                    keys.add(key)
+        by_length: dict[int, list[_Item]] = {}
+        for item in leaders:
             by_length.setdefault(item.prepared.prompt_tokens, []).append(item)
         for group in by_length.values():  # equal lengths share one unpadded forward
             self._join(engine, group)
+        for item in followers:
+            self._join(engine, [item], engine.stored_prefix(item.prepared))
         if taken:
             self.stats.batches += 1
         return taken
@@ -168,12 +197,20 @@ class ContinuousBatcher(Batcher):
         return next(s for s in range(self.max_requests) if s not in self._running)
 
     @torch.inference_mode()
-    def _join(self, engine: Engine, group: list[_Item]) -> None:
-        """Prefill requests of one prompt length into free slots and pick their first tokens."""
+    def _join(self, engine: Engine, group: list[_Item],
+              prefix: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> None:
+        """Prefill requests of one prompt length into free slots and pick their first tokens;
+        with ``prefix``, one request whose prompt starts with it (only the rest is prefilled)."""
         started = time.perf_counter()
         try:
             states = [engine.start_row(item.prepared) for item in group]
-            logits, layers = engine.prefill([item.prepared for item in group])
+            if prefix is not None:
+                logits, cache = engine.prefill_after(group[0].prepared, *prefix)
+                layers = [(layer.keys, layer.values) for layer in cache.layers]
+            else:
+                logits, layers = engine.prefill([item.prepared for item in group])
+                for b, item in enumerate(group):
+                    engine.keep_prefix(item.prepared, layers, row=b)
             take_step(logits, [st.row for st in states])
         except BaseException as exc:
             self._fail(group, exc)
@@ -184,6 +221,7 @@ class ContinuousBatcher(Batcher):
             took = time.perf_counter() - started
             self.stats.busy_seconds += took
             self.stats.prefill_seconds += took
+            self._count_vision()
         self.stats.tokens_generated += len(group)
         assert self.step is not None
         for b, (item, state) in enumerate(zip(group, states, strict=True)):
@@ -194,6 +232,12 @@ class ContinuousBatcher(Batcher):
             length = self.step.kv.store(slot, [(k[b:b + 1], v[b:b + 1]) for k, v in layers])
             self._running[slot] = _Running(item, state, length)
         self.stats.largest_batch = max(self.stats.largest_batch, len(self._running))
+        self._gauges()
+        sample_memory(self.stats, engine.info.device)
+
+    def _gauges(self) -> None:
+        self.stats.running_rows = len(self._running)
+        self.stats.kv_tokens_in_use = sum(run.length for run in self._running.values())
 
     @torch.inference_mode()
     def _decode(self, engine: Engine) -> None:
@@ -229,6 +273,9 @@ class ContinuousBatcher(Batcher):
             if self._ended(run.state):
                 del self._running[slot]
                 self._finish(engine, run.item, run.state)
+        self._gauges()
+        if self.stats.decode_steps % MEMORY_SAMPLE_STEPS == 0:
+            sample_memory(self.stats, engine.info.device)
 
     @staticmethod
     def _ended(state: RowState) -> bool:

@@ -6,7 +6,7 @@ Public API (what the worker uses, together with :class:`models.batcher.Batcher`)
                          attn_implementation="auto", quantization="none",
                          cache_dir: Path | None = None, hub_cache_dir: Path | None = None,
                          allow_download=False, vision_chunk_tiles=64, name=None,
-                         max_context_tokens=None) -> Engine
+                         max_context_tokens=None, vision_cache_tiles=256) -> Engine
     engine.info -> EngineInfo          # name, template, max_context, image_size, num_image_token, ...
     engine.prepare(request) -> Prepared          # query, ids, validation, token budget
     engine.check_budget(request) -> int          # prompt tokens; raises ContextTooLong
@@ -23,7 +23,9 @@ Shapes crossing module boundaries:
   concatenated in order; ``num_patches_list`` = tiles per image (None = one image with all tiles,
   like ``chat()``).
 - image features (``Engine.image_features``): ``[tiles, num_image_token, llm_hidden]`` in the model
-  dtype; generation inputs: ``inputs_embeds [B, L, H]`` + ``attention_mask [B, L]`` (left padded).
+  dtype, computed once per ``ChatRequest.vision_key`` while the key is cached
+  (:mod:`models.vision_cache`; ``engine.vision_stats`` counts the ViT's passes and tiles);
+  generation inputs: ``inputs_embeds [B, L, H]`` + ``attention_mask [B, L]`` (left padded).
 
 Semantics follow the official ``chat()``: the query comes from :mod:`models.prompts` (automatic
 ``<image>`` prefix, ``<img><IMG_CONTEXT>...</img>`` expansion, history), the only stop token is
@@ -77,8 +79,10 @@ from models.errors import ContextTooLong, EngineError, InvalidInput, OutOfMemory
 from models.generation import GenerationParams, Row
 from models.generation import generate as run_generation
 from models.generation import prefill as run_prefill
+from models.kv_cache import reserved_cache
 from models.text_stream import TextStream, safe_cancel
 from models.tokenizer import Tokenizer
+from models.vision_cache import PrefixCache, VisionCache, VisionStats
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,8 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Tokenizer, spec: ModelSpec, info: EngineInfo, *,
                  vision_chunk_tiles: int = 64, load_stats: LoadStats | None = None,
-                 max_context_tokens: int | None = None) -> None:
+                 max_context_tokens: int | None = None, vision_cache_tiles: int = 256,
+                 prefix_cache_tokens: int = 16384) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
@@ -110,8 +115,13 @@ class Engine:
         self.info = dataclasses.replace(info, context_limit=self._context_limit())
         self.template = prompts.get_template(spec.template)
         self.stop_id = tokenizer.stop_id(self.template.stop_str)
+        self.img_end_id = tokenizer.token_id(prompts.IMG_END_TOKEN)
         self.vision_chunk_tiles = max(1, int(vision_chunk_tiles))
         self.load_stats = load_stats
+        self.vision_cache = VisionCache(vision_cache_tiles)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.prefix_reused_tokens = 0  # prompt tokens not prefilled again (prefill_after)
+        self.vision_stats = VisionStats()
         self._lock = threading.Lock()
 
     # --- loading ----------------------------------------------------------------------------
@@ -120,7 +130,8 @@ class Engine:
              attn_implementation: str = "auto", quantization: str = "none",
              cache_dir: Path | None = None, hub_cache_dir: Path | None = None,
              allow_download: bool = False, vision_chunk_tiles: int = 64,
-             name: str | None = None, max_context_tokens: int | None = None) -> Engine:
+             name: str | None = None, max_context_tokens: int | None = None,
+             vision_cache_tiles: int = 256, prefix_cache_tokens: int = 16384) -> Engine:
         ckpt = open_checkpoint(source, hub_cache_dir=hub_cache_dir, allow_download=allow_download)
         spec = parse_spec(ckpt.config)
         template = prompts.get_template(spec.template)  # UnknownTemplate before any tensor is read
@@ -158,7 +169,8 @@ class Engine:
         log.info("loaded %s (%s) on %s as %s, %s attention%s", info.name, spec.llm_family, dev,
                  info.dtype, attn, " from converted cache" if stats.from_cache else "")
         return cls(model, tokenizer, spec, info, vision_chunk_tiles=vision_chunk_tiles, load_stats=stats,
-                   max_context_tokens=max_context_tokens)
+                   max_context_tokens=max_context_tokens, vision_cache_tiles=vision_cache_tiles,
+                   prefix_cache_tokens=prefix_cache_tokens)
 
     # --- preparing --------------------------------------------------------------------------
     def prepare(self, request: ChatRequest) -> Prepared:
@@ -245,6 +257,8 @@ class Engine:
         """``[tiles, 3, S, S]`` float32 -> ``[tiles, num_image_token, H]``, in chunks of
         ``vision_chunk_tiles`` tiles (bounds the ViT's activation memory)."""
         dev = self.model.model.vision_tower.embeddings.patch_embeddings.projection.weight.device
+        self.vision_stats.passes += 1
+        self.vision_stats.tiles += int(pixel_values.shape[0])
         chunks = []
         for start in range(0, pixel_values.shape[0], self.vision_chunk_tiles):
             part = pixel_values[start:start + self.vision_chunk_tiles].to(dev)
@@ -283,14 +297,63 @@ class Engine:
 
     def build_inputs(self, group: Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``inputs_embeds [B, L, H]`` with image features scattered in, and the
-        attention mask ``[B, L]`` (int64, 0 = padding)."""
+        attention mask ``[B, L]`` (int64, 0 = padding). Sets each request's ``vision_tiles``."""
         width = max(p.prompt_tokens for p in group)
         ids = torch.full((len(group), width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
         for b, p in enumerate(group):
             ids[b, width - p.prompt_tokens:] = torch.tensor(p.input_ids)
             mask[b, width - p.prompt_tokens:] = 1
-        return self.embed_with_images(ids, mask, [p.request.pixel_values for p in group]), mask
+        feats, encoded = self.row_features([p.request.pixel_values for p in group],
+                                           [p.request.vision_key for p in group])
+        for p, n in zip(group, encoded, strict=True):
+            p.vision_tiles = n
+        return self._embed(ids, mask, feats), mask
+
+    @torch.inference_mode()
+    def row_features(self, pixel_values: Sequence[torch.Tensor | None],
+                     keys: Sequence[str | None] | None = None,
+                     ) -> tuple[list[torch.Tensor | None], list[int]]:
+        """Each row's image features and the tiles the ViT encoded for it. Rows without a key,
+        and the first row of each key not in :attr:`vision_cache`, go through the ViT together
+        (in chunks); the other rows of a key reuse those features, or the cached ones. A keyed
+        row's features are then cached for the key's later requests."""
+        keys = list(keys) if keys is not None else [None] * len(pixel_values)
+        feats: list[torch.Tensor | None] = [None] * len(pixel_values)
+        encoded = [0] * len(pixel_values)
+        todo: list[int] = []
+        present: list[torch.Tensor] = []
+        first_of: dict[str, int] = {}
+        for b, (pv, key) in enumerate(zip(pixel_values, keys, strict=True)):
+            if pv is None:
+                continue
+            if key is not None:
+                cached = self.vision_cache.get(key, int(pv.shape[0]))
+                if cached is not None:
+                    feats[b] = cached
+                    continue
+                if key in first_of:
+                    continue  # a batch neighbour encodes it
+                first_of[key] = b
+            todo.append(b)
+            present.append(pv)
+        if todo:
+            out = self.image_features(torch.cat(present) if len(present) > 1 else present[0])
+            start = 0
+            for b, pv in zip(todo, present, strict=True):
+                n = int(pv.shape[0])
+                feats[b], encoded[b] = out[start:start + n], n
+                start += n
+                key = keys[b]
+                if key is not None:  # its own storage: a view would keep the batch's features alive
+                    self.vision_cache.put(key, out[start - n:start].clone() if len(todo) > 1 else out)
+        for b, key in enumerate(keys):  # later rows of a key encoded in this batch
+            if feats[b] is None and pixel_values[b] is not None and key is not None:
+                feats[b] = feats[first_of[key]]
+        self.vision_stats.reused_tiles += sum(
+            int(pv.shape[0]) for pv, f, n in zip(pixel_values, feats, encoded, strict=True)
+            if pv is not None and f is not None and n == 0)
+        return feats, encoded
 
     @torch.inference_mode()
     def embed_with_images(self, ids: torch.Tensor, mask: torch.Tensor,
@@ -298,20 +361,19 @@ class Engine:
         """Token embeddings of ``ids [B, L]`` with row b's ``<IMG_CONTEXT>`` positions replaced,
         in order, by the features of ``pixel_values[b]`` (``[tiles_b, 3, S, S]`` or None). The
         tiles of every row go through the ViT together, in chunks."""
+        return self._embed(ids, mask, self.row_features(pixel_values)[0])
+
+    @torch.inference_mode()
+    def _embed(self, ids: torch.Tensor, mask: torch.Tensor,
+               feats: Sequence[torch.Tensor | None]) -> torch.Tensor:
         embed = self.model.get_input_embeddings()
         dev = embed.weight.device
         ids, mask = ids.to(dev), mask.to(dev)
         embeds = embed(ids)
-        present = [pv for pv in pixel_values if pv is not None]
-        if not present:
-            return embeds
-        feats = self.image_features(torch.cat(present)).to(dev, embeds.dtype)
-        start = 0
-        for b, pv in enumerate(pixel_values):
-            if pv is None:
+        for b, f in enumerate(feats):
+            if f is None:
                 continue
-            mine = feats[start:start + pv.shape[0]].reshape(-1, embeds.shape[-1])
-            start += pv.shape[0]
+            mine = f.to(dev, embeds.dtype).reshape(-1, embeds.shape[-1])
             where = (ids[b] == self.tokenizer.img_context_id) & (mask[b] == 1)
             # fewer placeholders than tiles (QUIRKS 4): the leftover tiles are unused
             embeds[b, where] = mine[: int(where.sum())]
@@ -328,6 +390,70 @@ class Engine:
         logits, cache, _ = run_prefill(self.model, embeds, mask.to(embeds.device), group[0].prompt_tokens)
         layers: KVLayers = [(layer.keys, layer.values) for layer in cache.layers]
         return logits, layers
+
+    def image_prefix_length(self, p: Prepared) -> int:
+        """Tokens of ``p``'s prompt up to and including its last ``</img>`` (0: no image). The
+        requests of one ``vision_key`` with the same system message and image placement share
+        these tokens exactly: ``</img>`` is a special token, so nothing after it changes how the
+        text before it is tokenised."""
+        if p.request.pixel_values is None or self.img_end_id is None:
+            return 0
+        ids = p.input_ids
+        for i in range(len(ids) - 1, -1, -1):
+            if ids[i] == self.img_end_id:
+                return i + 1 if i + 1 < len(ids) else 0
+        return 0
+
+    def release_vision(self, key: str) -> None:
+        """Drop what is kept for ``key``: its image features and its prompt prefix."""
+        self.vision_cache.release(key)
+        self.prefix_cache.release(key)
+
+    def stored_prefix(self, p: Prepared) -> tuple[list[int], KVLayers] | None:
+        """The prefix stored for ``p``'s vision key that ``p``'s prompt starts with (or None)."""
+        key, n = p.request.vision_key, self.image_prefix_length(p)
+        if key is None or n == 0:
+            return None
+        ids = list(p.input_ids[:n])
+        layers = self.prefix_cache.get(key, ids)
+        return (ids, layers) if layers is not None else None
+
+    def keep_prefix(self, p: Prepared, layers: KVLayers, row: int = 0, start: int = 0) -> None:
+        """Store ``p``'s image prefix from a prefill's keys and values (``row`` of the batch, its
+        prompt starting at column ``start``), as its own copy."""
+        key, n = p.request.vision_key, self.image_prefix_length(p)
+        if key is None or n == 0 or key in self.prefix_cache:
+            return
+        self.prefix_cache.put(key, list(p.input_ids[:n]), [
+            (k[row:row + 1, :, start:start + n].clone(), v[row:row + 1, :, start:start + n].clone())
+            for k, v in layers])
+
+    @torch.inference_mode()
+    def prefill_after(self, p: Prepared, prefix_ids: Sequence[int], prefix_layers: KVLayers,
+                      capacity: int | None = None) -> tuple[torch.Tensor, Any]:
+        """:meth:`prefill` of one prompt whose first tokens are ``prefix_ids``, with their keys and
+        values (``[1, H, n, D]`` per layer) from an earlier prefill: only the rest of the prompt
+        goes through the model (no ViT, no image tokens). Returns the last position's float32
+        logits ``[1, V]`` and the cache (room for ``capacity`` positions; its layers' ``keys`` /
+        ``values`` hold the whole prompt). Raises InvalidInput when the prompt does not start
+        with the prefix."""
+        n = len(prefix_ids)
+        ids = p.input_ids
+        if n == 0 or n >= len(ids) or list(ids[:n]) != list(prefix_ids):
+            raise InvalidInput("the prompt does not start with the given prefix")
+        embed = self.model.get_input_embeddings()
+        dev = embed.weight.device
+        embeds = embed(torch.tensor([ids[n:]], dtype=torch.long, device=dev))
+        cache: Any = reserved_cache(self.model.config.get_text_config(), capacity or len(ids))
+        for i, (k, v) in enumerate(prefix_layers):
+            cache.update(k, v, i)
+        mask = torch.ones((1, len(ids)), dtype=torch.long, device=dev)
+        positions = torch.arange(n, len(ids), device=dev).unsqueeze(0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        p.vision_tiles = 0
+        self.prefix_reused_tokens += n
+        return out.logits[:, -1, :].float(), cache
 
     def start_row(self, p: Prepared) -> RowState:
         """The generation state of one request: its :class:`Row` (sampling, stop, hooks, cancel
@@ -355,13 +481,36 @@ class Engine:
             finish_reason=row.finish_reason, output_ids=list(row.ids),
             history=prompts.next_history(p.request.history, p.question, text),
             has_json=done.has_json, json=done.json_value, logprobs=done.logprobs,
+            vision_tiles=p.vision_tiles,
         )
 
     def _run_group_unsafe(self, group: list[Prepared]) -> list[ChatResult]:
-        embeds, mask = self.build_inputs(group)
         states = [self.start_row(p) for p in group]
-        run_generation(self.model, embeds, mask, [st.row for st in states])
+        rows = [st.row for st in states]
+        # a request whose rope may stretch with its length (batch_key "alone") is prefilled
+        # whole: a prefix computed for another length could carry another rope
+        if len(group) == 1 and group[0].request.vision_key is not None and \
+                self.batch_key(group[0]) == "shared":
+            self._run_keyed(group[0], rows)
+        else:
+            embeds, mask = self.build_inputs(group)
+            run_generation(self.model, embeds, mask, rows)
         return [self.finish_row(st) for st in states]
+
+    def _run_keyed(self, p: Prepared, rows: list[Row]) -> None:
+        """One request of a vision key: from its key's stored prefix when there is one, else
+        whole, storing its prefix for the key's next requests."""
+        capacity = p.prompt_tokens + p.request.params.max_new_tokens
+        mask = torch.ones((1, p.prompt_tokens), dtype=torch.long)
+        stored = self.stored_prefix(p)
+        if stored is not None:
+            logits, cache = self.prefill_after(p, stored[0], stored[1], capacity)
+        else:
+            embeds, mask = self.build_inputs([p])
+            logits, cache, _ = run_prefill(self.model, embeds, mask.to(embeds.device), capacity)
+            self.keep_prefix(p, [(layer.keys, layer.values) for layer in cache.layers])
+        positions = torch.arange(p.prompt_tokens, device=logits.device).unsqueeze(0)
+        run_generation(self.model, None, mask, rows, started=(logits, cache, positions))
 
 
 @dataclasses.dataclass

@@ -237,20 +237,28 @@ def prefill(model: Any, inputs_embeds: torch.Tensor, mask: torch.Tensor, capacit
 
 
 @torch.inference_mode()
-def generate(model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows: list[Row], *,
-             step_logits: list[torch.Tensor] | None = None) -> list[Row]:
+def generate(model: Any, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor, rows: list[Row], *,
+             step_logits: list[torch.Tensor] | None = None,
+             started: tuple[torch.Tensor, Any, torch.Tensor] | None = None) -> list[Row]:
     """Run ``rows`` to completion; returns them with ``ids`` and ``finish_reason`` set.
 
     ``step_logits`` (conformance only) collects each step's raw logits, float32 [B_active, V]
-    (rows in their original order while none has finished)."""
-    if inputs_embeds.shape[0] != len(rows):
+    (rows in their original order while none has finished). ``started``: the prompt was
+    prefilled elsewhere (``Engine.prefill_after``): its (logits, cache with room for the answer,
+    positions), and ``inputs_embeds`` is not used."""
+    if started is None and (inputs_embeds is None or inputs_embeds.shape[0] != len(rows)):
         raise InvalidInput("one Row per batch row is required")
-    mask = attention_mask.to(inputs_embeds.device, torch.long)
     most_new = max((row.params.max_new_tokens for row in rows), default=1)
     active = list(range(len(rows)))
     for i in active:
         rows[i].params.validate()
-    logits, cache, positions = prefill(model, inputs_embeds, mask, inputs_embeds.shape[1] + most_new)
+    if started is not None:
+        logits, cache, positions = started
+        mask = attention_mask.to(logits.device, torch.long)
+    else:
+        assert inputs_embeds is not None
+        mask = attention_mask.to(inputs_embeds.device, torch.long)
+        logits, cache, positions = prefill(model, inputs_embeds, mask, inputs_embeds.shape[1] + most_new)
     next_pos = positions[:, -1:] + 1
     while True:
         if step_logits is not None:

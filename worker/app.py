@@ -38,9 +38,11 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from core import logcontext
 from core.settings import Settings
-from jobs.queue import QUEUE_GPU, make_celery
-from worker import broker_fixes, runtime, tasks
+from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, gpu_queues, make_celery
+from worker import broker_fixes, probe, runtime, tasks
+from worker import metrics as wmetrics
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def create_app(settings: Settings) -> Celery:
 
 
 def app_from_env() -> Celery:
-    """For ``celery -A worker.app:app_from_env`` style tooling (inspect, purge)."""
+    """A worker app from the environment, for Celery's own tools (``worker.cli_app``)."""
     from core.settings import load_settings
 
     return create_app(load_settings())
@@ -111,7 +113,12 @@ class LoadModel(bootsteps.StartStopStep):
             print(model_load_failure(rt.settings.model, exc), file=sys.__stderr__, flush=True)
             raise SystemExit(EXIT_MODEL_UNUSABLE) from None
         # Registered only once it can run jobs: /readyz counts live heartbeats as gpu capacity.
-        rt.start_heartbeat()
+        worker_id = rt.start_heartbeat()
+        # Log lines name the worker as GET /v1/workers does; /metrics exports the engine's stats.
+        logcontext.set_process_fields(worker=worker_id)
+        wmetrics.INFO.labels(worker_id, ",".join(getattr(parent.app, "captionq_queues", [])),
+                             rt.engine_info.name).set(1)
+        wmetrics.watch_engine(rt.engine_stats, lambda: rt.heartbeat.last if rt.heartbeat else None)
         # slots and KV budget as the engine counts them (what GET /v1/workers reports)
         info, cap, stats = rt.engine_info, rt.capacity(), rt.engine_stats()
         log.info(
@@ -158,35 +165,92 @@ def default_concurrency(settings: Settings, queues: list[str]) -> int:
     return DEFAULT_IO_CONCURRENCY
 
 
+def consumed_queues(settings: Settings, queues: list[str]) -> list[str]:
+    """The broker queues behind ``queues``: ``gpu`` stands for the queue(s) of the model this
+    worker serves (``settings.worker_model``, see :func:`jobs.queue.gpu_queues`)."""
+    out: list[str] = []
+    for q in queues:
+        out += gpu_queues(settings, settings.model_spec().name) if q == QUEUE_GPU else [q]
+    return list(dict.fromkeys(out))
+
+
+class CeleryTaskFields(logging.Filter):
+    """Celery's own lines about a caption task ("Task captionq.caption_job[job_…] received",
+    "… succeeded in 1.2s") are logged outside the task's code (the consumer thread, the pool
+    after the task returned): bind the job id they are about, from the context Celery passes
+    along (``extra={"data": {"id", "name", …}}``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and data.get("name") == TASK_CAPTION and not hasattr(record, "job_id"):
+            record.job_id = str(data.get("id"))
+        return True
+
+
+def sends_task_events(settings: Settings, queues: list[str]) -> bool:
+    """Whether this worker sends Celery task events (for Flower): see ``Settings.task_events``.
+    Never on the local broker (its filesystem transport has no fanout exchange)."""
+    if settings.uses_local_broker or settings.task_events == "off":
+        return False
+    return settings.task_events == "all" or QUEUE_IO in queues
+
+
 def run_worker(settings: Settings, queues: list[str], concurrency: int | None, beat: bool,
-               loglevel: str | None) -> None:
-    """Run a Celery worker on ``queues`` until it is shut down (SIGTERM/SIGINT: warm shutdown)."""
-    from core.logging import setup_logging
+               loglevel: str | None, model: str | None = None) -> None:
+    """Run a Celery worker on ``queues`` until it is shut down (SIGTERM/SIGINT: warm shutdown).
+    With the gpu queue it serves registry model ``model`` (default ``settings.worker_model``,
+    else the default model): its checkpoint and limits, and only its queue."""
+    from celery import signals
+
+    from core import tracing
+    from core.logging import add_filter, setup_logging
 
     if loglevel:
         settings = settings.model_copy(update={"log_level": loglevel.upper()})
+    serves_gpu = QUEUE_GPU in queues
+    if serves_gpu:
+        settings = settings.for_model(model)
     setup_logging(settings)
+    add_filter(CeleryTaskFields())
+    tracing.setup("captionq-worker")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    serves_gpu = QUEUE_GPU in queues
     app.captionq_serves_gpu = serves_gpu  # type: ignore[attr-defined]
     app.captionq_beat = beat  # type: ignore[attr-defined]
+    app.conf.worker_send_task_events = sends_task_events(settings, queues)
     app.steps["worker"].add(LoadModel)
     app.steps["worker"].add(ThreadedBeat)
-    runtime.configure(settings, celery_app=app)
+    rt = runtime.configure(settings, celery_app=app)
     threads = concurrency or default_concurrency(settings, queues)
-    log.info("captionq worker: queues %s, %d task threads%s%s", ",".join(queues), threads,
-             f", model {settings.model} on {settings.device}" if serves_gpu else "",
-             ", with the scheduler" if beat else "")
+    queues = consumed_queues(settings, queues)
+    app.captionq_queues = queues  # type: ignore[attr-defined]
+    hostname = f"captionq-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+    logcontext.set_process_fields(worker=hostname)
+    if not serves_gpu:
+        wmetrics.INFO.labels(hostname, ",".join(queues), "").set(1)
+    health = probe.HealthState(queues, details=lambda: {
+        "worker": logcontext.bound().get("worker"),
+        **({"model_loaded": rt.model_loaded} if serves_gpu else {})})
+    signals.worker_ready.connect(lambda **_: setattr(health, "phase", "ok"), weak=False)
+    signals.worker_shutting_down.connect(lambda **_: setattr(health, "phase", "stopping"), weak=False)
+    servers = probe.start(metrics_port=settings.worker_metrics_port, health_port=settings.worker_health_port,
+                          host=settings.worker_probe_host, registry=wmetrics.REGISTRY, health=health)
+    log.info("captionq worker: queues %s, %d task threads%s%s%s", ",".join(queues), threads,
+             f", model {settings.worker_model} ({settings.model}) on {settings.device}" if serves_gpu else "",
+             ", with the scheduler" if beat else "",
+             ", sending task events" if app.conf.worker_send_task_events else "")
     worker = app.Worker(
-        hostname=f"captionq-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}",
+        hostname=hostname,
         queues=queues, pool_cls="threads", concurrency=threads, loglevel=settings.log_level.upper(),
         without_mingle=True, without_gossip=True, optimization="fair",
     )
     try:
         worker.start()
     finally:
+        health.phase = "stopping"
         runtime.shutdown()
+        for server in servers:
+            server.close()
     code = getattr(worker, "exitcode", 0) or 0
     if code:
         raise SystemExit(code)

@@ -126,6 +126,13 @@ class EngineProcess:
             self._requests.put(("submit", rid, payload, request.on_token is not None))
         return future
 
+    def release_vision(self, key: str) -> None:
+        """Drop the image features cached for ``key`` in the engine process (see
+        models.batcher.Batcher.release_vision)."""
+        with self._lock:
+            if not self._closing and not self._gone.is_set():
+                self._requests.put(("release", key))
+
     def close(self, *, cancel_pending: bool = True, timeout: float | None = None) -> None:
         """Stop the engine process after what it runs (pending requests fail with
         ``cancel_pending``); a process that does not stop in time is killed."""

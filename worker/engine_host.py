@@ -10,7 +10,7 @@ engine process"). :mod:`worker.engine_client` starts this process and talks to i
 Messages (tuples on two ``torch.multiprocessing`` queues; tensors cross in shared memory):
 
 - parent -> child: ``("submit", id, request, wants_tokens)`` (the request without its callbacks),
-  ``("cancel", id)``, ``("close", cancel_pending, timeout)``;
+  ``("cancel", id)``, ``("release", vision_key)``, ``("close", cancel_pending, timeout)``;
 - child -> parent: ``("ready", EngineInfo, stats)`` or ``("load_failed", error)`` once, then
   ``("token", id, delta)``, ``("done", id, ChatResult, stats)``, ``("error", id, error, stats)``
   and ``("stats", stats)`` (when the counters changed, at most once a second).
@@ -58,6 +58,7 @@ def load_engine(settings: Settings) -> Engine:
         s.model, device=s.device, dtype=s.dtype, attn_implementation=s.attn_implementation,
         quantization=s.quantization, cache_dir=s.data_dir / "converted",
         vision_chunk_tiles=s.vision_chunk_tiles, name=s.model_name,
+        vision_cache_tiles=s.vision_cache_tiles, prefix_cache_tokens=s.prefix_cache_tokens,
         allow_download=True,  # a hub id not cached is fetched (refused when offline)
         # the operator's cap on prompt + new tokens; None: only the model's own limit
         max_context_tokens=s.max_context_tokens,
@@ -191,6 +192,8 @@ def _serve_messages(host: _Host, requests: Any) -> None:
             host.submit(rid, request, wants_tokens)
         elif kind == "cancel":
             host.cancel(message[1])
+        elif kind == "release":
+            host.batcher.release_vision(message[1])
         elif kind == "close":
             _, cancel_pending, timeout = message
             host.batcher.close(cancel_pending=cancel_pending, timeout=timeout)

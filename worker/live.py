@@ -16,6 +16,10 @@ which would otherwise just block on the future, does the I/O in :meth:`JobWatch.
   cancel (or a job that stopped being ``running`` under us) raises the flag that
   ``should_cancel`` returns, and the engine drops the row at its next step.
 - the soft time limit: past the deadline the flag is raised as well, with reason ``timeout``.
+
+A job with several tasks (jobs.tasks) has one text stream per task (:meth:`JobWatch.sink`): its
+token events carry the task's name, and ``partial_text`` follows the first task that streams
+(grounding tasks do not).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Literal, TypeVar
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from jobs.live import LivePublisher
 from jobs.service import JobService
@@ -51,6 +57,15 @@ class Stopped(Exception):
         self.reason: StopReason = reason
 
 
+@dataclass
+class _Stream:
+    """One conversation's text: the current round's text so far and how much went out."""
+
+    round: int = 0
+    text: str = ""  # this round's text so far (engine thread appends)
+    published: int = 0  # length of text already sent as token events
+
+
 class JobWatch:
     """One job's live state; shared by its task thread and (through the callbacks) the engine."""
 
@@ -66,9 +81,9 @@ class JobWatch:
         self.reason: StopReason | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._round = 0
-        self._text = ""  # this round's text so far (engine thread appends)
-        self._published = 0  # length of _text already sent as token events
+        # None: the job's one conversation; else a task's name (jobs.tasks)
+        self._streams: dict[str | None, _Stream] = {None: _Stream()}
+        self._partial_stream: str | None = None  # the stream partial_text follows
         self._stored = ""  # partial_text last written to the database
         self._next_partial = 0.0
         # The claim just saw the job running without a cancel (a cancel of a queued job cancels
@@ -90,7 +105,22 @@ class JobWatch:
     # --- engine-thread callbacks (memory only) ------------------------------------------------
     def on_token(self, delta: str) -> None:
         with self._lock:
-            self._text += delta
+            self._streams[None].text += delta
+
+    def sink(self, task: str) -> Callable[[str], None]:
+        """The ``on_token`` of task ``task``'s requests: its own stream (the first task made
+        also feeds ``partial_text``)."""
+        with self._lock:
+            if task not in self._streams:
+                self._streams[task] = _Stream()
+                if self._partial_stream is None:
+                    self._partial_stream = task
+
+        def on_token(delta: str) -> None:
+            with self._lock:
+                self._streams[task].text += delta
+
+        return on_token
 
     def should_cancel(self) -> bool:
         if not self._stop.is_set() and self.clock() >= self.deadline:
@@ -107,10 +137,10 @@ class JobWatch:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def new_round(self, index: int) -> None:
+    def new_round(self, index: int, task: str | None = None) -> None:
         self.flush(store=False)
         with self._lock:
-            self._round, self._text, self._published = index, "", 0
+            self._streams[task] = _Stream(round=index)
 
     def check(self) -> None:
         """Between pieces of work on the task thread: poll cancel (throttled) and the deadline;
@@ -138,6 +168,18 @@ class JobWatch:
     def wait_all(self, futures: list[Future[T]]) -> list[T]:
         return [self.wait(f) for f in futures]
 
+    def wait_any(self, futures: list[Future[Any]]) -> set[Future[Any]]:
+        """Block until at least one of ``futures`` completes (the live I/O meanwhile); the
+        completed ones. Other streams go on, so ``partial_text`` is stored as usual."""
+        tick = TICK if self.live is not None else QUIET_TICK
+        while True:
+            done, _ = wait_futures(futures, timeout=tick, return_when=FIRST_COMPLETED)
+            self.flush()
+            if done:
+                return done
+            self._poll(self.clock())
+            self.should_cancel()
+
     def _poll(self, now: float) -> None:
         if now < self._next_cancel or self._stop.is_set():
             return
@@ -152,10 +194,20 @@ class JobWatch:
         """Publish new text as token events; store ``partial_text`` when it changed and the
         last write is ``PARTIAL_INTERVAL`` old (and ``store``)."""
         with self._lock:
-            text, round_index, sent = self._text, self._round, self._published
-            self._published = len(text)
-        if self.live is not None and len(text) > sent:
-            self.live.tokens(self.job_id, round_index, sent, text[sent:], text)
+            news = [(task, st.round, st.published, st.text) for task, st in self._streams.items()
+                    if len(st.text) > st.published]
+            for task, _, _, text in news:
+                self._streams[task].published = len(text)
+            text = self._streams[self._partial_stream].text if self._partial_stream in self._streams else ""
+            snapshot = {task: {"round": st.round, "text": st.text} for task, st in self._streams.items()
+                        if task is not None}
+        if self.live is not None:
+            for task, round_index, sent, new_text in news:
+                if task is None:
+                    self.live.tokens(self.job_id, round_index, sent, new_text[sent:], new_text)
+                else:
+                    self.live.tokens(self.job_id, round_index, sent, new_text[sent:], new_text, task=task,
+                                     tasks_text=snapshot)
         now = self.clock()
         if store and text != self._stored and now >= self._next_partial:
             self._next_partial = now + PARTIAL_INTERVAL

@@ -14,7 +14,10 @@
    which joins it with other jobs' requests; the token budget is checked on submit
    (``context_too_long`` before any model work). Rounds run in order, each round's answer in
    the next round's history, exactly like repeated ``chat(..., history=history)`` calls.
-   Grounding runs one independent request per phrase (all submitted at once).
+   Grounding runs one independent request per phrase (all submitted at once). A job with
+   several tasks runs them side by side (:mod:`worker.tasks_run`). All requests of a job that
+   makes more than one carry its ``vision_key``: the ViT runs once for them (models.vision_cache),
+   and the key is released when the job's answers are in.
 4. **record** — ``succeed`` / ``fail`` / ``mark_canceled`` with this delivery's ``attempt``: a
    conditional UPDATE, so a redelivered message or a superseded attempt never writes twice.
    A database outage is waited out in place (:func:`record_outcome`), then the job is handed
@@ -33,6 +36,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from opentelemetry.trace import SpanKind
+
+from core import logcontext, tracing
+from core.db import utcnow
 from core.errors import CaptionqError, InternalError, TransientError
 from jobs import formats
 from jobs.render import job_to_dict
@@ -40,10 +47,20 @@ from jobs.service import ClaimedJob
 from jobs.tables import Job
 from models.engine import ChatRequest, ChatResult, GenerationParams
 from models.grounding import grounding_prompt, parse_grounding
+from worker import metrics as wmetrics
 from worker.live import JobWatch, Stopped, StopReason
 from worker.prepare import PreparedInput, PreparedItem, layout, prepare_items
-from worker.record import JobOutcome, RoundResult, job_error, metrics_json, output_json, retry_countdown
+from worker.record import (
+    JobOutcome,
+    RoundResult,
+    TasksOutcome,
+    job_error,
+    metrics_json,
+    output_json,
+    retry_countdown,
+)
 from worker.runtime import Runtime
+from worker.tasks_run import run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +90,24 @@ def generation_params(gen: dict[str, Any]) -> GenerationParams:
 
 def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retries: int = 0) -> str:
     """Run one delivery of ``captionq.caption_job``. Returns what happened (``skipped``,
-    ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`."""
+    ``succeeded``, ``failed``, ``canceled``, ``stopped``) or raises :class:`RetryLater`.
+
+    Observed on the way: its log lines carry the job's ids (:mod:`core.logcontext`), its stages
+    are spans of the job's trace (:mod:`core.tracing`) and the worker's metrics count it
+    (:mod:`worker.metrics`)."""
+    with logcontext.bind(job_id=job_id):
+        try:
+            outcome = _observed_run(rt, job_id, redelivered, retries)
+        except RetryLater:
+            wmetrics.job_finished("retry")
+            raise
+        wmetrics.job_finished(outcome)
+        return outcome
+
+
+def _observed_run(rt: Runtime, job_id: str, redelivered: bool, retries: int) -> str:
     try:
-        claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id)
+        claimed = rt.jobs.start(job_id, redelivered=redelivered, worker_id=rt.worker_id, served=rt.served)
     except Exception as exc:  # cannot even claim (database down): nothing changed, try later
         err = job_error(exc)
         if err.retryable:
@@ -84,6 +116,25 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     if claimed is None:
         log.info("job %s: nothing to run (not queued, or taken over)", job_id)
         return "skipped"
+    wmetrics.JOBS_STARTED.inc()
+    parent = tracing.extract(claimed.trace_context)
+    claimed_at = claimed.started_at or utcnow()
+    if claimed.attempt == 1:  # later attempts waited for a retry, not only for the broker
+        wmetrics.QUEUE_WAIT.observe(max(0.0, (claimed_at - claimed.created_at).total_seconds()))
+        tracing.past_span("broker wait", claimed.created_at, claimed_at, parent, captionq__job_id=job_id)
+    with logcontext.bind(batch_id=claimed.batch_id, tenant_id=claimed.tenant_id), \
+            tracing.attached(parent), \
+            tracing.span("captionq.job", kind=SpanKind.CONSUMER, captionq__job_id=job_id,
+                         captionq__attempt=claimed.attempt, captionq__batch_id=claimed.batch_id):
+        started = time.monotonic()
+        try:
+            return _claimed_run(rt, claimed, redelivered, retries)
+        finally:
+            wmetrics.JOB.observe(time.monotonic() - started)
+
+
+def _claimed_run(rt: Runtime, claimed: ClaimedJob, redelivered: bool, retries: int) -> str:
+    job_id = claimed.job_id
     if rt.live is not None:
         rt.live.status(job_id, "running")
     watch = JobWatch(job_id, rt.jobs, rt.live, deadline=time.monotonic() + rt.settings.job_soft_time_limit,
@@ -97,10 +148,14 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
         return _failed(rt, claimed, exc, retries)
     finally:
         watch.close()
-    metrics = metrics_json(outcome, tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
+    metrics = metrics_json(outcome, images=sum(1 for i in items if i.kind == "image"),
+                           tiles=sum(i.tiles for i in items), frames=sum(i.frames for i in items),
                            model=rt.engine_info.name, prepare_seconds=prepare_seconds)
-    job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
-                                                                  claim=claimed))
+    wmetrics.PREPARE.observe(prepare_seconds)
+    wmetrics.ENGINE.observe(outcome.engine_seconds)
+    with tracing.span("record", captionq__outcome="succeeded"):
+        job = record_outcome(rt, claimed, lambda: rt.jobs.succeed_job(job_id, output_json(outcome), metrics,
+                                                                      claim=claimed))
     if job is None:
         return _not_recorded(rt, claimed, "result")
     log.info("job %s succeeded in %.2f s (attempt %d, %d tiles, %d+%d tokens)", job_id,
@@ -110,26 +165,43 @@ def run_caption_job(rt: Runtime, job_id: str, *, redelivered: bool = False, retr
     return "succeeded"
 
 
-def _run(rt: Runtime, claimed: ClaimedJob, watch: JobWatch) -> tuple[JobOutcome, list[PreparedItem], float]:
+def _run(rt: Runtime, claimed: ClaimedJob,
+         watch: JobWatch) -> tuple[JobOutcome | TasksOutcome, list[PreparedItem], float]:
     req = claimed.request
     watch.check()  # a takeover looks for a cancel requested during the earlier attempt
     t0 = time.monotonic()
-    items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
+    with tracing.span("prepare", captionq__media=len(req.get("media") or [])):
+        items = prepare_items(req.get("media") or [], rt.storage, check=watch.check)
     prepare_seconds = time.monotonic() - t0
     watch.check()
-    params = generation_params(req.get("generation") or {})
-    system = (req.get("generation") or {}).get("system_prompt")
+    outcome = answer_job(rt.batcher, req, items, watch, f"{claimed.job_id}:{claimed.attempt}")
+    return outcome, items, prepare_seconds
+
+
+def answer_job(batcher: Any, req: dict[str, Any], items: list[PreparedItem], watch: JobWatch,
+               job_key: str) -> JobOutcome | TasksOutcome:
+    """Every answer of a job whose media is prepared (``items``), from ``batcher``. A job that
+    makes more than one request (rounds, phrases, tasks) gives them the vision key ``job_key``
+    (its features are kept for all of them) and releases it at the end."""
     prompt_list = list(req.get("prompts") or [])
-    mode = req.get("image_mode") or "separate"
-    if req.get("task") == "grounding":
-        outcome = _grounding(rt, items, prompt_list, mode, params, watch, system)
-    else:
+    many = bool(req.get("tasks")) or len(prompt_list) > 1
+    key = job_key if items and many else None
+    try:
+        if req.get("tasks"):
+            return run_tasks(req, items, watch, batcher.submit, job_key, _tensor)
+        params = generation_params(req.get("generation") or {})
+        system = (req.get("generation") or {}).get("system_prompt")
+        mode = req.get("image_mode") or "separate"
+        if req.get("task") == "grounding":
+            return _grounding(batcher, items, prompt_list, mode, params, watch, system, key)
         history = [(str(q), str(a)) for q, a in req["history"]] if req.get("history") else None
         prep = layout(items, prompt_list[0], mode)
         if history is not None:  # the placeholders are written out in the history / question
             prep = PreparedInput(prompt_list[0], prep.pixel_values, prep.num_patches_list, prep.items)
-        outcome = _chat(rt, prep, prompt_list, params, watch, system, history)
-    return outcome, items, prepare_seconds
+        return _chat(batcher, prep, prompt_list, params, watch, system, history, key)
+    finally:
+        if key is not None:
+            batcher.release_vision(key)
 
 
 def _tensor(prep: PreparedInput) -> Any:
@@ -140,35 +212,51 @@ def _tensor(prep: PreparedInput) -> Any:
     return torch.from_numpy(prep.pixel_values)
 
 
-def _round_result(prompt: str, res: ChatResult) -> RoundResult:
+def round_result(prompt: str, res: ChatResult) -> RoundResult:
     return RoundResult(prompt, res.text, res.finish_reason, res.prompt_tokens, res.output_tokens,
-                       has_json=res.has_json, json=res.json, logprobs=res.logprobs)
+                       has_json=res.has_json, json=res.json, logprobs=res.logprobs,
+                       vision_tiles=res.vision_tiles)
 
 
-def _chat(rt: Runtime, prep: PreparedInput, prompt_list: list[str], params: GenerationParams,
+def chat_request(prep: PreparedInput, index: int, prompt: str, pixel_values: Any, params: GenerationParams,
+                 system: str | None, history: list[tuple[str, str]] | None,
+                 should_cancel: Callable[[], bool], vision_key: str | None, *,
+                 on_token: Callable[[str], None] | None = None) -> ChatRequest:
+    """Round ``index`` of a conversation: the laid-out question first, then the bare prompt with
+    the history so far, exactly like repeated ``chat(..., history=history)`` calls."""
+    return ChatRequest(
+        question=prep.question if index == 0 else prompt, history=history,
+        pixel_values=pixel_values, num_patches_list=prep.num_patches_list, params=params,
+        on_token=on_token, should_cancel=should_cancel, system_message=system, vision_key=vision_key,
+    )
+
+
+def _chat(batcher: Any, prep: PreparedInput, prompt_list: list[str], params: GenerationParams,
           watch: JobWatch, system: str | None = None,
-          history: list[tuple[str, str]] | None = None) -> JobOutcome:
+          history: list[tuple[str, str]] | None = None, key: str | None = None) -> JobOutcome:
     pixel_values = _tensor(prep)
     outcome = JobOutcome()
     for index, prompt in enumerate(prompt_list):
         watch.new_round(index)
-        request = ChatRequest(
-            question=prep.question if index == 0 else prompt, history=history,
-            pixel_values=pixel_values, num_patches_list=prep.num_patches_list, params=params,
-            on_token=watch.on_token, should_cancel=watch.should_cancel, system_message=system,
-        )
+        request = chat_request(prep, index, prompt, pixel_values, params, system, history,
+                               watch.should_cancel, key, on_token=watch.on_token)
         t0 = time.monotonic()
-        result = watch.wait(rt.batcher.submit(request))
+        with tracing.span("engine", captionq__round=index) as span:
+            result = watch.wait(batcher.submit(request))
+            if span is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", result.prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
         outcome.engine_seconds += time.monotonic() - t0
         if result.finish_reason == "canceled":
             raise Stopped(watch.reason or "cancel")
-        outcome.rounds.append(_round_result(prompt, result))
+        outcome.rounds.append(round_result(prompt, result))
         history = result.history
     return outcome
 
 
-def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode: str,
-               params: GenerationParams, watch: JobWatch, system: str | None = None) -> JobOutcome:
+def _grounding(batcher: Any, items: list[PreparedItem], phrases: list[str], mode: str,
+               params: GenerationParams, watch: JobWatch, system: str | None = None,
+               key: str | None = None) -> JobOutcome:
     """One independent request per phrase (no history between them), all in the batcher at
     once; boxes are parsed into pixels of each original (upright) image."""
     futures = []
@@ -178,14 +266,13 @@ def _grounding(rt: Runtime, items: list[PreparedItem], phrases: list[str], mode:
         prep = layout(items, grounding_prompt(phrase), mode)
         if pixel_values is None:
             pixel_values = _tensor(prep)
-        futures.append(rt.batcher.submit(ChatRequest(
-            question=prep.question, pixel_values=pixel_values, num_patches_list=prep.num_patches_list,
-            params=params, should_cancel=watch.should_cancel, system_message=system,
-        )))
-    results = watch.wait_all(futures)
+        futures.append(batcher.submit(chat_request(prep, 0, phrase, pixel_values, params, system, None,
+                                                      watch.should_cancel, key)))
+    with tracing.span("engine", captionq__phrases=len(phrases)):
+        results = watch.wait_all(futures)
     if any(r.finish_reason == "canceled" for r in results):
         raise Stopped(watch.reason or "cancel")
-    return JobOutcome(rounds=[_round_result(p, r) for p, r in zip(phrases, results, strict=True)],
+    return JobOutcome(rounds=[round_result(p, r) for p, r in zip(phrases, results, strict=True)],
                       boxes=collect_boxes(phrases, [r.text for r in results], items),
                       engine_seconds=time.monotonic() - t0)
 
@@ -240,8 +327,9 @@ def _failed(rt: Runtime, claimed: ClaimedJob, exc: BaseException, retries: int) 
 
 
 def _record_failure(rt: Runtime, claimed: ClaimedJob, code: str, message: str, *, retryable: bool) -> str:
-    status = record_outcome(rt, claimed, lambda: rt.jobs.fail(claimed.job_id, code, message, retryable,
-                                                              attempt=claimed.attempt))
+    with tracing.span("record", captionq__outcome="failed", captionq__error_code=code):
+        status = record_outcome(rt, claimed, lambda: rt.jobs.fail(claimed.job_id, code, message, retryable,
+                                                                  attempt=claimed.attempt))
     if status is None:
         return _not_recorded(rt, claimed, f"failure {code}")
     log.info("job %s %s: %s: %s", claimed.job_id, status, code, message)

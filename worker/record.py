@@ -26,6 +26,7 @@ class RoundResult:
     has_json: bool = False
     json: Any = None
     logprobs: list[dict[str, Any]] | None = None
+    vision_tiles: int = 0  # tiles the ViT encoded for this round (0: features reused)
 
 
 @dataclass
@@ -41,7 +42,20 @@ class JobOutcome:
         return self.rounds[-1].text if self.rounds else ""
 
 
-def output_json(outcome: JobOutcome) -> dict[str, Any]:
+@dataclass
+class TasksOutcome:
+    """A job with several tasks (jobs.tasks): each task's outcome, in the request's order.
+    ``engine_seconds``: wall time from the first request to the last result (tasks overlap)."""
+
+    tasks: dict[str, JobOutcome]
+    engine_seconds: float = 0.0
+
+
+def output_json(outcome: JobOutcome | TasksOutcome) -> dict[str, Any]:
+    """The job's output; of a job with tasks ``{"tasks": {name: output}}``, each task's output
+    what a job with its fields alone would record."""
+    if isinstance(outcome, TasksOutcome):
+        return {"tasks": {name: output_json(o) for name, o in outcome.tasks.items()}}
     out: dict[str, Any] = {
         "text": outcome.text,
         "rounds": [_round_json(r) for r in outcome.rounds],
@@ -65,22 +79,41 @@ def _round_json(r: RoundResult) -> dict[str, Any]:
     return out
 
 
-def metrics_json(outcome: JobOutcome, *, tiles: int, frames: int, model: str,
-                 prepare_seconds: float | None = None) -> dict[str, Any]:
+def metrics_json(outcome: JobOutcome | TasksOutcome, *, tiles: int, frames: int, model: str,
+                 prepare_seconds: float | None = None, images: int | None = None) -> dict[str, Any]:
     """Per-job metrics (``queued_seconds`` / ``run_seconds`` are added by ``JobService``).
-    Tokens are summed over rounds: each round re-reads the conversation so far."""
+    Tokens are summed over rounds: each round re-reads the conversation so far. A job with
+    tasks sums them over its tasks too and adds ``tasks: {name: {input_tokens, output_tokens,
+    finish_reason}}``; its ``finish_reason`` is the first task's that did not stop, else
+    ``stop``. ``vision_tiles``: tiles the ViT encoded for the job (its media once, however many
+    answers, unless the features were evicted in between). Usage (jobs/usage.py) adds up
+    ``images``, ``frames``, ``tiles``, the tokens and ``engine_seconds``."""
+    rounds = [r for o in outcome.tasks.values() for r in o.rounds] if isinstance(outcome, TasksOutcome) \
+        else outcome.rounds
     m: dict[str, Any] = {
+        **({"images": images} if images is not None else {}),
         "tiles": tiles,
         "frames": frames,
-        "input_tokens": sum(r.input_tokens for r in outcome.rounds),
-        "output_tokens": sum(r.output_tokens for r in outcome.rounds),
+        "input_tokens": sum(r.input_tokens for r in rounds),
+        "output_tokens": sum(r.output_tokens for r in rounds),
         "model": model,
-        "finish_reason": outcome.rounds[-1].finish_reason if outcome.rounds else None,
+        "finish_reason": rounds[-1].finish_reason if rounds else None,
+        "vision_tiles": sum(r.vision_tiles for r in rounds),
     }
+    if isinstance(outcome, TasksOutcome):
+        m["tasks"] = {name: _task_metrics(o) for name, o in outcome.tasks.items()}
+        m["finish_reason"] = next((t["finish_reason"] for t in m["tasks"].values()
+                                   if t["finish_reason"] != "stop"), "stop")
     if prepare_seconds is not None:
         m["prepare_seconds"] = round(prepare_seconds, 3)
     m["engine_seconds"] = round(outcome.engine_seconds, 4)
     return m
+
+
+def _task_metrics(o: JobOutcome) -> dict[str, Any]:
+    return {"input_tokens": sum(r.input_tokens for r in o.rounds),
+            "output_tokens": sum(r.output_tokens for r in o.rounds),
+            "finish_reason": o.rounds[-1].finish_reason if o.rounds else None}
 
 
 def job_error(exc: BaseException) -> CaptionqError:

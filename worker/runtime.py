@@ -35,6 +35,7 @@ from jobs.live import LivePublisher
 from jobs.outbox_cleaner import OutboxCleaner
 from jobs.queue import Publisher
 from jobs.service import JobService
+from jobs.transitions import ServedModel
 from storage.config import StorageConfig
 from worker.cancels import CancelListener
 
@@ -115,6 +116,8 @@ class Runtime:
         # claims carry the id (jobs.heartbeats).
         self.worker_id: str | None = None
         self.heartbeat: Heartbeat | None = None
+        # The checkpoint's revision (models.checkpoint.revision), known once the model loaded.
+        self.revision: str | None = None
 
     # --- the model ------------------------------------------------------------------------
     def load_model(self) -> AnyEngine:
@@ -147,6 +150,7 @@ class Runtime:
                 tile_resize.available()
                 if self.settings.events_redis_url:
                     self.cancels = CancelListener(self.settings.events_redis_url)
+                self.revision = model_revision(s.model)
                 self._batcher = batcher
                 self._engine = engine
             return self._engine
@@ -169,9 +173,11 @@ class Runtime:
                 from jobs.heartbeats import Heartbeat, new_worker_id
 
                 self.worker_id = new_worker_id()
-                model = self._engine.info.name if self._engine is not None else None
+                served = self.served
                 self.heartbeat = Heartbeat(self.db, self.worker_id, self.settings.heartbeat_seconds,
-                                           model=model, stats_source=self.engine_stats)
+                                           model=served.name, stats_source=self.engine_stats,
+                                           about={"model_revision": self.revision,
+                                                  "checkpoint": self.settings.model})
             assert self.worker_id is not None
             return self.worker_id
 
@@ -190,6 +196,13 @@ class Runtime:
         s = self.settings  # no engine yet: its configured capacity, nothing counted
         return dataclasses.asdict(BatcherStats(slots=s.batch_max_requests if s.batching else 1,
                                                kv_budget_tokens=s.batch_max_tokens))
+
+    @property
+    def served(self) -> ServedModel:
+        """The model this worker runs, as its claims check and record it (jobs.transitions)."""
+        s = self.settings
+        name = s.model_spec().name
+        return ServedModel(name, takes_unnamed=name == s.registry.default, revision=self.revision)
 
     @property
     def engine(self) -> AnyEngine:
@@ -252,7 +265,7 @@ def configure(settings: Settings, *, celery_app: Celery | None = None) -> Runtim
 
 def current() -> Runtime:
     """The runtime of this process; a worker not started through :func:`worker.app.run_worker`
-    (``celery -A worker.app:app_from_env``) builds it from the environment on first use."""
+    (``celery -A worker.cli_app``) builds it from the environment on first use."""
     if _current is not None:
         return _current
     from core.settings import load_settings
@@ -266,3 +279,17 @@ def shutdown() -> None:
         rt, _current = _current, None
     if rt is not None:
         rt.close()
+
+
+def model_revision(model: str) -> str | None:
+    """The loaded checkpoint's revision (None when its folder cannot be read here: the job then
+    records no revision rather than a wrong one)."""
+    from models.checkpoint.revision import checkpoint_revision
+    from models.checkpoint.source import resolve_folder
+
+    try:
+        folder, _name = resolve_folder(model)
+        return checkpoint_revision(folder)
+    except Exception as exc:
+        log.warning("cannot compute the revision of %s: %s: %s", model, type(exc).__name__, exc)
+        return None

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from core import logcontext
 from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, TASK_EXPORT, TASK_FINALIZE, TASK_SWEEP
 from worker import finalize, pipeline, runtime
 from worker.record import job_error, retry_countdown
@@ -46,7 +47,8 @@ def register(app: Celery) -> dict[str, Task]:
     def finalize_batch(self: Task, batch_id: str) -> str:
         rt = runtime.current()
         try:
-            return finalize.finalize_batch(rt, batch_id)
+            with logcontext.bind(batch_id=batch_id):
+                return finalize.finalize_batch(rt, batch_id)
         except Exception as exc:
             err = job_error(exc)
             if not err.retryable:

@@ -19,10 +19,10 @@ from fastapi.responses import JSONResponse
 
 from api import waiting
 from api.body import read_json
-from api.context import AppContext, get_ctx, tenant
+from api.context import AnyPrincipal, AppContext, admission, get_ctx, tenant
 from api.openai import files
 from api.openai.errors import OpenAIError, OpenAIRoute
-from api.openai.jobs import served_models
+from api.openai.jobs import served_models, with_model
 from api.openai.mapping import map_request
 from jobs import batches, lists
 from jobs.batches import BatchPlan
@@ -88,11 +88,12 @@ def _jobs(ctx: AppContext, lines: Iterator[bytes]) -> Iterator[tuple[int, Any]]:
         if mapped.stream or mapped.model not in models:
             raise OpenAIError(f"line {number}: model {mapped.model!r} is not served here (or stream is set)",
                               param="input_file_id", code="model_not_found")
-        yield number, {**mapped.job, "custom_id": line["custom_id"]}
+        yield number, {**with_model(ctx, mapped.job, mapped.model), "custom_id": line["custom_id"]}
 
 
 @router.post("/batches")
-async def create_batch(request: Request, tenant_id: Tenant, background: BackgroundTasks) -> JSONResponse:
+async def create_batch(request: Request, tenant_id: Tenant, who: AnyPrincipal,
+                       background: BackgroundTasks) -> JSONResponse:
     ctx = get_ctx(request)
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("input_file_id"), str):
@@ -106,12 +107,15 @@ async def create_batch(request: Request, tenant_id: Tenant, background: Backgrou
     if body.get("metadata"):
         meta["openai_metadata"] = body["metadata"]
 
+    admit = admission(who)
+
     def create() -> tuple[Batch, list[int]]:
+        batches.precheck(ctx.service, tenant_id, admit, 1)
         model = _first_model(ctx, tenant_id, file_id)
         plan = BatchPlan(None, None, None, None, None, {**meta, "openai_model": model}, False)
         spool = batches.validate_lines(_jobs(ctx, files.input_lines(ctx, tenant_id, file_id)), plan,
                                        ctx.checker, ctx.limits, "input_file")
-        return batches.insert_batch(ctx.service, tenant_id, plan, spool)
+        return batches.insert_batch(ctx.service, tenant_id, plan, spool, admission=admit)
 
     batch, to_publish = await to_thread.run_sync(create)
     response = JSONResponse(batch_object(batch))

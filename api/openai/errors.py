@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from api import problems
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, TooManyRequests
 from jobs import storable
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
@@ -78,6 +78,8 @@ def response_for(exc: BaseException) -> JSONResponse:
         if err.errors:
             param = _param(list(err.errors[0].get("loc", [])))
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(err, TooManyRequests):  # Retry-After and the RateLimit fields
+        headers = err.headers
     code = "invalid_api_key" if status == 401 else err.code
     return openai_error(status, message, param=param, code=code, headers=headers)
 

@@ -18,6 +18,7 @@ from api.context import AppContext
 from api.live_hub import Subscription
 from api.routes import events
 from jobs import ids
+from jobs.admission import Admission
 from jobs.render import job_to_dict
 from jobs.requests import normalize_job_request
 from jobs.states import TERMINAL
@@ -29,22 +30,42 @@ CLIENT_ERRORS = {"media_not_found", "unsupported_media", "media_too_large", "med
 
 
 def served_models(ctx: AppContext) -> list[str]:
-    """The served model's id first (``model_name`` or the checkpoint's folder / hub id), then
-    the checkpoint as configured, both accepted as ``model``."""
-    model = ctx.settings.model
-    name = ctx.settings.model_name or (Path(model).name if Path(model).is_absolute() else model)
+    """The ids accepted as ``model``, those to list first. With a model registry
+    (``CAPTIONQ_MODELS``): its names, the default first, then their checkpoints as configured.
+    Without: the one model's id (``model_name`` or the checkpoint's folder / hub id), then its
+    checkpoint."""
+    s = ctx.settings
+    if s.models:
+        registry = s.registry
+        names = [registry.default, *registry.names]
+        return list(dict.fromkeys([*names, *(spec.checkpoint for spec in registry.models.values())]))
+    model = s.model
+    name = s.model_name or (Path(model).name if Path(model).is_absolute() else model)
     return list(dict.fromkeys([name, model]))
 
 
-async def submit(request: Request, ctx: AppContext, tenant_id: str,
-                 job_request: dict[str, Any]) -> tuple[Job, Subscription | None]:
+def listed_models(ctx: AppContext) -> list[str]:
+    """What ``GET /openai/v1/models`` lists: each served model once."""
+    s = ctx.settings
+    return served_models(ctx)[: len(s.registry.names) if s.models else 1]
+
+
+def with_model(ctx: AppContext, job: dict[str, Any], model: str) -> dict[str, Any]:
+    """The job request for a completion that named ``model`` (one of :func:`served_models`):
+    with a registry the job runs on that model; without, on the one model."""
+    return {**job, "model": model} if ctx.settings.models else job
+
+
+async def submit(request: Request, ctx: AppContext, tenant_id: str, job_request: dict[str, Any],
+                 admit: Admission | None = None) -> tuple[Job, Subscription | None]:
     """Validate and submit the job, subscribed to its live events before it can run."""
     new_id = ids.job_id()
     listening = waiting.Listener(request, ctx, new_id)
 
     def create() -> Job:
         req = normalize_job_request(job_request, ctx.checker, ctx.limits)
-        return ctx.service.submit(tenant_id, req, job_id=new_id, before_publish=listening.wait_ready)
+        return ctx.service.submit(tenant_id, req, job_id=new_id, before_publish=listening.wait_ready,
+                                  admission=admit)
 
     try:
         job = await to_thread.run_sync(create)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.body import read_json
-from api.context import AppContext, get_ctx, tenant
+from api.context import AnyPrincipal, AppContext, admission, get_ctx, tenant
 from api.openai import jobs, render
 from api.openai.errors import OpenAIError, OpenAIRoute, openai_error
 from api.openai.mapping import Mapped, map_request
@@ -27,7 +27,7 @@ async def list_models(request: Request, _tenant_id: Tenant) -> dict[str, Any]:
     ctx = get_ctx(request)
     return {"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "captionq"}
-        for name in jobs.served_models(ctx)[:1]
+        for name in jobs.listed_models(ctx)
     ]}
 
 
@@ -41,14 +41,16 @@ async def get_model(request: Request, model: str, _tenant_id: Tenant) -> dict[st
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(request: Request, tenant_id: Tenant) -> JSONResponse | StreamingResponse:
+async def chat_completions(request: Request, tenant_id: Tenant,
+                           who: AnyPrincipal) -> JSONResponse | StreamingResponse:
     ctx = get_ctx(request)
     mapped = map_request(await read_json(request))
     if mapped.model not in jobs.served_models(ctx):
         raise OpenAIError(f"The model {mapped.model!r} does not exist; this server serves "
                           f"{jobs.served_models(ctx)[0]!r}", status=404, param="model",
                           code="model_not_found")
-    job, sub = await jobs.submit(request, ctx, tenant_id, mapped.job)
+    job, sub = await jobs.submit(request, ctx, tenant_id, jobs.with_model(ctx, mapped.job, mapped.model),
+                                 admission(who))
     headers = {"X-Captionq-Job-Id": job.id}
     if mapped.stream:
         return StreamingResponse(_stream(request, ctx, tenant_id, job, sub, mapped),

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api import waiting
 from api.body import read_json
-from api.context import AppContext, get_ctx, tenant
+from api.context import AnyPrincipal, AppContext, admission, get_ctx, tenant
 from api.openapi import body_schema, optional_body
 from api.routes.jobs import run_idempotent
 from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
@@ -78,13 +78,16 @@ def source_items(ctx: AppContext, spec: Any) -> Iterator[tuple[int, Any]]:
 
 @router.post("/batches", status_code=202, summary="Submit a batch of jobs",
              openapi_extra=body_schema("BatchRequest"), responses={202: {"description": "The Batch"}})
-async def submit_batch(request: Request, tenant_id: Tenant, background: BackgroundTasks) -> JSONResponse:
+async def submit_batch(request: Request, tenant_id: Tenant, who: AnyPrincipal,
+                       background: BackgroundTasks) -> JSONResponse:
     ctx = get_ctx(request)
     body = await read_json(request)
     to_publish: list[int] = []
+    admit = admission(who)
 
     def create() -> tuple[str, dict[str, Any]]:
         plan = batches.plan_batch(body, ctx.checker, ctx.settings.max_batch_jobs_inline)
+        batches.precheck(ctx.service, tenant_id, admit, len(plan.jobs) if plan.jobs is not None else 1)
         if plan.jobs is not None:
             lines: Any = enumerate(plan.jobs)
             loc_name = "jobs"
@@ -100,7 +103,7 @@ async def submit_batch(request: Request, tenant_id: Tenant, background: Backgrou
             lines = batch_retry.skip_succeeded(ctx.db, plan.resume_from, lines)
         normalize = SourceNormalizer() if plan.source is not None else normalize_job_request
         spool = batches.validate_lines(lines, plan, ctx.checker, ctx.limits, loc_name, normalize)
-        batch, outbox_ids = batches.insert_batch(ctx.service, tenant_id, plan, spool)
+        batch, outbox_ids = batches.insert_batch(ctx.service, tenant_id, plan, spool, admission=admit)
         to_publish.extend(outbox_ids)
         return batch.id, batch_to_dict(batch)
 

@@ -4,7 +4,8 @@ Events, then the stream closes:
 
 - ``status`` — ``{"id", "status"}``: first the job's status when the stream opens, then each change;
 - ``token`` — ``{"text": delta, "round": r}``: text generated while the job runs (round ``r`` of a
-  multi-round job; a new round starts from empty text);
+  multi-round job; a new round starts from empty text). A job with ``tasks`` adds ``"task": name``:
+  each task is its own stream of rounds, and the tasks' events interleave;
 - ``done`` — the final Job JSON (as ``GET /v1/jobs/{id}``).
 
 Sources: with Redis (``settings.events_redis_url``) the worker's live events (:mod:`jobs.live`),
@@ -15,7 +16,8 @@ database (a ``done`` without it, or a terminal ``status``, is read from the data
 database is polled too, every ``DB_POLL_REDIS`` seconds, so a state change the worker did not
 announce (a cancel of a queued job, the sweeper's expiry) still ends the stream.
 Without Redis (local mode) the database alone, every ``DB_POLL_LOCAL`` seconds: ``status`` and the
-growth of ``partial_text`` (which the worker stores about twice a second).
+growth of ``partial_text`` (which the worker stores about twice a second; of a job with tasks,
+the first chat task's text, tagged with its name).
 
 Tenant-scoped like every route: another tenant's job id answers 404.
 """
@@ -150,13 +152,40 @@ def _changes(job: Any, last_status: str | None) -> list[bytes]:
     return events
 
 
-def _token(delta: str, round_index: int) -> bytes:
-    return sse("token", {"text": delta, "round": round_index})
+def _token(delta: str, round_index: int, task: str | None = None) -> bytes:
+    data: dict[str, Any] = {"text": delta, "round": round_index}
+    if task is not None:
+        data["task"] = task
+    return sse("token", data)
+
+
+def _first_task(job: Any) -> str | None:
+    """The task whose text ``partial_text`` holds (jobs.tasks: the first that streams), None for
+    a job without tasks."""
+    tasks = (job.request or {}).get("tasks") if isinstance(job.request, dict) else None
+    streamed = [t for t in tasks or [] if t.get("task", "chat") != "grounding"]  # grounding does not stream
+    return str(streamed[0]["name"]) if streamed else None
+
+
+def _snapshot_tokens(raw: bytes, trackers: dict[str | None, TextTracker]) -> list[bytes]:
+    """The text so far (live.text_key) as token events: one stream, or one per task."""
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        snap = json.loads(raw)
+        streams = snap["tasks"].items() if "tasks" in snap else [(None, snap)]
+        out = []
+        for task, st in streams:
+            tracker = trackers.setdefault(task, TextTracker())
+            delta = tracker.from_full(str(st["text"]), int(st["round"]))
+            if delta:
+                out.append(_token(delta, tracker.round, task))
+        return out
+    return []
 
 
 async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any) -> AsyncIterator[bytes]:
     status: str | None = None
     text = TextTracker()
+    task = _first_task(job)
     last_sent = time.monotonic()
     while True:
         for change in _changes(job, status):
@@ -167,7 +196,7 @@ async def _db_stream(request: Request, ctx: AppContext, tenant_id: str, job: Any
         if job.status == "running" and job.partial_text:
             delta = text.from_full(job.partial_text)
             if delta:
-                yield _token(delta, text.round)
+                yield _token(delta, text.round, task)
                 last_sent = time.monotonic()
         if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
             yield b": keep-alive\n\n"
@@ -220,13 +249,10 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job: 
         status = job.status
         if job.status in TERMINAL:
             return
-        text = TextTracker()
+        trackers: dict[str | None, TextTracker] = {}  # one per task (None: the job's one stream)
         if raw_text and job.status == "running":
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                snap = json.loads(raw_text)
-                delta = text.from_full(str(snap["text"]), int(snap["round"]))
-                if delta:
-                    yield _token(delta, text.round)
+            for caught_up in _snapshot_tokens(raw_text, trackers):
+                yield caught_up
         next_poll = time.monotonic() + DB_POLL_REDIS
         last_sent = time.monotonic()
         while True:
@@ -239,10 +265,12 @@ async def _redis_stream(request: Request, ctx: AppContext, tenant_id: str, job: 
                 if decoded is not None:
                     event, data = decoded
                     if event == "token":
+                        task = str(data["task"]) if data.get("task") is not None else None
+                        text = trackers.setdefault(task, TextTracker())
                         delta = text.from_delta(int(data.get("round", 0)), int(data.get("offset", 0)),
                                                 str(data.get("text", "")))
                         if delta:
-                            yield _token(delta, text.round)
+                            yield _token(delta, text.round, task)
                             last_sent = time.monotonic()
                     elif event in ("status", "done"):
                         live_changes = _live_changes(job_id, data, status)

@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse
 
 from api import waiting
 from api.body import read_json
-from api.context import AppContext, get_ctx, tenant
+from api.context import AnyPrincipal, AppContext, admission, get_ctx, tenant
 from api.openapi import body_schema
+from core import logcontext
 from jobs import idempotency, ids, lists
 from jobs.render import job_to_dict
 from jobs.requests import normalize_job_request
@@ -59,7 +60,7 @@ async def create_once(
 
 @router.post("/jobs", status_code=202, summary="Submit a job",
              openapi_extra=body_schema("JobRequest"), responses={202: {"description": "The Job"}})
-async def submit_job(request: Request, tenant_id: Tenant) -> JSONResponse:
+async def submit_job(request: Request, tenant_id: Tenant, who: AnyPrincipal) -> JSONResponse:
     """``Prefer: wait=N`` (RFC 7240, an extension of API.md): answer when the job has ended or
     after N seconds (at most 60), whichever comes first; the status code is 202 either way and
     ``Preference-Applied`` says the wait was honoured."""
@@ -67,13 +68,14 @@ async def submit_job(request: Request, tenant_id: Tenant) -> JSONResponse:
     body = await read_json(request)
     wait = waiting.prefer_wait(request.headers.get("prefer"))
     new_id = ids.job_id()
+    logcontext.set_fields(job_id=new_id)
     # With a wait, listen to the job's events before its message reaches the broker (no ``done``
     # can be missed), subscribing while the job is validated and inserted.
     listening = waiting.Listener(request, ctx, new_id) if wait else None
 
     def create() -> tuple[str, dict[str, Any]]:
         req = normalize_job_request(body, ctx.checker, ctx.limits)
-        job = ctx.service.submit(tenant_id, req, job_id=new_id,
+        job = ctx.service.submit(tenant_id, req, job_id=new_id, admission=admission(who),
                                  before_publish=listening.wait_ready if listening else None)
         return job.id, job_to_dict(job)
 

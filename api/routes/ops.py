@@ -66,7 +66,7 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", tags=["ops"], summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     ctx = get_ctx(request)
-    body = await to_thread.run_sync(generate_latest, ctx.metrics.registry)
+    body = await to_thread.run_sync(lambda: generate_latest(ctx.metrics.scrape()))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

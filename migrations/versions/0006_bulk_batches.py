@@ -14,7 +14,7 @@
 Runs on PostgreSQL (JSONB) and SQLite (JSON text, batch mode).
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0009
 Create Date: 2026-12-04
 """
 
@@ -27,7 +27,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

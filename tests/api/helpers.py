@@ -19,7 +19,7 @@ from kombu import Exchange, Queue
 from core.db import Database
 from core.migrate import upgrade
 from core.settings import Settings
-from jobs.queue import make_celery
+from jobs.queue import gpu_queues, make_celery
 from jobs.tenants import CreatedKey, create_api_key
 
 
@@ -86,10 +86,11 @@ def client(base_url: str, api_key: str | None) -> Iterator[httpx.Client]:
         yield c
 
 
-def drain(settings: Settings, queue: str = "gpu", timeout: float = 0.5, expect: int | None = None,
+def drain(settings: Settings, queue: str | None = None, timeout: float = 0.5, expect: int | None = None,
           deadline: float = 10.0) -> list[dict[str, Any]]:
-    """Consume every message in ``queue`` with kombu (acking them). With ``expect`` keep going
-    until that many arrived (or ``deadline`` passes: publishing may run after the response)."""
+    """Consume every message in ``queue`` with kombu (acking them); by default the caption
+    queues of the default model (``gpu.<default>`` and the legacy ``gpu``). With ``expect`` keep
+    going until that many arrived (or ``deadline`` passes: publishing may run after the response)."""
     app = make_celery(settings)
     got: list[dict[str, Any]] = []
 
@@ -100,10 +101,11 @@ def drain(settings: Settings, queue: str = "gpu", timeout: float = 0.5, expect: 
                     "routing_key": message.delivery_info.get("routing_key")})
         message.ack()
 
-    q = Queue(queue, Exchange("captionq", type="direct"), routing_key=queue)
+    names = [queue] if queue else gpu_queues(settings, settings.registry.default)
+    qs = [Queue(n, Exchange("captionq", type="direct"), routing_key=n) for n in names]
     end = time.monotonic() + deadline
     try:
-        with app.connection_for_read() as conn, conn.Consumer(q, callbacks=[on_message], accept=["json"]):
+        with app.connection_for_read() as conn, conn.Consumer(qs, callbacks=[on_message], accept=["json"]):
             while True:
                 try:
                     conn.drain_events(timeout=timeout)

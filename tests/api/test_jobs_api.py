@@ -45,7 +45,7 @@ def test_submit_fills_defaults_and_enqueues_on_gpu(api, api_settings):
     msgs = drain(api_settings, expect=1)
     assert [m["id"] for m in msgs] == [job["id"]]
     assert msgs[0]["task"] == "captionq.caption_job" and msgs[0]["args"] == [job["id"]]
-    assert msgs[0]["routing_key"] == "gpu"
+    assert msgs[0]["routing_key"] == "gpu.default"  # the default model's queue
     assert msgs[0]["priority"] == 9 - 7  # kombu's Redis serves step 0 first
 
 

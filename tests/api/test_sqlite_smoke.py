@@ -27,8 +27,17 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 def test_migrations_up_down_up(local: Settings):
     assert current(local) == "0006"
-    downgrade(local, "0003")  # the bulk batch columns go
+    downgrade(local, "0009")  # the bulk batch columns go
     assert not {"source", "output_formats", "parts_done", "expires_at"} & _columns(local, "batches")
+    assert "trace_context" in _columns(local, "jobs")
+    downgrade(local, "0005")  # the jobs' trace context goes
+    assert "trace_context" not in _columns(local, "jobs")
+    downgrade(local, "0004")  # plans, usage, key scopes and the in-flight counter go
+    assert not {"plans", "usage_daily"} & _tables(local)
+    assert not {"plan", "jobs_in_flight"} & _columns(local, "tenants")
+    assert not {"scopes", "last_used_at"} & _columns(local, "api_keys")
+    downgrade(local, "0003")  # the jobs' model columns go
+    assert not {"model", "model_revision"} & _columns(local, "jobs")
     downgrade(local, "0002")  # the workers' stats column goes
     assert "stats" not in _columns(local, "workers")
     downgrade(local, "0001")  # the heartbeat/lease columns go, the rest stays
@@ -40,9 +49,17 @@ def test_migrations_up_down_up(local: Settings):
     names = set(sa.inspect(engine).get_table_names())
     engine.dispose()
     assert {"tenants", "api_keys", "jobs", "batches", "outbox", "webhook_messages", "webhook_attempts",
-            "idempotency_keys", "workers"} <= names
+            "idempotency_keys", "workers", "plans", "usage_daily"} <= names
     assert "stats" in _columns(local, "workers")
     assert {"source", "output_formats", "parts_done", "expires_at"} <= _columns(local, "batches")
+
+
+def _tables(settings: Settings) -> set[str]:
+    engine = sa.create_engine(settings.sqlalchemy_url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
 def _columns(settings: Settings, table: str) -> set[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 COMMANDS = ["serve", "worker", "migrate", "keys", "up", "caption", "submit", "wait", "status",
-            "results", "cancel", "workers", "make-test-checkpoint"]
+            "results", "cancel", "workers", "make-test-checkpoint", "plans"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -42,6 +42,8 @@ CASES = [
     (["migrate"], NO_DB),
     (["keys", "create", "--name", "acme"], NO_DB),
     (["worker", "--queues", "cpu"], "error: unknown queue(s) ['cpu']: use gpu, io"),
+    (["worker", "--model", "internvl2-76b"],
+     "error: unknown model 'internvl2-76b' (--model): this deployment serves default (CAPTIONQ_MODELS)"),
 ]
 
 

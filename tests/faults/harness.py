@@ -117,7 +117,8 @@ class FaultStack:
             database_url=self.pg.url, broker_url=self.redis.url, data_dir=root / "data",
             s3_endpoint_url=self.s3.url, s3_region=self.bucket.region, model=str(TINY_INTERNLM2),
             device="cpu", dtype="float32", allow_private_urls=True, log_level="INFO", max_attempts=5,
-            webhook_retry_schedule=WEBHOOK_SCHEDULE, webhook_timeout_seconds=2.0, **RECOVERY)
+            webhook_retry_schedule=WEBHOOK_SCHEDULE, webhook_timeout_seconds=2.0, rate_limits=False,
+            **RECOVERY)
         self.settings = helpers.migrated(settings)
         key = helpers.new_tenant(self.settings, "faults")
         server = helpers.start_server(self.settings)

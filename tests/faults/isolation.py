@@ -33,12 +33,15 @@ def isolation(fs: FaultStack, base: str, keys: dict[str, str], document: dict[st
         before = a.get("/v1/webhook-deliveries", params={"job_id": ended}).json()["data"][0]
         message = before["id"]
         secrets = [queued, ended, batch, message, marker]
-        by_param = {"job_id": queued, "batch_id": batch, "message_id": message, "custom_id": marker}
+        a_key = "key_" + keys["a"].split("_")[2]  # cq_key_<hex>_<secret>: revoked by B, it must live on
+        by_param = {"job_id": queued, "batch_id": batch, "message_id": message, "custom_id": marker,
+                    "key_id": a_key}
         zeros = "0" * 26
         unknown = {"job_id": f"job_{zeros}", "batch_id": f"bat_{zeros}", "message_id": f"msg_{zeros}",
-                   "custom_id": "custom-id-nobody-has"}
+                   "custom_id": "custom-id-nobody-has", "key_id": "key_" + "0" * 16}
         a_keys = {"/v1/jobs": marker, "/v1/batches": f"{marker}-b"}  # A's Idempotency-Keys
-        bodies = {"/v1/jobs": {"media": job["media"]}, "/v1/batches": {"jobs": [{"media": job["media"]}]}}
+        bodies = {"/v1/jobs": {"media": job["media"]}, "/v1/batches": {"jobs": [{"media": job["media"]}]},
+                  "/v1/keys": {"scopes": ["read"]}}
         for path, item in document["paths"].items():
             for method, op in item.items():
                 params = op.get("parameters", [])
@@ -71,7 +74,7 @@ def isolation(fs: FaultStack, base: str, keys: dict[str, str], document: dict[st
                     if leaked or (r.status_code >= 500 and path != "/readyz"):
                         fig.wrong += 1
                         fig.bad(f"B {method.upper()} {concrete} {q}: {r.status_code} shows {leaked}")
-                    if method == "post" and not path_names and r.status_code != 202:
+                    if method == "post" and path in a_keys and r.status_code != 202:
                         fig.wrong += 1  # A's Idempotency-Key must make B's own job or batch
                         fig.bad(f"B POST {path}, A's Idempotency-Key: {r.status_code} {r.text[:200]}")
                     if path_names or q:
@@ -96,6 +99,9 @@ def isolation(fs: FaultStack, base: str, keys: dict[str, str], document: dict[st
         if after != before:
             fig.wrong += 1
             fig.bad(f"A's message changed by B's redeliver: {before} → {after}")
+        if a.get("/v1/jobs").status_code != 200:  # B's revoke of A's key id changed nothing
+            fig.wrong += 1
+            fig.bad("A's key stopped working after B's revoke")
         lists = [a.get("/v1/jobs", params={"custom_id": marker}), a.get("/v1/batches")]
         if not all(marker in x.text or batch in x.text for x in lists):
             fig.wrong += 1

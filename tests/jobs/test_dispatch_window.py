@@ -90,3 +90,29 @@ def test_window_zero_sends_everything_at_once(jobs_settings, tenant, svc):
         assert _dispatch_rows(unbounded, batch.id) == 0
     finally:
         unbounded.db.dispose()
+
+
+def test_each_model_of_a_batch_has_its_own_window_and_queue(jobs_settings, tenant, windowed):
+    from api.urlcheck import StorageUrlChecker
+    from jobs import batches
+    from jobs.requests import ModelLimits, RequestLimits
+
+    checker = StorageUrlChecker(jobs_settings)
+    limits = RequestLimits(models={"a": ModelLimits("a"), "b": ModelLimits("b")}, default_model="a")
+    body = {"jobs": [{"prompts": [f"line {i}"], "model": "a" if i % 2 else "b"} for i in range(40)]}
+    plan = batches.plan_batch(body, checker, 10_000)
+    spool = batches.validate_lines(enumerate(plan.jobs or []), plan, checker, limits, "jobs")
+    batch, outbox_ids = batches.insert_batch(windowed, tenant, plan, spool)
+    assert len(outbox_ids) == 2  # one dispatch per model
+    assert windowed.publish(outbox_ids) == 20  # a window (10) of each model
+    a = [m["id"] for m in drain(jobs_settings, queue="gpu.a", expect=10)]
+    b = [m["id"] for m in drain(jobs_settings, queue="gpu.b", expect=10)]
+    order = [line["job_id"] for line in windowed.iter_batch_results(batch.id)]
+    assert a == order[1::2][:10] and b == order[0::2][:10]  # each in submission order, on its queue
+    # Model a has no worker: its window stays full, and model b's jobs still flow.
+    _start(windowed, b)
+    assert sweep(windowed).dispatched == 10
+    assert [m["id"] for m in drain(jobs_settings, queue="gpu.b", expect=10)] == order[0::2][10:]
+    assert drain(jobs_settings, queue="gpu.a", timeout=0.2) == []
+    batches.cancel_batch(windowed, tenant, batch.id)  # leave no queued job to later tests' sweeps
+    drain(jobs_settings, queue="io", timeout=0.2)

@@ -98,3 +98,31 @@ def test_a_bounded_batch_dispatch_is_not_mistaken_for_lost_messages(jobs_setting
         assert len(drain(jobs_settings, expect=4)) == 4
     finally:
         windowed.db.dispose()
+
+
+def test_lost_messages_are_counted_and_resent_model_by_model(jobs_settings, tenant, svc):  # type: ignore[no-untyped-def]
+    """A model's waiting messages never stand in for another's lost ones; a worker claims only
+    its model's jobs and records its revision."""
+    from api.urlcheck import StorageUrlChecker
+    from jobs.requests import ModelLimits, RequestLimits, normalize_job_request
+    from jobs.transitions import ServedModel
+
+    drain(jobs_settings)
+    with svc.db.session() as s:  # other tests' queued jobs out of the count
+        s.execute(sa.update(Job).where(Job.status == "queued").values(status="canceled"))
+    limits = RequestLimits(models={"a": ModelLimits("a"), "b": ModelLimits("b")}, default_model="a")
+    checker = StorageUrlChecker(jobs_settings)
+    a, b = ([svc.submit(tenant, normalize_job_request({"prompts": ["Hi"], "model": m}, checker, limits))
+             for _ in range(2)] for m in ("a", "b"))
+    assert sorted(m["id"] for m in drain(jobs_settings, queue="gpu.b", expect=2)) == sorted(j.id for j in b)
+    later = utcnow() + timedelta(seconds=jobs_settings.queued_resend_seconds + 1)
+    assert resend_queued(svc, later) == 2  # b's two, although a's two messages still wait
+    resent = drain(jobs_settings, queue="gpu.b", expect=2)
+    assert sorted(m["id"] for m in resent) == sorted(j.id for j in b)
+    assert len(drain(jobs_settings, queue="gpu.a", expect=2)) == 2  # a's, never doubled
+    assert svc.start(b[0].id, served=ServedModel("a")) is None  # not its model: left queued
+    assert _job(svc, b[0].id).status == "queued"
+    assert svc.start(b[0].id, served=ServedModel("b", takes_unnamed=False, revision="sha256:r1")) is not None
+    assert _job(svc, b[0].id).model_revision == "sha256:r1"
+    with svc.db.session() as s:
+        s.execute(sa.update(Job).where(Job.id.in_([j.id for j in a + b])).values(status="canceled"))

@@ -179,3 +179,22 @@ def test_the_slot_step_gives_the_logits_of_the_model_forward(engine: Engine) -> 
     assert bucket(3, 4) == 4 and bucket(5, 64, floor=256) == 64 and bucket(300, 4096, floor=256) == 512
     for slot in prompts:
         torch.testing.assert_close(logits[slot], want[slot], rtol=1e-5, atol=1e-5)
+
+
+def test_the_gauges_follow_the_running_rows(engine: Engine) -> None:
+    """``running_rows`` and ``kv_tokens_in_use`` (what a worker's /metrics exports) as seen
+    between steps, and back to 0 once every row has left; no accelerator memory on the CPU."""
+    seen: list[tuple[int, int]] = []
+    with ContinuousBatcher(engine, max_requests=4, max_tokens=4 * 512) as batcher:
+        def watch(_delta: str) -> None:  # on the engine thread, between steps
+            seen.append((batcher.stats.running_rows, batcher.stats.kv_tokens_in_use))
+
+        reqs = [_text(i, 6) for i in range(3)]
+        for r in reqs:
+            r.on_token = watch
+        for f in [batcher.submit(r) for r in reqs]:
+            f.result(timeout=120)
+        stats = batcher.stats
+    assert max(rows for rows, _ in seen) >= 2 and max(kv for _, kv in seen) > 0
+    assert stats.running_rows == 0 and stats.kv_tokens_in_use == 0
+    assert stats.gpu_memory_allocated_bytes == 0 == stats.gpu_memory_reserved_bytes

@@ -95,7 +95,7 @@ class Out:
 
 
 def check_outputs(out: Out, batch: dict[str, Any], want: dict[str, dict[str, Any]],
-                  formats: list[str]) -> None:
+                  formats: list[str], tasks: list[str] | None = None) -> None:
     """Each written format matches the jobs' results (GET /v1/batches/{id}/results)."""
     manifest = json.loads(out.read("manifest.json"))
     assert manifest["batch_id"] == batch["id"] and manifest["status"] == batch["status"]
@@ -114,7 +114,12 @@ def check_outputs(out: Out, batch: dict[str, Any], want: dict[str, dict[str, Any
         for row in rows:
             res = want[row["custom_id"]]
             assert row["job_id"] == res["job_id"] and row["status"] == res["status"]
-            assert row["text"] == (res["output"] or {}).get("text")
+            if tasks:  # one column per task, each the task's answer
+                for t in tasks:
+                    assert row[t] == (res["output"] or {}).get("tasks", {}).get(t, {}).get("text"), (t, row)
+                    assert res["status"] != "succeeded" or row[t]
+            else:
+                assert row["text"] == (res["output"] or {}).get("text")
             assert json.loads(row["metadata"]) == res["metadata"]
             assert row["error_code"] == (res["error"] or {}).get("code")
             if res["status"] == "succeeded":
@@ -124,7 +129,12 @@ def check_outputs(out: Out, batch: dict[str, Any], want: dict[str, dict[str, Any
             if res["status"] != "succeeded":
                 continue
             stem = cid.rsplit(".", 1)[0] if cid.endswith(".png") else cid
-            assert out.read(f"sidecars/{stem}.txt").decode() == res["output"]["text"]
+            if tasks:
+                side = json.loads(out.read(f"sidecars/{stem}.json"))
+                assert side["output"] == res["output"] and side["metadata"] == res["metadata"]
+                assert side["tasks"] == {t: res["output"]["tasks"][t]["text"] for t in tasks}
+            else:
+                assert out.read(f"sidecars/{stem}.txt").decode() == res["output"]["text"]
 
 
 def test_s3_prefix_with_globs_writes_every_format(stack: Stack) -> None:
@@ -134,14 +144,17 @@ def test_s3_prefix_with_globs_writes_every_format(stack: Stack) -> None:
     out_url = f"s3://{stack.bucket.bucket}/out-prefix/"
     formats = ["jsonl", "parquet", "sidecar"]
     source = {"url": f"s3://{stack.bucket.bucket}/photos/**/*.png", "exclude": ["skip/**"]}
-    batch = submit(stack, {"source": source,
-                           "defaults": DEFAULTS, "output_url": out_url, "output_formats": formats})
+    tasks = [{"name": "caption", "prompts": ["Describe the image."]},
+             {"name": "tags", "prompts": ["List three tags."]}]
+    batch = submit(stack, {"source": source, "tasks": tasks, "output_url": out_url, "output_formats": formats,
+                           "defaults": {"generation": {"max_new_tokens": 3}}})
     assert batch["counts"]["total"] == 3 and batch["source"]["format"] == "files"
     done = finished(stack, batch)
     want = results(stack, batch["id"])
     assert set(want) == {"a/1.png", "b/2.png", "b/3.png"}
-    assert all(r["status"] == "succeeded" and r["output"]["text"] for r in want.values()), want
-    check_outputs(Out(stack, out_url), done, want, formats)
+    assert all(r["status"] == "succeeded" and set(r["output"]["tasks"]) == {"caption", "tags"}
+               for r in want.values()), want
+    check_outputs(Out(stack, out_url), done, want, formats, ["caption", "tags"])
     assert len(json.loads(Out(stack, out_url).read("manifest.json"))["parts"]) == 2  # seq 1..3, 2 a part
 
 
@@ -291,7 +304,8 @@ def test_cli_batch_create_and_download(stack: Stack, tmp_path: Path) -> None:
     out = root / "cli-out"
     run = subprocess.run(
         [sys.executable, "-m", "cli.main", "batch", "create", str(root / "cli") + "/",
-         "--prompt", "Describe.", "--max-new-tokens", "3", "--output", str(out), "--format", "jsonl,parquet"],
+         "--task", "caption=Describe.", "--task", "tags=Tags?", "--max-new-tokens", "3",
+         "--output", str(out), "--format", "jsonl,parquet"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
     batch = json.loads(run.stdout[run.stdout.index("{"):])
@@ -300,4 +314,5 @@ def test_cli_batch_create_and_download(stack: Stack, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "cli.main", "batch", "download", batch["id"], str(dest)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    check_outputs(Out(stack, dest.as_uri() + "/"), batch, results(stack, batch["id"]), ["jsonl", "parquet"])
+    check_outputs(Out(stack, dest.as_uri() + "/"), batch, results(stack, batch["id"]), ["jsonl", "parquet"],
+                  ["caption", "tags"])

@@ -147,6 +147,21 @@ def test_output_and_metrics_json() -> None:
     assert m["engine_seconds"] == 0.25
 
 
+def test_output_and_metrics_json_of_a_job_with_tasks() -> None:
+    from worker.record import TasksOutcome
+
+    caption = JobOutcome(rounds=[RoundResult("a", "one", "stop", 10, 4, vision_tiles=3)])
+    talk = JobOutcome(rounds=[RoundResult("b", "two", "stop", 12, 5),
+                              RoundResult("c", "three", "length", 20, 6)])
+    out = TasksOutcome({"caption": caption, "talk": talk}, engine_seconds=1.0)
+    assert output_json(out) == {"tasks": {"caption": output_json(caption), "talk": output_json(talk)}}
+    m = metrics_json(out, tiles=3, frames=0, model="m")
+    assert (m["input_tokens"], m["output_tokens"], m["vision_tiles"]) == (42, 15, 3)
+    assert m["finish_reason"] == "length"
+    assert m["tasks"] == {"caption": {"input_tokens": 10, "output_tokens": 4, "finish_reason": "stop"},
+                          "talk": {"input_tokens": 32, "output_tokens": 11, "finish_reason": "length"}}
+
+
 def test_error_mapping() -> None:
     from celery.exceptions import SoftTimeLimitExceeded
     from sqlalchemy.exc import OperationalError

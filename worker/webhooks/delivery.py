@@ -31,12 +31,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from opentelemetry.trace import SpanKind
 
+from core import logcontext, tracing
 from core.db import Database, utcnow
 from core.settings import Settings
 from jobs.queue import QUEUE_IO, TASK_WEBHOOK, Publisher
-from jobs.tables import WebhookAttempt, WebhookMessage
+from jobs.tables import Job, WebhookAttempt, WebhookMessage
 from jobs.tenants import signing_secrets
+from worker import metrics as wmetrics
 from worker.webhooks import pool, signing
 from worker.webhooks.schedule import RetryPolicy, next_delay, parse_retry_after
 from worker.webhooks.sender import AttemptResult, send
@@ -168,6 +171,35 @@ def deliver(
     c = claim(db, message_id, now=now(), lease_seconds=timeout + LEASE_MARGIN_SECONDS)
     if c is None:
         return Outcome(message_id, claimed=False)
+    data = c.payload if isinstance(c.payload, dict) else {}  # the Job or Batch JSON
+    own = str(data.get("id") or "")
+    job_id = own if own.startswith("job_") else None
+    batch_id = data.get("batch_id") or (own if own.startswith("bat_") else None)
+    with logcontext.bind(job_id=job_id, batch_id=batch_id, tenant_id=c.tenant_id), \
+            tracing.attached(_job_trace(db, job_id)), \
+            tracing.span("webhook", kind=SpanKind.CLIENT, captionq__message_id=message_id,
+                         captionq__attempt=c.attempt, captionq__event=c.type) as span:
+        outcome = _attempt(db, settings, c, policy, timeout, schedule, now, rand, resolver)
+        if span is not None and outcome.result is not None:
+            span.set_attribute("http.response.status_code", outcome.result.status_code or 0)
+            span.set_attribute("captionq.webhook_status", outcome.status or "")
+        return outcome
+
+
+def _job_trace(db: Database, job_id: str | None) -> Any:
+    """The trace of the job an event is about: its delivery is the trace's last leg (read only
+    while tracing records spans)."""
+    if job_id is None or not tracing.active():
+        return None
+    with db.session() as session:
+        carrier = session.scalar(sa.select(Job.trace_context).where(Job.id == job_id))
+    return tracing.extract(carrier)
+
+
+def _attempt(db: Database, settings: Settings, c: Claim, policy: RetryPolicy, timeout: float,
+             schedule: Schedule | None, now: Callable[[], datetime], rand: Callable[[], float],
+             resolver: Any) -> Outcome:
+    message_id = c.message_id
     started = now()
     try:
         body, headers = _prepare(c, started)
@@ -177,6 +209,9 @@ def deliver(
         result = send(c.url, body, headers, timeout=timeout, allow_private=settings.allow_private_urls,
                       resolver=resolver)
     status, retry_in, stale = record(db, c, result, policy=policy, rand=rand())
+    wmetrics.WEBHOOK_ATTEMPTS.labels("delivered" if status == DELIVERED else
+                                     "retrying" if status == PENDING else "failed").inc()
+    wmetrics.WEBHOOK_SECONDS.observe(result.duration_seconds)
     log.info(
         "webhook %s attempt %d to %s: %s%s", message_id, c.attempt, c.url,
         "ok" if result.ok else result.error,
