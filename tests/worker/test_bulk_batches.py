@@ -19,11 +19,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
 from core.db import Database
 from jobs.batch_retry import EXPIRED_CODE, expire_windows
+from jobs.queue import Publisher
 from jobs.service import JobService
+from jobs.tables import Tenant
 from tests.worker.stack import ROOT, Stack, build_stack, destroy_stack
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -263,6 +266,12 @@ def test_retry_by_code_and_resume_from(stack: Stack) -> None:
     assert all(r["status"] == "succeeded" for r in want.values()), want
     assert want["ok.png"]["job_id"] == results(stack, first["id"])["ok.png"]["job_id"]  # same jobs
     check_outputs(Out(stack, out_url), done, want, ["jsonl", "parquet"])  # parts written again
+    db = Database(stack.settings)
+    try:  # the retried job went back on the tenant's jobs in flight and off again when it ended
+        with db.session() as s:
+            assert s.scalar(sa.select(Tenant.jobs_in_flight).where(Tenant.id == stack.tenant_id)) == 0
+    finally:
+        db.dispose()
 
 
 def test_completion_window_expires_with_partial_results_then_retry(stack: Stack) -> None:
@@ -277,7 +286,9 @@ def test_completion_window_expires_with_partial_results_then_retry(stack: Stack)
     # The sweeper's step, at a time past the window (the worker may have started some jobs).
     db = Database(stack.settings)
     try:
-        expire_windows(JobService(db, stack.settings), now=datetime.now(UTC) + timedelta(hours=2))
+        # with a publisher, as the sweeper has: the finalize message of a batch it ends goes out
+        service = JobService(db, stack.settings, Publisher.from_settings(stack.settings))
+        expire_windows(service, now=datetime.now(UTC) + timedelta(hours=2))
     finally:
         db.dispose()
     done = finished(stack, batch, "expired")
