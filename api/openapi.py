@@ -16,18 +16,26 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from api import schemas
+from jobs.batch_retry import BatchRetryRequest
 from jobs.batches import BatchRequest
 from jobs.idempotency import MAX_KEY_LENGTH
 from jobs.requests import JobRequest
+from jobs.sources import SourceSpec
 
 REF = "#/components/schemas/{model}"
 MODELS: dict[str, type[BaseModel]] = {"JobRequest": JobRequest, "BatchRequest": BatchRequest,
+                                      "BatchRetryRequest": BatchRetryRequest, "SourceSpec": SourceSpec,
                                       "KeyRequest": schemas.KeyRequest}
 PROBLEM_JSON = "application/problem+json"
 
 
 def body_schema(name: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": REF.format(model=name)}}}}}
+
+
+def optional_body(name: str) -> dict[str, Any]:
+    return {"requestBody": {"required": False, "content": {
         "application/json": {"schema": {"$ref": REF.format(model=name)}}}}}
 
 
@@ -65,6 +73,9 @@ SUCCESS: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
     ("get", "/v1/batches"): {200: _json("BatchList", "A page of batches, newest first")},
     ("post", "/v1/batches/{batch_id}/cancel"): {
         202: _json("Batch", "Every unfinished job of the batch canceled or asked to stop")},
+    ("post", "/v1/batches/{batch_id}/retry"): {
+        202: _json("Batch", "The batch, its failed jobs (those with the given codes) queued again; "
+                            "`retried` says how many")},
     ("get", "/v1/batches/{batch_id}/results"): {200: _text(
         "application/x-ndjson", "The results in submission order", item="BatchResultLine")},
     ("get", "/v1/webhook-deliveries"): {200: _json("WebhookMessageList", "Webhook messages, newest first")},
@@ -118,6 +129,8 @@ def error_statuses(method: str, path: str) -> list[int]:
         statuses.add(409)
     if path.endswith("/cancel"):
         statuses.add(409)
+    if path.endswith("/retry"):
+        statuses |= {400, 413, 415}
     if method == "post" and path.startswith("/v1/"):  # every POST spends a token
         statuses.add(429)
     if path in ("/readyz", "/metrics"):
@@ -160,7 +173,7 @@ _ID_BODY = "[0-7][0-9a-hjkmnp-tv-z]{25}"  # jobs.ids: 128 bits, lower-case Crock
 ID_PATTERNS = {"job_id": f"^job_{_ID_BODY}$", "batch_id": f"^bat_{_ID_BODY}$",
                "message_id": f"^msg_{_ID_BODY}$", "key_id": "^key_[0-9a-f]{16}$"}
 REQUEST_COMPONENTS = ("JobRequest", "BatchRequest", "ImageItem", "VideoItem", "Generation", "Webhook",
-                      "KeyRequest")
+                      "KeyRequest", "BatchRetryRequest", "SourceSpec")
 # Written out two levels deep instead of recursively (schemathesis cannot generate invalid
 # data for a recursive schema); deeper strings are refused all the same.
 _SCALARS: list[dict[str, Any]] = [{"type": "string", "pattern": STORABLE_TEXT}, {"type": "number"},
@@ -200,7 +213,15 @@ def _document_requests(schema: dict[str, Any]) -> None:
     for name in REQUEST_COMPONENTS:
         _storable(comps[name])
     comps["BatchRequest"]["description"] = (
-        "Give exactly one of `jobs` (JobRequest objects) and `manifest_url` (one JobRequest a line).")
+        "Give exactly one of `jobs` (JobRequest objects), `manifest_url` (one JobRequest a line) and "
+        "`source` (an S3 prefix or local folder with globs, WebDataset shards, a saved Hugging Face "
+        "dataset or Parquet files: jobs built from its items, `defaults` merged under each). "
+        "`output_formats` (jsonl, parquet, sidecar) are written under `output_url` in parts while "
+        "the batch runs, then `manifest.json`; `completion_window` (seconds or '24h') ends the "
+        "batch `expired` with partial results; `resume_from` skips the items (by custom_id) that "
+        "succeeded in that batch.")
+    comps["BatchRequest"]["properties"]["source"] = {
+        "anyOf": [{"$ref": REF.format(model="SourceSpec")}, {"type": "null"}]}
     prompts = comps["JobRequest"]["properties"]["prompts"]["anyOf"][0]["items"]
     prompts["pattern"] = "^[^\\x00]*[^\\x00\\s][^\\x00]*$"  # not blank
     for item in schema.get("paths", {}).values():

@@ -16,7 +16,7 @@ from jobs.requests import EventType
 _OPEN = ConfigDict(extra="allow")
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-BatchStatus = Literal["queued", "running", "completed", "canceled"]
+BatchStatus = Literal["queued", "running", "completed", "canceled", "expired"]
 Time = str  # RFC 3339, UTC, microseconds: 2026-12-04T09:30:00.000000Z
 
 
@@ -137,6 +137,12 @@ class Batch(BaseModel):
     created_at: Time
     finished_at: Time | None
     cancel_requested_at: Time | None
+    source: dict[str, Any] | None = Field(None, description="The batch's source, as submitted")
+    output_formats: list[Literal["jsonl", "parquet", "sidecar"]] | None = Field(
+        None, description="Output formats written under output_url while the batch runs")
+    expires_at: Time | None = Field(None, description="End of the completion window")
+    expired_at: Time | None = Field(None, description="When the completion window ended the batch")
+    resume_from: str | None = Field(None, description="The batch whose succeeded items were skipped")
 
 
 class BatchList(BaseModel):

@@ -22,7 +22,7 @@ from cli.common import console, fail
 API_URL = typer.Option("http://127.0.0.1:8000", "--api-url", envvar="CAPTIONQ_API_URL", help="captionq API base URL.")
 API_KEY = typer.Option(None, "--api-key", envvar="CAPTIONQ_API_KEY", help="API key (Bearer).")
 TERMINAL_JOB = {"succeeded", "failed", "canceled"}
-TERMINAL_BATCH = {"completed", "canceled"}
+TERMINAL_BATCH = {"completed", "canceled", "expired"}
 
 
 class Api:
@@ -119,7 +119,8 @@ def submit(
 ) -> None:
     """Submit a job or a batch and print it (status 202 → queued)."""
     body = read_body(request_file)
-    path = "/v1/batches" if isinstance(body, dict) and ("jobs" in body or "manifest_url" in body) else "/v1/jobs"
+    is_batch = isinstance(body, dict) and ("jobs" in body or "manifest_url" in body or "source" in body)
+    path = "/v1/batches" if is_batch else "/v1/jobs"
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     _print(Api(api_url, api_key).request("POST", path, json=body, headers=headers))
 

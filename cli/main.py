@@ -9,7 +9,18 @@ import sys
 import typer
 from rich.markup import escape
 
-from cli import caption, client, devtools, keys, models_cmd, plans, server, tenants_cmd, workers_cmd
+from cli import (
+    batch_cmd,
+    caption,
+    client,
+    devtools,
+    keys,
+    models_cmd,
+    plans,
+    server,
+    tenants_cmd,
+    workers_cmd,
+)
 from cli.common import console
 
 try:  # typer vendors click (typer._click) in the versions this project uses
@@ -41,8 +52,10 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(plans.app, name="plans")
 app.add_typer(tenants_cmd.app, name="tenants")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(batch_cmd.app, name="batch")
 for _name, _fn in client.COMMANDS.items():
-    app.command(_name)(_fn)
+    if _name != "status":  # `status ID` is v1's; `status` alone shows the fleet (workers_cmd)
+        app.command(_name)(_fn)
 app.command("workers")(workers_cmd.workers)
 app.command("status")(workers_cmd.status)
 

@@ -1,6 +1,7 @@
 """``captionq workers``: the GPU worker fleet (``GET /v1/workers``) as a table — slots, KV budget,
 tokens/s and batch occupancy over each worker's last heartbeat interval; ``captionq status``: the
-same fleet and the queues (``GET /v1/queues``: depth, waiting work, oldest age)."""
+same fleet and the queues (``GET /v1/queues``: depth, waiting work, oldest age), or, given an id,
+one job or batch as in v1."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import typer
 
+from cli import client
 from cli.client import API_KEY, API_URL, Api
 
 COLUMNS = ("ID", "STATUS", "MODEL", "SLOTS", "KV BUDGET", "TOKENS/S", "OCCUPANCY", "BUSY", "RUNNING",
@@ -67,12 +69,18 @@ def queue_table(body: dict[str, Any]) -> str:
 
 
 def status(
+    resource_id: str | None = typer.Argument(None, help="job_… or bat_… id: print that job or batch "
+                                                         "as the API returns it (without one: the fleet)"),
     as_json: bool = typer.Option(False, "--json", help="Print {workers, queues} as JSON instead of tables."),
     api_url: str = API_URL,
     api_key: str | None = API_KEY,
 ) -> None:
-    """The fleet at a glance: GPU workers (slots, tokens/s, occupancy, running jobs) and the
-    queues (messages in the broker, waiting jobs, the oldest one's age)."""
+    """A job or a batch, given its id; without one, the fleet at a glance: GPU workers (slots,
+    tokens/s, occupancy, running jobs) and the queues (messages in the broker, waiting jobs, the
+    oldest one's age)."""
+    if resource_id is not None:  # v1's `captionq status ID`
+        client.status(resource_id, api_url, api_key)
+        return
     api = Api(api_url, api_key)
     fleet = api.request("GET", "/v1/workers")
     queues = api.request("GET", "/v1/queues")

@@ -242,6 +242,12 @@ class Expired(CaptionqError):
     title = "The job was not started before its TTL"
 
 
+class BatchExpired(CaptionqError):
+    code = "batch_expired"
+    http_status = 410
+    title = "The batch's completion window ended before the job started"
+
+
 class TransientError(CaptionqError):
     code = "transient"
     http_status = 503

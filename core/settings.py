@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     default_ttl_seconds: int = 86400
     max_request_bytes: int = 32 * 1024 * 1024
     max_batch_jobs_inline: int = 10_000
+    # A bulk batch's outputs are written in parts of this many consecutive items (its jobs' seq),
+    # each part once all its jobs have ended; fixed per batch at submission.
+    batch_part_rows: int = Field(1000, ge=1, le=1_000_000)
     sweep_interval_seconds: float = 10.0
     # At most about this many caption messages of batch jobs wait in a GPU queue of the broker
     # at once, all tenants together; the rest wait in SQL, where the fair dispatcher

@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO, Any, cast
+from typing import IO, Any, Literal, cast
 
 import pydantic_core
 import sqlalchemy as sa
@@ -47,6 +47,7 @@ from jobs.requests import (
     pydantic_errors,
 )
 from jobs.service import JobService
+from jobs.sources import SourceSpec, parse_source
 from jobs.states import ALL_EVENTS, CANCEL, DEFAULT_BATCH_EVENTS, BatchStatus, JobStatus
 from jobs.tables import Batch, Job
 
@@ -57,6 +58,9 @@ MAX_ERRORS = 100
 # A batch at least this large refreshes the planner's statistics of the jobs table.
 ANALYZE_AFTER = 5000
 SPOOL_MEMORY = 8 * 1024 * 1024
+
+
+OutputFormat = Literal["jsonl", "parquet", "sidecar"]
 
 
 class BatchRequest(BaseModel):
@@ -70,6 +74,12 @@ class BatchRequest(BaseModel):
     skip_invalid: bool = False
     priority: JsonInt | None = Field(None, ge=0, le=9)  # extension: default priority of the batch's jobs
     model: str | None = None  # the model of the batch's jobs (a line's own ``model`` wins)
+    # bulk batches (jobs/sources.py, jobs/batch_outputs.py, jobs/batch_retry.py)
+    source: dict[str, Any] | None = None
+    tasks: list[Any] | None = Field(None, min_length=1, max_length=64)
+    output_formats: list[OutputFormat] | None = Field(None, min_length=1, max_length=3)
+    completion_window: JsonInt | str | None = None
+    resume_from: str | None = Field(None, max_length=40)
 
 
 @dataclass
@@ -83,6 +93,11 @@ class BatchPlan:
     webhook: dict[str, Any] | None
     metadata: dict[str, Any]
     skip_invalid: bool
+    source: SourceSpec | None = None
+    output_formats: list[str] | None = None
+    task_names: list[str] | None = None
+    completion_window: int | None = None
+    resume_from: str | None = None
 
 
 def plan_batch(raw: Any, checker: UrlChecker, max_inline: int) -> BatchPlan:
@@ -95,8 +110,8 @@ def plan_batch(raw: Any, checker: UrlChecker, max_inline: int) -> BatchPlan:
         schema_errs = pydantic_errors(exc, [])
         raise InvalidRequest(f"{len(schema_errs)} invalid field(s)", errors=schema_errs) from None
     errs: list[dict[str, Any]] = []
-    if (req.jobs is None) == (req.manifest_url is None):
-        errs.append(error([], "give exactly one of 'jobs' and 'manifest_url'"))
+    if sum(x is not None for x in (req.jobs, req.manifest_url, req.source)) != 1:
+        errs.append(error([], "give exactly one of 'jobs', 'manifest_url' and 'source'"))
     if req.jobs is not None and not req.jobs:
         errs.append(error(["jobs"], "a batch needs at least one job"))
     if req.jobs is not None and len(req.jobs) > max_inline:
@@ -126,11 +141,71 @@ def plan_batch(raw: Any, checker: UrlChecker, max_inline: int) -> BatchPlan:
         defaults = {"priority": req.priority, **(defaults or {})}
     if req.model is not None:
         defaults = {"model": req.model, **(defaults or {})}
+    if req.tasks is not None:  # the batch's tasks are a default of every job
+        defaults = {**(defaults or {}), "tasks": req.tasks}
     errs += check_defaults(defaults, ["defaults"])
     errs += _check_metadata(req.metadata, ["metadata"])
+    bulk = bulk_options(req, checker, errs)
     if errs:
         raise InvalidRequest(f"{len(errs)} invalid field(s)", errors=errs)
-    return BatchPlan(req.jobs, manifest, defaults, output, hook, req.metadata or {}, req.skip_invalid)
+    plan = BatchPlan(req.jobs, manifest, defaults, output, hook, req.metadata or {}, req.skip_invalid)
+    for key, value in bulk.items():
+        setattr(plan, key, value)
+    plan.task_names = task_names(defaults)
+    return plan
+
+
+def bulk_options(req: BatchRequest, checker: UrlChecker, errs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bulk fields of a request, judged (problems appended to ``errs``)."""
+    out: dict[str, Any] = {}
+    if req.source is not None:
+        config = getattr(checker, "config", None)
+        if config is None:
+            errs.append(error(["source"], "batch sources are not available here"))
+        else:
+            try:
+                out["source"] = parse_source(req.source, config)
+            except InvalidRequest as exc:
+                errs.extend(exc.errors)
+    if req.output_formats is not None:
+        if req.output_url is None:
+            errs.append(error(["output_formats"], "output_formats needs an output_url"))
+        out["output_formats"] = list(dict.fromkeys(req.output_formats))
+    if req.completion_window is not None:
+        try:
+            out["completion_window"] = parse_window(req.completion_window)
+        except ValueError as exc:
+            errs.append(error(["completion_window"], str(exc)))
+    if req.resume_from is not None:
+        if not req.resume_from.startswith("bat_"):
+            errs.append(error(["resume_from"], "expected a batch id (bat_…)"))
+        out["resume_from"] = req.resume_from
+    return out
+
+
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_WINDOW_SECONDS = 30 * 86400
+
+
+def parse_window(value: int | str) -> int:
+    """A completion window: seconds, or ``"90m"``, ``"24h"``, ``"2d"``; 60 s .. 30 days."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if len(v) < 2 or v[-1] not in _WINDOW_UNITS or not v[:-1].isdigit():
+            raise ValueError("expected seconds or a duration like '90m', '24h', '2d'")
+        value = int(v[:-1]) * _WINDOW_UNITS[v[-1]]
+    if not 60 <= value <= MAX_WINDOW_SECONDS:
+        raise ValueError(f"the completion window must be between 60 s and {MAX_WINDOW_SECONDS} s")
+    return value
+
+
+def task_names(defaults: dict[str, Any] | None) -> list[str] | None:
+    """The names of the batch's default ``tasks`` (one Parquet column each), if it has them."""
+    tasks = (defaults or {}).get("tasks")
+    if not isinstance(tasks, list):
+        return None
+    names = [t.get("name") for t in tasks if isinstance(t, dict)]
+    return [n for n in names if isinstance(n, str)] or None
 
 
 def _code_error(exc: Exception, loc: list[Any]) -> dict[str, Any]:
@@ -162,10 +237,11 @@ def _dumps(value: Any) -> str:
 
 def validate_lines(
     lines: Iterable[tuple[int, Any]], plan: BatchPlan, checker: UrlChecker, limits: RequestLimits,
-    loc_name: str,
+    loc_name: str, normalize: Callable[..., dict[str, Any]] = normalize_job_request,
 ) -> Spool:
     """Phase 1. ``lines`` yields ``(number, raw)`` where raw is a parsed object (inline) or the
-    text of a manifest line. Raises :class:`InvalidRequest` with every error's location."""
+    text of a manifest line. Raises :class:`InvalidRequest` with every error's location.
+    ``normalize``: a source's items use :class:`jobs.source_requests.SourceNormalizer`."""
     spool = Spool(tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY))  # noqa: SIM115
     errors: list[dict[str, Any]] = []
     seen_custom: set[str] = set()
@@ -189,7 +265,7 @@ def validate_lines(
         custom = merged.get("custom_id") if isinstance(merged, dict) else None
         dup = isinstance(custom, str) and custom in seen_custom
         try:
-            req = normalize_job_request(merged, checker, limits, loc=loc)
+            req = normalize(merged, checker, limits, loc=loc)
             line_errors = []
         except InvalidRequest as exc:
             req, line_errors = None, exc.errors
@@ -315,6 +391,11 @@ def insert_batch(service: JobService, tenant_id: str, plan: BatchPlan, spool: Sp
             running=0, succeeded=0, failed=0, canceled=0, output_url=plan.output_url, meta=plan.metadata,
             webhook_url=hook["url"] if hook else None, webhook_events=hook["events"] if hook else None,
             created_at=now,
+            source=plan.source.model_dump(exclude_none=True) if plan.source is not None else None,
+            output_formats=plan.output_formats, task_names=plan.task_names,
+            part_rows=service.settings.batch_part_rows, parts_done=0, resume_from=plan.resume_from,
+            expires_at=(now + timedelta(seconds=plan.completion_window)
+                        if plan.completion_window is not None else None),
         ))
         session.flush()
         key_id = admission.key_id if admission else None

@@ -7,6 +7,7 @@ by one process sort in creation order and newest-first listings are stable.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -24,6 +25,16 @@ def _encode(value: int, length: int) -> str:
         out.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(out))
+
+
+# base64's base32 alphabet → Crockford's, lower case (ids are shown lower case)
+_B32_TO_ID = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.lower().encode())
+
+
+def _encode26(value: int) -> str:
+    """``_encode(value, 26).lower()`` for a 128-bit value, in C: the 130 bits the 26 characters
+    hold, left-aligned in 17 bytes, through base64's base32 (a batch makes millions of ids)."""
+    return base64.b32encode((value << 6).to_bytes(17, "big"))[:26].translate(_B32_TO_ID).decode()
 
 
 def _next() -> int:
@@ -44,7 +55,7 @@ def _next() -> int:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{_encode(_next(), 26).lower()}"
+    return f"{prefix}_{_encode26(_next())}"
 
 
 def new_ids(prefix: str, n: int) -> list[str]:

@@ -31,6 +31,7 @@ from jobs.queue import (
     QUEUE_GPU,
     QUEUE_IO,
     TASK_CAPTION,
+    TASK_EXPORT,
     TASK_FINALIZE,
     TASK_WEBHOOK,
     Message,
@@ -61,6 +62,11 @@ def webhook_message(message_id: str) -> Message:
 
 def finalize_message(batch_id: str) -> Message:
     return Message(TASK_FINALIZE, [batch_id], QUEUE_IO, f"{batch_id}-finalize", 0)
+
+
+def export_message(batch_id: str, ended_parts: int) -> Message:
+    """Write the output parts that are complete now; one message per part boundary crossed."""
+    return Message(TASK_EXPORT, [batch_id], QUEUE_IO, f"{batch_id}-export-{ended_parts}", 0)
 
 
 def dispatch_message(batch_id: str, model: str | None = None) -> Message:
@@ -192,6 +198,6 @@ def _to_message(row: Outbox) -> Message:
 
 __all__ = [
     "CHUNK", "DISPATCH_BATCH", "QUEUE_GPU", "QUEUE_IO", "TASK_CAPTION", "FairConfig", "Outbox", "add",
-    "caption_message", "dispatch_message", "finalize_message", "pending_ids", "publish", "publish_messages",
-    "republish_stale", "top_up_dispatches", "webhook_message",
+    "caption_message", "dispatch_message", "export_message", "finalize_message", "pending_ids", "publish",
+    "publish_messages", "republish_stale", "top_up_dispatches", "webhook_message",
 ]

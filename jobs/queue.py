@@ -32,6 +32,7 @@ TASK_CAPTION = "captionq.caption_job"  # args [job_id], queue gpu.<model>, task_
 TASK_WEBHOOK = "captionq.deliver_webhook"  # args [message_id], queue io, task_id = message id
 TASK_FINALIZE = "captionq.finalize_batch"  # args [batch_id], queue io
 TASK_SWEEP = "captionq.sweep"  # no args, queue io, from beat
+TASK_EXPORT = "captionq.export_batch_parts"  # args [batch_id], queue io: write the finished output parts
 
 QUEUE_GPU = "gpu"
 QUEUE_IO = "io"
@@ -106,6 +107,7 @@ def make_celery(settings: Settings) -> Celery:
             TASK_CAPTION: {"queue": QUEUE_GPU, "routing_key": QUEUE_GPU},
             TASK_WEBHOOK: {"queue": QUEUE_IO, "routing_key": QUEUE_IO},
             TASK_FINALIZE: {"queue": QUEUE_IO, "routing_key": QUEUE_IO},
+            TASK_EXPORT: {"queue": QUEUE_IO, "routing_key": QUEUE_IO},
             TASK_SWEEP: {"queue": QUEUE_IO, "routing_key": QUEUE_IO},
         },
         task_soft_time_limit=settings.job_soft_time_limit,

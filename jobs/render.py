@@ -70,6 +70,12 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         "created_at": rfc3339(batch.created_at),
         "finished_at": rfc3339(batch.finished_at),
         "cancel_requested_at": rfc3339(batch.cancel_requested_at),
+        # bulk batches (null when unused)
+        "source": batch.source,
+        "output_formats": batch.output_formats,
+        "expires_at": rfc3339(batch.expires_at),
+        "expired_at": rfc3339(batch.expired_at),
+        "resume_from": batch.resume_from,
     }
 
 

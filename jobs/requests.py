@@ -72,11 +72,16 @@ Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CH
 EventType = Literal["job.running", "job.succeeded", "job.failed", "job.canceled", "batch.completed"]
 
 
+ByteRange = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
+
+
 class ImageItem(BaseModel):
     model_config = _STRICT
     type: Literal["image"]
     url: str
     max_tiles: JsonInt = Field(12, ge=1, le=40)
+    # [offset, length]: only these bytes of the object are the media (a WebDataset tar member)
+    byte_range: ByteRange | None = None
 
 
 class VideoItem(BaseModel):
@@ -87,6 +92,7 @@ class VideoItem(BaseModel):
     start: float | None = Field(None, ge=0)
     end: float | None = Field(None, gt=0)
     max_tiles: JsonInt = Field(1, ge=1, le=40)
+    byte_range: ByteRange | None = None
 
     @model_validator(mode="after")
     def _window(self) -> VideoItem:
@@ -330,6 +336,11 @@ def normalize_job_request(
             item["url"] = checker.media(item["url"], item["type"])
         except Exception as exc:
             errs.append(_url_error(exc, [*prefix, "media", i, "url"]))
+        if item["byte_range"] is None:
+            del item["byte_range"]  # requests without one are stored as before
+        elif item["byte_range"][1] == 0 or item["url"].split(":", 1)[0] not in ("s3", "file"):
+            errs.append(error([*prefix, "media", i, "byte_range"],
+                              "byte_range needs a positive length and an s3:// or file:// URL"))
         if item["type"] == "video" and item["start"] is None:
             item["start"] = 0.0
     if req["tasks"] is not None:

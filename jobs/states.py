@@ -11,6 +11,7 @@ no-op, so any message may be delivered twice and nothing happens twice.
       ├──cancel──► canceled
       ├──expire──► failed (code ``expired``)
       └──fail────► failed  (e.g. ``worker_lost`` when the attempt cap is reached at claim time)
+    failed ──retry──► queued  (a batch's failed jobs, on POST /v1/batches/{id}/retry)
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ FAIL = Transition("fail", frozenset({JobStatus.QUEUED, JobStatus.RUNNING}), JobS
 CANCEL = Transition("cancel", frozenset({JobStatus.QUEUED, JobStatus.RUNNING}), JobStatus.CANCELED)
 EXPIRE = Transition("expire", frozenset({JobStatus.QUEUED}), JobStatus.FAILED)
 REQUEUE = Transition("requeue", frozenset({JobStatus.RUNNING}), JobStatus.QUEUED)
+# POST /v1/batches/{id}/retry: a failed job of a batch runs again (jobs/batch_retry.py).
+RETRY = Transition("retry", frozenset({JobStatus.FAILED}), JobStatus.QUEUED)
 
 TRANSITIONS: dict[str, Transition] = {
-    t.name: t for t in (START, RESTART, SUCCEED, FAIL, CANCEL, EXPIRE, REQUEUE)
+    t.name: t for t in (START, RESTART, SUCCEED, FAIL, CANCEL, EXPIRE, REQUEUE, RETRY)
 }
 
 
@@ -64,6 +67,7 @@ class BatchStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     CANCELED = "canceled"
+    EXPIRED = "expired"  # its completion window ended first (jobs/batch_retry.py)
 
 
 # Webhook event types.

@@ -6,7 +6,8 @@ Each call does, in bounded chunks, each chunk its own short transaction:
    (the broker was down, or the process died between commit and publish), and refill the
    window of every GPU queue with batch jobs waiting in SQL (``dispatch_window``,
    :mod:`jobs.fair_dispatch`);
-2. fail queued jobs past their TTL with ``expired``;
+2. fail queued jobs past their TTL with ``expired``, and the queued jobs of batches past their
+   completion window with ``batch_expired`` (``jobs.batch_retry``);
 3. recover jobs stuck in ``running`` longer than ``job_hard_time_limit + stuck_grace_seconds``
    (their worker died without the broker redelivering): requeue them while attempts remain,
    else fail them with ``worker_lost`` — the attempt count lives in SQL;
@@ -30,7 +31,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from core.db import utcnow
-from jobs import outbox, recovery
+from jobs import batch_retry, outbox, recovery
 from jobs import transitions as tx
 from jobs.service import JobService
 from jobs.states import EXPIRE, JobStatus
@@ -47,6 +48,7 @@ class SweepReport:
     republished: int = 0
     dispatched: int = 0  # caption messages of bounded batch dispatches (top-ups)
     expired: int = 0
+    window_expired: int = 0  # queued jobs of batches past their completion window
     requeued: int = 0
     lost: int = 0
     resent: int = 0  # caption messages re-sent for jobs queued too long
@@ -66,6 +68,7 @@ def sweep(service: JobService, *, now: datetime | None = None, max_rows: int = 2
         # second sweeper finds the queue locked and leaves it to the first.
         report.dispatched = outbox.top_up_dispatches(service.db, service.publisher, service.fair)
     report.expired = _expire(service, now, max_rows)
+    report.window_expired = batch_retry.expire_windows(service, now)
     stuck_before = now - timedelta(seconds=s.job_hard_time_limit + s.stuck_grace_seconds)
     report.requeued, report.lost = _recover_stuck(service, now, stuck_before, max_rows)
     requeued, lost = recovery.recover_dead_workers(service, now)

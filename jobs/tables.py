@@ -75,6 +75,8 @@ class Batch(Base):
     __table_args__ = (
         sa.Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
         sa.Index("ix_batches_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+        sa.Index("ix_batches_expires_unfinalized", "expires_at",
+                 postgresql_where=sa.text("finalized_at IS NULL AND expires_at IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
@@ -96,6 +98,18 @@ class Batch(Base):
     # All jobs ended (finished_at) / results written and batch.completed emitted (finalized_at).
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Bulk batches (jobs/sources, jobs/batch_outputs): the source echoed; the output formats
+    # (NULL: v1, one results.jsonl at the end); the task names (Parquet columns); outputs are
+    # written in parts of part_rows consecutive seq values, the first parts_done of them done.
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    output_formats: Mapped[list[str] | None] = mapped_column(JSONType)
+    task_names: Mapped[list[str] | None] = mapped_column(JSONType)
+    part_rows: Mapped[int] = mapped_column(sa.Integer, default=1000, server_default="1000")
+    parts_done: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # The completion window's end; when the sweeper ended the batch at it (status expired).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resume_from: Mapped[str | None] = mapped_column(sa.String(40))
 
 
 UNDISPATCHED = sa.text("status = 'queued' AND dispatched_at IS NULL")

@@ -236,6 +236,8 @@ def after_bulk(session: Session, jobs: list[Job], prev: JobStatus, now: datetime
         bump_batch(session, batch_id, {prev: -n, new: +n}, now, effects)
     if jobs and JobStatus(jobs[0].status).terminal and not prev.terminal:
         usage.record_ended(session, jobs, now)
+    elif jobs and prev.terminal and not JobStatus(jobs[0].status).terminal:  # a batch retry
+        usage.record_reopened(session, jobs)
 
 
 def emit_job_event(session: Session, job: Job, now: datetime, effects: Effects) -> None:
@@ -267,10 +269,14 @@ def bump_batch(
         sa.update(Batch).where(Batch.id == batch_id).values(**values).returning(Batch)
         .execution_options(populate_existing=True, synchronize_session=False)
     ).scalar_one_or_none()
-    if batch is not None and all_ended(batch) and any(
-        s in TERMINAL and n > 0 for s, n in delta.items()
-    ):
+    ended_now = sum(n for s, n in delta.items() if s in TERMINAL and n > 0)
+    if batch is not None and all_ended(batch) and ended_now:
         on_last_job_ended(session, batch, now, effects)
+    elif batch is not None and ended_now and batch.output_formats:
+        # Incremental outputs: another part_rows jobs ended, some output part may be complete.
+        ended = batch.succeeded + batch.failed + batch.canceled
+        if (ended - ended_now) // batch.part_rows != ended // batch.part_rows:
+            effects.add(outbox.export_message(batch.id, ended // batch.part_rows))
     return batch
 
 
@@ -290,7 +296,8 @@ def on_last_job_ended(session: Session, batch: Batch, now: datetime, effects: Ef
 
 
 def finalize(session: Session, batch_id: str, now: datetime, effects: Effects) -> Batch | None:
-    """Mark the batch finished (once): status ``canceled`` if a cancel was requested, else
+    """Mark the batch finished (once): status ``expired`` if its completion window ended it,
+    ``canceled`` if a cancel was requested, else
     ``completed``; ``finished_at``; the ``batch.completed`` webhook if subscribed. None if
     already finalized."""
     cols = Batch.__table__.c
@@ -298,7 +305,8 @@ def finalize(session: Session, batch_id: str, now: datetime, effects: Effects) -
         sa.update(Batch).where(Batch.id == batch_id, Batch.finalized_at.is_(None))
         .values(
             finalized_at=now, finished_at=now,
-            status=sa.case((cols.cancel_requested_at.is_not(None), BatchStatus.CANCELED.value),
+            status=sa.case((cols.expired_at.is_not(None), BatchStatus.EXPIRED.value),
+                           (cols.cancel_requested_at.is_not(None), BatchStatus.CANCELED.value),
                            else_=BatchStatus.COMPLETED.value),
         )
         .returning(Batch)

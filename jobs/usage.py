@@ -61,6 +61,17 @@ def record_ended(session: Session, jobs: Iterable[Job], now: datetime) -> None:
                              **sums})
 
 
+def record_reopened(session: Session, jobs: Iterable[Job]) -> None:
+    """``jobs`` ended before and are queued again (a batch retry): back on ``jobs_in_flight``;
+    their new attempt is counted again when it ends."""
+    per_tenant: dict[str, int] = {}
+    for job in jobs:
+        per_tenant[job.tenant_id] = per_tenant.get(job.tenant_id, 0) + 1
+    for tenant_id, n in sorted(per_tenant.items()):
+        session.execute(sa.update(Tenant).where(Tenant.id == tenant_id)
+                        .values(jobs_in_flight=Tenant.jobs_in_flight + n))
+
+
 def _add_usage(session: Session, values: dict[str, Any]) -> None:
     """``INSERT … ON CONFLICT DO UPDATE SET x = x + excluded.x`` (PostgreSQL and SQLite)."""
     from sqlalchemy.dialects import postgresql, sqlite

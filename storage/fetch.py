@@ -39,15 +39,18 @@ _ACCEPT = "image/*, video/*;q=0.9, */*;q=0.1"
 
 def open_media(
     url: str, config: StorageConfig, *, kind: Kind | None = None, resolver: Resolver | None = None,
-    verify: ssl.SSLContext | bool = True,
+    verify: ssl.SSLContext | bool = True, byte_range: tuple[int, int] | None = None,
 ) -> MediaBlob:
     """Fetch ``url`` and return its bytes as a :class:`MediaBlob` (close it when done).
 
     ``kind`` is the request item's declared type; bytes of the other kind, or bytes that are no
     image or video we know, raise :class:`UnsupportedMedia`. ``resolver`` and ``verify`` are for
-    http(s) only (tests, private CAs).
+    http(s) only (tests, private CAs). ``byte_range`` (offset, length) reads only those bytes of
+    an ``s3://`` or ``file://`` object: a member of an uncompressed tar (WebDataset shards).
     """
     parsed = parse_media_url(url, config, kind=kind)
+    if byte_range is not None:
+        return _open_range(parsed, config, kind, byte_range)
     if isinstance(parsed, FileUrl):
         return _open_file(parsed, config, kind)
     if isinstance(parsed, DataUrl):
@@ -90,6 +93,50 @@ def _finish(spool: Spool, url: str, content_type: str | None, kind: Kind | None)
 
 def _short(url: str) -> str:
     return url if len(url) <= 80 else url[:60] + "…"
+
+
+# --- byte ranges (tar members) -------------------------------------------------------------------
+def _open_range(parsed: object, config: StorageConfig, kind: Kind | None, rng: tuple[int, int]) -> MediaBlob:
+    offset, length = int(rng[0]), int(rng[1])
+    if offset < 0 or length <= 0:
+        raise MediaUnreadable(f"byte range {offset}+{length} is empty or negative")
+    if length > config.max_bytes:
+        raise MediaTooLarge(f"the byte range is {length} bytes, more than the limit of {config.max_bytes}")
+    spool = Spool(config.spool_bytes)
+    try:
+        if isinstance(parsed, FileUrl):
+            try:
+                with open(parsed.path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read(length)
+            except FileNotFoundError:
+                raise MediaNotFound(f"{parsed.url}: no such file") from None
+            if len(data) != length:
+                raise MediaUnreadable(f"{parsed.url}: shorter than the byte range {offset}+{length}")
+            spool.write(data)
+            url = parsed.url
+        elif isinstance(parsed, S3Url):
+            u = parsed
+
+            def get() -> bytes:
+                try:
+                    resp = s3_client(config).get_object(Bucket=u.bucket, Key=u.key,
+                                                        Range=f"bytes={offset}-{offset + length - 1}")
+                    return resp["Body"].read()  # type: ignore[no-any-return]
+                except S3_ERRORS as e:
+                    raise map_boto_error(e, u.url, "GET") from e
+
+            data = call_with_retries(get, config, what=u.url)
+            if len(data) != length:
+                raise MediaUnreadable(f"{u.url}: shorter than the byte range {offset}+{length}")
+            spool.write(data)
+            url = u.url
+        else:
+            raise MediaUnreadable("a byte range applies to s3:// and file:// objects only")
+    except BaseException:
+        spool.close()
+        raise
+    return _finish(spool, f"{url}#{offset}+{length}", None, kind)
 
 
 # --- s3 ------------------------------------------------------------------------------------------

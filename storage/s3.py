@@ -69,6 +69,9 @@ def s3_client(config: StorageConfig) -> Any:
                     retries={"total_max_attempts": 1},  # ours, see module docstring
                     connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
                     max_pool_connections=32,
+                    # Requests are SigV4 anyway; this makes presigned URLs (storage.listing) SigV4
+                    # too instead of the legacy SigV2 that signs no sub-resource parameters.
+                    signature_version="s3v4",
                     # Custom endpoints (SeaweedFS, MinIO) rarely do virtual-hosted buckets.
                     s3={"addressing_style": "path" if config.s3_endpoint_url else "auto"},
                 ),

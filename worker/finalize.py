@@ -45,9 +45,19 @@ def ndjson(lines: Iterable[dict[str, Any]], chunk_bytes: int = 1 << 20) -> Itera
 
 
 def finalize_batch(rt: Runtime, batch_id: str) -> str:
-    """Write the results (when the batch has an ``output_url``) and finish the batch."""
+    """Write the results (when the batch has an ``output_url``) and finish the batch. A bulk
+    batch (with ``output_formats``) writes its remaining parts, then its final files."""
+    from worker import export
+
     output_url = rt.jobs.batch_output_url(batch_id)
-    if output_url:
+    batch = export.bx.batch_row(rt.jobs.db, batch_id)
+    if batch is not None and batch.output_formats and output_url:
+        export.export_parts(rt.jobs.db, rt.storage, batch_id)
+        status = ("expired" if batch.expired_at is not None
+                  else "canceled" if batch.cancel_requested_at is not None else "completed")
+        export.write_final(rt.jobs.db, rt.storage, batch_id, status)
+        log.info("batch %s: outputs written under %s", batch_id, output_url)
+    elif output_url:
         target = results_url(output_url)
         stored = put_object(target, ndjson(rt.jobs.iter_batch_results(batch_id)), "application/x-ndjson",
                             rt.storage)

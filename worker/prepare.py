@@ -80,7 +80,9 @@ def prepare_item(item: dict[str, Any], storage: StorageConfig, *,
     """Fetch and preprocess one request media item (typed storage/model errors propagate)."""
     kind = item["type"]
     t0 = time.monotonic()
-    with open_media(item["url"], storage, kind=kind) as blob:
+    rng = item.get("byte_range")  # a WebDataset tar member: only these bytes of the shard
+    byte_range = (int(rng[0]), int(rng[1])) if rng else None
+    with open_media(item["url"], storage, kind=kind, byte_range=byte_range) as blob:
         fetched = time.monotonic() - t0
         if kind == "image":
             img = apply_exif_orientation(decode_image(blob.read()))

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, Task
 
 from core import logcontext
-from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, TASK_FINALIZE, TASK_SWEEP
+from jobs.queue import QUEUE_GPU, QUEUE_IO, TASK_CAPTION, TASK_EXPORT, TASK_FINALIZE, TASK_SWEEP
 from worker import finalize, pipeline, runtime
 from worker.record import job_error, retry_countdown
 
@@ -56,6 +56,19 @@ def register(app: Celery) -> dict[str, Task]:
             raise self.retry(countdown=retry_countdown(self.request.retries), max_retries=8,
                              exc=exc) from None
 
+    @app.task(name=TASK_EXPORT, bind=True, queue=QUEUE_IO, acks_late=True, ignore_result=True)
+    def export_batch_parts(self: Task, batch_id: str) -> int:
+        from worker.export import export_parts
+
+        rt = runtime.current()
+        try:
+            return export_parts(rt.jobs.db, rt.storage, batch_id)
+        except Exception as exc:
+            if not job_error(exc).retryable:
+                raise  # the batch's finalize writes every part that is still missing
+            raise self.retry(countdown=retry_countdown(self.request.retries), max_retries=8,
+                             exc=exc) from None
+
     @app.task(name=TASK_SWEEP, queue=QUEUE_IO, acks_late=True, ignore_result=True)
     def sweep() -> dict[str, Any]:
         from jobs.sweeper import sweep as run_sweep
@@ -65,7 +78,8 @@ def register(app: Celery) -> dict[str, Task]:
         report["webhooks_woken"] = _wake_webhooks(rt)
         return report
 
-    tasks: dict[str, Task] = {TASK_CAPTION: caption_job, TASK_FINALIZE: finalize_batch, TASK_SWEEP: sweep}
+    tasks: dict[str, Task] = {TASK_CAPTION: caption_job, TASK_FINALIZE: finalize_batch,
+                              TASK_EXPORT: export_batch_parts, TASK_SWEEP: sweep}
     tasks.update(_webhook_tasks(app))
     return tasks
 

@@ -40,11 +40,11 @@ def _ts(value: Any) -> int | None:
 
 def batch_object(batch: Batch) -> dict[str, Any]:
     meta = batch.meta or {}
-    ended = batch.status in ("completed", "canceled")
+    ended = batch.status in ("completed", "canceled", "expired")
     if batch.status == "canceled":
         status = "cancelled"
-    elif batch.status == "completed":
-        status = "completed"
+    elif batch.status in ("completed", "expired"):
+        status = batch.status
     else:
         status = "cancelling" if batch.cancel_requested_at is not None else "in_progress"
     done = batch.succeeded + batch.failed + batch.canceled

@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api import waiting
 from api.body import read_json
 from api.context import AnyPrincipal, AppContext, admission, get_ctx, tenant
-from api.openapi import body_schema
+from api.openapi import body_schema, optional_body
 from api.routes.jobs import run_idempotent
 from core.errors import CaptionqError, InvalidRequest, ServiceUnavailable, as_captionq_error
-from jobs import batches, lists
+from jobs import batch_retry, batches, lists
 from jobs.render import batch_to_dict
+from jobs.requests import normalize_job_request
+from jobs.source_requests import SourceNormalizer
 from jobs.states import BatchStatus
 
 router = APIRouter(prefix="/v1", tags=["batches"])
@@ -50,6 +52,30 @@ def _manifest_error(exc: Exception) -> CaptionqError:
     return InvalidRequest(f"manifest: {err.message}", errors=errors)
 
 
+def source_items(ctx: AppContext, spec: Any) -> Iterator[tuple[int, Any]]:
+    """A source's items as ``(seq, job object)``, seq from 1 in source order; read failures
+    become 4xx/503 like a manifest's."""
+    from jobs.sources import iter_items
+
+    it = iter_items(spec, ctx.checker.config)
+    n = 0
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except InvalidRequest:
+            raise
+        except Exception as exc:
+            err = as_captionq_error(exc)
+            if err.retryable:
+                raise ServiceUnavailable(f"the source could not be read right now: {err.message}") from exc
+            raise InvalidRequest(f"source: {err.message}", errors=[
+                {"loc": ["source", "url"], "msg": err.message, "code": err.code}]) from exc
+        n += 1
+        yield n, item
+
+
 @router.post("/batches", status_code=202, summary="Submit a batch of jobs",
              openapi_extra=body_schema("BatchRequest"), responses={202: {"description": "The Batch"}})
 async def submit_batch(request: Request, tenant_id: Tenant, who: AnyPrincipal,
@@ -65,11 +91,18 @@ async def submit_batch(request: Request, tenant_id: Tenant, who: AnyPrincipal,
         if plan.jobs is not None:
             lines: Any = enumerate(plan.jobs)
             loc_name = "jobs"
+        elif plan.source is not None:
+            lines = source_items(ctx, plan.source)
+            loc_name = "source"
         else:
             assert plan.manifest_url is not None
             lines = ((n, raw) for n, raw in manifest_lines(ctx, plan.manifest_url))
             loc_name = "manifest"
-        spool = batches.validate_lines(lines, plan, ctx.checker, ctx.limits, loc_name)
+        if plan.resume_from is not None:
+            batch_retry.check_resume(ctx.db, tenant_id, plan.resume_from)
+            lines = batch_retry.skip_succeeded(ctx.db, plan.resume_from, lines)
+        normalize = SourceNormalizer() if plan.source is not None else normalize_job_request
+        spool = batches.validate_lines(lines, plan, ctx.checker, ctx.limits, loc_name, normalize)
         batch, outbox_ids = batches.insert_batch(ctx.service, tenant_id, plan, spool, admission=admit)
         to_publish.extend(outbox_ids)
         return batch.id, batch_to_dict(batch)
@@ -117,6 +150,17 @@ async def cancel_batch(request: Request, batch_id: str, tenant_id: Tenant) -> JS
     batch = await to_thread.run_sync(batches.cancel_batch, ctx.service, tenant_id, batch_id)
     await waiting.announce_batch_cancel(request, ctx, batch_id)  # running jobs stop at their next step
     return JSONResponse(batch_to_dict(batch), status_code=202)
+
+
+@router.post("/batches/{batch_id}/retry", status_code=202,
+             summary="Run a batch's failed jobs again (all, or those with the given error codes)",
+             openapi_extra=optional_body("BatchRetryRequest"))
+async def retry_batch(request: Request, batch_id: str, tenant_id: Tenant) -> JSONResponse:
+    ctx = get_ctx(request)
+    body = await request.body()
+    codes = batch_retry.parse_retry(await read_json(request) if body.strip() else None)
+    batch, n = await to_thread.run_sync(batch_retry.retry_batch, ctx.service, tenant_id, batch_id, codes)
+    return JSONResponse({**batch_to_dict(batch), "retried": n}, status_code=202)
 
 
 @router.get("/batches/{batch_id}/results", summary="Results in submission order (NDJSON, streamed)",

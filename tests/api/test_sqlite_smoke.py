@@ -26,7 +26,9 @@ def local(tmp_path_factory) -> Settings:  # type: ignore[no-untyped-def]
 
 
 def test_migrations_up_down_up(local: Settings):
-    assert current(local) == "0007"
+    assert current(local) == "0008"
+    downgrade(local, "0007")  # the bulk batch columns go
+    assert not {"source", "output_formats", "parts_done", "expires_at"} & _columns(local, "batches")
     assert "weight" in _columns(local, "tenants") and {"fair_queues", "fair_tenants"} <= _tables(local)
     downgrade(local, "0006")  # fair scheduling's tables and the tenants' weight go
     assert "weight" not in _columns(local, "tenants")
@@ -53,6 +55,7 @@ def test_migrations_up_down_up(local: Settings):
     assert {"tenants", "api_keys", "jobs", "batches", "outbox", "webhook_messages", "webhook_attempts",
             "idempotency_keys", "workers", "plans", "usage_daily", "fair_queues", "fair_tenants"} <= names
     assert "stats" in _columns(local, "workers")
+    assert {"source", "output_formats", "parts_done", "expires_at"} <= _columns(local, "batches")
 
 
 def _tables(settings: Settings) -> set[str]:

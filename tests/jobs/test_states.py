@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from core.db import utcnow
 from jobs import batches
-from jobs.states import CANCEL, EXPIRE, FAIL, REQUEUE, START, SUCCEED, TRANSITIONS, JobStatus
+from jobs.states import CANCEL, EXPIRE, FAIL, REQUEUE, RETRY, START, SUCCEED, TRANSITIONS, JobStatus
 from jobs.tables import Batch, Job, Outbox, WebhookMessage
 from tests.api.helpers import drain
 
@@ -34,8 +34,10 @@ def test_transition_table():
     assert FAIL.sources == CANCEL.sources == {JobStatus.QUEUED, JobStatus.RUNNING}
     assert EXPIRE.sources == {JobStatus.QUEUED} and EXPIRE.target == JobStatus.FAILED
     assert REQUEUE.sources == {JobStatus.RUNNING} and REQUEUE.target == JobStatus.QUEUED
+    # Only a batch retry leaves an end state, and only a failure: nothing undoes a success.
+    assert RETRY.sources == {JobStatus.FAILED} and RETRY.target == JobStatus.QUEUED
     assert not any(t.sources & {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
-                   for t in TRANSITIONS.values())
+                   for t in TRANSITIONS.values() if t is not RETRY)
 
 
 def test_repeated_and_out_of_order_transitions_are_noops(svc, tenant, make_request):

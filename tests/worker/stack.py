@@ -165,15 +165,15 @@ class Stack:
 
     def wait_batch(self, batch_id: str, timeout: float = 120.0, every: float = 0.2,
                    on_poll: Any = None) -> dict[str, Any]:
-        """Poll ``GET /v1/batches/{id}`` until the batch is completed or canceled (or the time is
-        up); ``on_poll()`` runs before each poll."""
+        """Poll ``GET /v1/batches/{id}`` until the batch is completed, canceled or expired (or the
+        time is up); ``on_poll()`` runs before each poll."""
         deadline = time.monotonic() + timeout
         with self.client() as c:
             while True:
                 if on_poll is not None:
                     on_poll()
                 batch: dict[str, Any] = c.get(f"/v1/batches/{batch_id}").json()
-                if batch["status"] in ("completed", "canceled") or time.monotonic() >= deadline:
+                if batch["status"] in ("completed", "canceled", "expired") or time.monotonic() >= deadline:
                     return batch
                 time.sleep(every)
 
