@@ -10,14 +10,18 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
 
 from core.db import Database
 from jobs.tables import WebhookMessage
+from tests.api.helpers import png_bytes
 from tests.worker.stack import Stack, build_stack, destroy_stack
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -92,11 +96,41 @@ def test_sigterm_is_a_warm_shutdown(stack: Stack) -> None:
     assert "Warm shutdown" in w.text()
 
 
+@contextmanager
+def slow_image(delay: float) -> Iterator[str]:
+    """An http URL whose PNG arrives after ``delay`` seconds: a job that takes at least that long,
+    however fast the machine decodes."""
+    body = png_bytes((32, 32))
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # http.server's name for the GET handler
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/slow.png"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_soft_time_limit_fails_timeout(stack: Stack) -> None:
     w = stack.start_worker(queues="gpu", job_soft_time_limit=1)
     try:
-        job = stack.submit({"prompts": ["Hello, who are you?"], "generation": {"max_new_tokens": 1000}})
-        done = stack.wait(job["id"], timeout=60)
+        with slow_image(4.0) as url:
+            job = stack.submit({"media": [{"type": "image", "url": url}], "prompts": ["Hello, who are you?"],
+                                "generation": {"max_new_tokens": 1000}})
+            done = stack.wait(job["id"], timeout=60)
         assert done["status"] == "failed", (done, stack.logs())
         assert done["error"]["code"] == "timeout"
         assert done["output"] is None and done["attempts"] == 1
