@@ -17,20 +17,7 @@ from jobs.queue import QUEUE_GPU, caption_queue, gpu_queues
 from jobs.requests import ModelLimits, RequestLimits, first_code, normalize_job_request
 from jobs.transitions import ServedModel
 from models.checkpoint.revision import checkpoint_revision
-
-
-class Urls:
-    def media(self, url: str, kind: str) -> str:
-        return url
-
-    def webhook(self, url: str) -> str:
-        return url
-
-    def manifest(self, url: str) -> str:
-        return url
-
-    def output(self, url: str) -> str:
-        return url
+from tests.support.urls import AnyUrl
 
 
 def registry(**kw: Any) -> Any:
@@ -108,7 +95,7 @@ IMAGE = {"type": "image", "url": "s3://b/cat.jpg"}
 
 
 def judge(body: dict[str, Any]) -> dict[str, Any]:
-    return normalize_job_request(body, Urls(), LIMITS)
+    return normalize_job_request(body, AnyUrl(), LIMITS)
 
 
 def refused(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -124,7 +111,7 @@ def test_a_request_gets_its_model_or_the_default_and_an_unknown_one_is_refused()
     code, errs = refused({"prompts": ["Hi"], "model": "huge"})
     assert code == "unknown_model" and errs[0]["loc"] == ["model"] and "big, small" in errs[0]["msg"]
     # without a registry (a service built without one) the field is neither judged nor stored
-    assert "model" not in normalize_job_request({"prompts": ["Hi"]}, Urls(), RequestLimits())
+    assert "model" not in normalize_job_request({"prompts": ["Hi"]}, AnyUrl(), RequestLimits())
 
 
 def test_a_models_limits_lower_defaults_and_refuse_what_asks_for_more() -> None:
