@@ -14,6 +14,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get(
@@ -91,8 +92,13 @@ def redis_url() -> str:
     token = f"{os.getpid()}-{uuid.uuid4().hex}"
     for db in candidates:
         # A 2-hour lease is longer than any test session; a crashed session's claim expires.
-        if forced or admin.set(f"captionq-test:db-lease:{db}", token, nx=True, ex=7200):
+        if forced:
             break
+        if not admin.set(f"captionq-test:db-lease:{db}", token, nx=True, ex=7200):
+            continue
+        if not db_in_use(admin, db):
+            break
+        admin.delete(f"captionq-test:db-lease:{db}")
     else:
         raise RuntimeError("all Redis test databases 1..15 are leased by other test sessions")
     if not _leases:
@@ -106,6 +112,14 @@ def redis_url() -> str:
 
 
 _leases: list[tuple[int, str]] = []
+
+
+def db_in_use(admin: Any, db: int) -> bool:
+    """Whether a client is connected to Redis database ``db``: a worker process left running by a
+    test session that ended (killed, timed out) keeps consuming its queues there after the
+    session's lease is gone, and would take this session's messages (a webhook wake-up it
+    cannot find in its own database is dropped without a trace)."""
+    return any(int(c.get("db", -1)) == db for c in admin.client_list())
 
 
 def release_redis_leases() -> None:
