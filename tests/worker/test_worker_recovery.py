@@ -10,18 +10,15 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
 
 from core.db import Database
 from jobs.tables import WebhookMessage
-from tests.api.helpers import png_bytes
+from tests.support.slow_http import slow_image
 from tests.worker.stack import Stack, build_stack, destroy_stack
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -94,34 +91,6 @@ def test_sigterm_is_a_warm_shutdown(stack: Stack) -> None:
     done = stack.get(job["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert "Warm shutdown" in w.text()
-
-
-@contextmanager
-def slow_image(delay: float) -> Iterator[str]:
-    """An http URL whose PNG arrives after ``delay`` seconds: a job that takes at least that long,
-    however fast the machine decodes."""
-    body = png_bytes((32, 32))
-
-    class Slow(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # http.server's name for the GET handler
-            time.sleep(delay)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/slow.png"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_soft_time_limit_fails_timeout(stack: Stack) -> None:

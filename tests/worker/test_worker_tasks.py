@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.slow_http import slow_image
 from tests.worker.stack import Stack, build_stack, destroy_stack
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -113,13 +114,15 @@ def test_bad_tasks_are_refused_at_submission(stack: Stack, media: list[dict[str,
 def test_sse_tags_each_tasks_tokens_with_its_name(stack: Stack) -> None:
     from tests.worker.test_worker_jobs import sse_events
 
-    job = stack.submit({"generation": {"max_new_tokens": 20, "do_sample": False}, "tasks": [
-        {"name": "story", "prompts": ["Tell me a story.", "And another one."]},
-        {"name": "poem", "prompts": ["Write a poem."]}]})
-    events: list[tuple[str, Any]] = []
-    t = threading.Thread(target=sse_events, args=(stack, job["id"], events))
-    t.start()
-    t.join(150)
+    with slow_image(2.0) as url:  # the job is still fetching its image when the stream opens
+        job = stack.submit({"media": [{"type": "image", "url": url}],
+                            "generation": {"max_new_tokens": 20, "do_sample": False}, "tasks": [
+                                {"name": "story", "prompts": ["Tell me a story.", "And another one."]},
+                                {"name": "poem", "prompts": ["Write a poem."]}]})
+        events: list[tuple[str, Any]] = []
+        t = threading.Thread(target=sse_events, args=(stack, job["id"], events))
+        t.start()
+        t.join(150)
     assert not t.is_alive()
     final = events[-1][1]
     assert events[-1][0] == "done" and final["status"] == "succeeded"
